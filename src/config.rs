@@ -1,0 +1,619 @@
+//! Typed configuration: one struct per subsystem, loaded from a TOML file and overridden by
+//! `CLICKTRAIL_*` environment variables, then validated once at start.
+//!
+//! Invariants: a [`Config`] that [`Config::load`] returned has passed [`Config::validate`], so
+//! the rest of the program never re-checks ranges. Every key has a default here *and* is
+//! documented with that default in `config/clicktrail.toml`; a unit test keeps the two in step.
+//!
+//! Environment overrides: `CLICKTRAIL_<KEY>` sets a top-level key (`CLICKTRAIL_LISTEN`,
+//! `CLICKTRAIL_DATA_DIR`), and `CLICKTRAIL_<SECTION>_<KEY>` a key in a section
+//! (`CLICKTRAIL_CLICKHOUSE_URL` → `[clickhouse] url`, `CLICKTRAIL_SPOOL_MAX_BYTES` →
+//! `[spool] max_bytes`). Sites are configured in the file only.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// Sections whose keys may be overridden as `CLICKTRAIL_<SECTION>_<KEY>`.
+const SECTIONS: &[&str] = &[
+    "log",
+    "http",
+    "limits",
+    "privacy",
+    "clickhouse",
+    "sink",
+    "spool",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("configuration key `{key}`: {problem}")]
+    Invalid { key: String, problem: String },
+}
+
+fn invalid(key: &str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_string(),
+        problem: problem.into(),
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address the collector listens on.
+    pub listen: SocketAddr,
+    /// Root of all local state: `spool/`, `dlq/`, `archive/`.
+    pub data_dir: PathBuf,
+    pub log: LogConfig,
+    pub http: HttpConfig,
+    pub limits: LimitsConfig,
+    pub privacy: PrivacyConfig,
+    pub clickhouse: ClickHouseConfig,
+    pub sink: SinkConfig,
+    pub spool: SpoolConfig,
+    pub sites: Vec<SiteConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".parse().expect("static address"),
+            data_dir: PathBuf::from("var/data"),
+            log: LogConfig::default(),
+            http: HttpConfig::default(),
+            limits: LimitsConfig::default(),
+            privacy: PrivacyConfig::default(),
+            clickhouse: ClickHouseConfig::default(),
+            sink: SinkConfig::default(),
+            spool: SpoolConfig::default(),
+            sites: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` for people, `json` for log pipelines.
+    pub format: LogFormat,
+    /// A tracing filter, e.g. `info` or `clicktrail=debug,tower_http=info`. `RUST_LOG` wins if set.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Largest request body accepted on the wire (compressed size), in bytes.
+    pub max_body_bytes: usize,
+    /// Largest body after gzip decompression; decompression stops past it.
+    pub max_decompressed_bytes: usize,
+    /// Most events in one POST.
+    pub max_events_per_batch: usize,
+    /// Whole-request deadline, including the wait for the spool commit.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Seconds put in `Retry-After` when the collector cannot take events now.
+    pub retry_after_secs: u32,
+    /// Take the client address from `X-Forwarded-For` (only behind a trusted proxy).
+    pub trust_forwarded_for: bool,
+    /// Serve this file at `/v1/snippet.js` instead of the copy built into the binary.
+    pub snippet_file: Option<PathBuf>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 1024 * 1024,
+            max_decompressed_bytes: 4 * 1024 * 1024,
+            max_events_per_batch: 500,
+            request_timeout: Duration::from_secs(10),
+            retry_after_secs: 5,
+            trust_forwarded_for: false,
+            snippet_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    pub max_url_len: usize,
+    pub max_title_len: usize,
+    pub max_selector_len: usize,
+    pub max_text_len: usize,
+    pub max_id_len: usize,
+    pub max_name_len: usize,
+    pub max_props_bytes: usize,
+    pub max_user_agent_len: usize,
+    /// Client timestamps further in the past than this are replaced by the receive time.
+    #[serde(with = "humantime_serde")]
+    pub max_clock_skew_past: Duration,
+    /// Client timestamps further in the future than this are replaced by the receive time.
+    #[serde(with = "humantime_serde")]
+    pub max_clock_skew_future: Duration,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_url_len: 2048,
+            max_title_len: 512,
+            max_selector_len: 512,
+            max_text_len: 256,
+            max_id_len: 64,
+            max_name_len: 128,
+            max_props_bytes: 2048,
+            max_user_agent_len: 512,
+            max_clock_skew_past: Duration::from_secs(24 * 3600),
+            max_clock_skew_future: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IpMode {
+    /// Keep nothing of the client address.
+    Drop,
+    /// Keep the network only: IPv4 /24, IPv6 /48.
+    Anonymize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrivacyConfig {
+    pub ip: IpMode,
+    /// Store the raw user-agent string besides the parsed browser / OS / device.
+    pub keep_user_agent: bool,
+}
+
+impl Default for PrivacyConfig {
+    fn default() -> Self {
+        Self {
+            ip: IpMode::Anonymize,
+            keep_user_agent: false,
+        }
+    }
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClickHouseConfig {
+    /// HTTP interface of the server.
+    pub url: String,
+    pub database: String,
+    pub user: String,
+    pub password: String,
+    /// Deadline of one insert or query.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// How often the health probe (`SELECT 1`) runs.
+    #[serde(with = "humantime_serde")]
+    pub probe_interval: Duration,
+}
+
+impl std::fmt::Debug for ClickHouseConfig {
+    // Secrets never reach logs or `clicktrail check` output.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClickHouseConfig")
+            .field("url", &self.url)
+            .field("database", &self.database)
+            .field("user", &self.user)
+            .field(
+                "password",
+                &if self.password.is_empty() { "" } else { "***" },
+            )
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl Default for ClickHouseConfig {
+    fn default() -> Self {
+        Self {
+            url: "http://127.0.0.1:8123".into(),
+            database: "clicktrail".into(),
+            user: "default".into(),
+            password: String::new(),
+            timeout: Duration::from_secs(30),
+            probe_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SinkConfig {
+    /// A batch is sent when it holds this many rows...
+    pub batch_rows: usize,
+    /// ...or this many bytes of spool payload...
+    pub batch_bytes: usize,
+    /// ...or its oldest event has waited this long.
+    #[serde(with = "humantime_serde")]
+    pub batch_age: Duration,
+    /// First retry delay after a failed insert; doubles up to `retry_max`, with jitter.
+    #[serde(with = "humantime_serde")]
+    pub retry_initial: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_max: Duration,
+    /// Attempts before a batch refused with a permanent (data) error goes to dead letters.
+    pub permanent_error_attempts: u32,
+    /// How long shutdown may spend delivering what is pending before leaving it on disk.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for SinkConfig {
+    fn default() -> Self {
+        Self {
+            batch_rows: 50_000,
+            batch_bytes: 32 * 1024 * 1024,
+            batch_age: Duration::from_secs(1),
+            retry_initial: Duration::from_millis(200),
+            retry_max: Duration::from_secs(30),
+            permanent_error_attempts: 3,
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FsyncMode {
+    /// fsync every group commit; an acknowledged event survives power loss.
+    Batch,
+    /// Same as `batch`, spelled for people who expect it; every commit is fsynced.
+    Always,
+    /// Never fsync; an acknowledged event survives a process crash, not a power loss.
+    Never,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolConfig {
+    pub fsync: FsyncMode,
+    /// Extra time the writer waits to gather more requests into one commit. 0 = commit as soon
+    /// as the previous fsync returns (requests that arrive meanwhile still share the next one).
+    #[serde(with = "humantime_serde")]
+    pub commit_interval: Duration,
+    /// A group commit is cut once it holds this many bytes.
+    pub commit_max_bytes: usize,
+    /// Segment files are rotated past this size.
+    pub segment_bytes: u64,
+    /// Disk quota of the spool; past it the collector answers 503 until the sink catches up.
+    pub max_bytes: u64,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        Self {
+            fsync: FsyncMode::Batch,
+            commit_interval: Duration::ZERO,
+            commit_max_bytes: 4 * 1024 * 1024,
+            segment_bytes: 64 * 1024 * 1024,
+            max_bytes: 1024 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteConfig {
+    /// The public key the snippet sends as `site` (`data-site`).
+    pub key: String,
+    /// Origins allowed to post for this site (`https://example.com`), or `*` for any.
+    #[serde(default)]
+    pub origins: Vec<String>,
+}
+
+impl Config {
+    /// Loads `path` (which must exist unless it is the default path), applies `CLICKTRAIL_*`
+    /// environment overrides and validates the result.
+    pub fn load(path: &Path, require_file: bool) -> Result<Self, ConfigError> {
+        Self::load_with_env(path, require_file, Env::prefixed("CLICKTRAIL_"))
+    }
+
+    fn load_with_env(path: &Path, require_file: bool, env: Env) -> Result<Self, ConfigError> {
+        if require_file && !path.exists() {
+            return Err(invalid(
+                "--config",
+                format!("file {} does not exist", path.display()),
+            ));
+        }
+        let env = env.map(|key| {
+            let key = key.as_str().to_ascii_lowercase();
+            for section in SECTIONS {
+                if let Some(rest) = key.strip_prefix(section).and_then(|r| r.strip_prefix('_')) {
+                    return format!("{section}.{rest}").into();
+                }
+            }
+            key.into()
+        });
+        let config: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::file(path))
+            .merge(env)
+            .extract()
+            .map_err(|e| ConfigError::Load(Box::new(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks ranges and cross-field rules; the error names the key to fix.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let positive = |key: &str, v: usize| {
+            if v == 0 {
+                Err(invalid(key, "must be greater than 0"))
+            } else {
+                Ok(())
+            }
+        };
+        positive("http.max_body_bytes", self.http.max_body_bytes)?;
+        positive("http.max_events_per_batch", self.http.max_events_per_batch)?;
+        positive("limits.max_url_len", self.limits.max_url_len)?;
+        positive("limits.max_id_len", self.limits.max_id_len)?;
+        positive("sink.batch_rows", self.sink.batch_rows)?;
+        positive("sink.batch_bytes", self.sink.batch_bytes)?;
+        positive("spool.commit_max_bytes", self.spool.commit_max_bytes)?;
+        if self.http.max_decompressed_bytes < self.http.max_body_bytes {
+            return Err(invalid(
+                "http.max_decompressed_bytes",
+                "must be at least http.max_body_bytes",
+            ));
+        }
+        if self.http.request_timeout.is_zero() {
+            return Err(invalid("http.request_timeout", "must be greater than 0"));
+        }
+        if self.sink.batch_age.is_zero() {
+            return Err(invalid("sink.batch_age", "must be greater than 0"));
+        }
+        if self.sink.retry_initial.is_zero() || self.sink.retry_max < self.sink.retry_initial {
+            return Err(invalid(
+                "sink.retry_max",
+                "must be at least sink.retry_initial, which must be greater than 0",
+            ));
+        }
+        if self.spool.segment_bytes < 4096 {
+            return Err(invalid("spool.segment_bytes", "must be at least 4096"));
+        }
+        if self.spool.max_bytes < 2 * self.spool.segment_bytes {
+            return Err(invalid(
+                "spool.max_bytes",
+                format!(
+                    "must be at least twice spool.segment_bytes ({})",
+                    self.spool.segment_bytes
+                ),
+            ));
+        }
+        if self.clickhouse.timeout.is_zero() {
+            return Err(invalid("clickhouse.timeout", "must be greater than 0"));
+        }
+        match url::Url::parse(&self.clickhouse.url) {
+            Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
+            Ok(u) => {
+                return Err(invalid(
+                    "clickhouse.url",
+                    format!("scheme must be http or https, not `{}`", u.scheme()),
+                ))
+            }
+            Err(e) => {
+                return Err(invalid(
+                    "clickhouse.url",
+                    format!("`{}` is not a URL: {e}", self.clickhouse.url),
+                ))
+            }
+        }
+        if !is_identifier(&self.clickhouse.database) {
+            return Err(invalid(
+                "clickhouse.database",
+                "must be letters, digits and underscores, not starting with a digit",
+            ));
+        }
+        if self.sites.is_empty() {
+            return Err(invalid(
+                "sites",
+                "no [[sites]] configured: add one with a key and its allowed origins",
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, site) in self.sites.iter().enumerate() {
+            if site.key.is_empty() || site.key.len() > 64 {
+                return Err(invalid(
+                    &format!("sites[{i}].key"),
+                    "must be 1 to 64 characters",
+                ));
+            }
+            if !seen.insert(site.key.as_str()) {
+                return Err(invalid(
+                    &format!("sites[{i}].key"),
+                    format!("`{}` is configured twice", site.key),
+                ));
+            }
+            for origin in &site.origins {
+                if origin == "*" {
+                    continue;
+                }
+                let ok = url::Url::parse(origin)
+                    .map(|u| {
+                        (u.scheme() == "http" || u.scheme() == "https")
+                            && u.path() == "/"
+                            && !origin.ends_with('/')
+                    })
+                    .unwrap_or(false);
+                if !ok {
+                    return Err(invalid(
+                        &format!("sites[{i}].origins"),
+                        format!(
+                            "`{origin}` is not an origin: write scheme://host[:port] without a path, or `*`"
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn spool_dir(&self) -> PathBuf {
+        self.data_dir.join("spool")
+    }
+
+    pub fn dlq_dir(&self) -> PathBuf {
+        self.data_dir.join("dlq")
+    }
+}
+
+pub(crate) fn is_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &tempfile::TempDir, body: &str) -> PathBuf {
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, body).unwrap();
+        p
+    }
+
+    const SITE: &str = "[[sites]]\nkey = \"demo\"\norigins = [\"http://localhost:8080\"]\n";
+
+    #[test]
+    fn shipped_config_loads_and_matches_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/clicktrail.toml");
+        let shipped = Config::load_with_env(&path, true, Env::prefixed("CLICKTRAIL_TEST_NONE_"))
+            .expect("shipped config is valid");
+        // The shipped file documents every default: apart from the demo site it must be the
+        // defaults, so the comments cannot drift from the code.
+        let mut defaults = Config {
+            sites: shipped.sites.clone(),
+            ..Config::default()
+        };
+        defaults.data_dir = shipped.data_dir.clone();
+        assert_eq!(
+            toml_of(&shipped),
+            toml_of(&defaults),
+            "config/clicktrail.toml and Config::default() disagree"
+        );
+        let text = std::fs::read_to_string(&path).unwrap();
+        for key in all_keys(&serde_json::to_value(Config::default()).unwrap(), "") {
+            let leaf = key.rsplit('.').next().unwrap();
+            if leaf == "sites" {
+                assert!(text.contains("[[sites]]"), "[[sites]] is not documented");
+                continue;
+            }
+            assert!(
+                text.contains(&format!("{leaf} =")),
+                "key {key} is not documented in config/clicktrail.toml"
+            );
+        }
+    }
+
+    fn toml_of(c: &Config) -> String {
+        serde_json::to_string(c).unwrap()
+    }
+
+    fn all_keys(v: &serde_json::Value, prefix: &str) -> Vec<String> {
+        match v {
+            serde_json::Value::Object(m) => m
+                .iter()
+                .flat_map(|(k, v)| {
+                    let p = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    match v {
+                        serde_json::Value::Object(_) => all_keys(v, &p),
+                        _ => vec![p],
+                    }
+                })
+                .collect(),
+            _ => vec![],
+        }
+    }
+
+    #[test]
+    fn env_overrides_top_level_and_section_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(&dir, SITE);
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("CTTEST_LISTEN", "127.0.0.1:9999");
+            jail.set_env("CTTEST_CLICKHOUSE_URL", "http://10.0.0.1:8123");
+            jail.set_env("CTTEST_DATA_DIR", "/tmp/x");
+            jail.set_env("CTTEST_SPOOL_MAX_BYTES", "999999999");
+            let c = Config::load_with_env(&p, true, Env::prefixed("CTTEST_")).unwrap();
+            assert_eq!(c.listen.port(), 9999);
+            assert_eq!(c.clickhouse.url, "http://10.0.0.1:8123");
+            assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
+            assert_eq!(c.spool.max_bytes, 999_999_999);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases = [
+            (format!("[sink]\nbatch_rows = 0\n{SITE}"), "sink.batch_rows"),
+            (
+                format!("[clickhouse]\nurl = \"ftp://x\"\n{SITE}"),
+                "clickhouse.url",
+            ),
+            ("".to_string(), "sites"),
+            (
+                "[[sites]]\nkey = \"a\"\norigins = [\"https://a.com/path\"]\n".to_string(),
+                "sites[0].origins",
+            ),
+            (format!("[spool]\nfsync = \"sometimes\"\n{SITE}"), "fsync"),
+            (format!("[sink]\nbatch_age = \"soon\"\n{SITE}"), "batch_age"),
+            (format!("bogus_key = 1\n{SITE}"), "bogus_key"),
+        ];
+        for (body, key) in cases {
+            let p = write(&dir, &body);
+            let err = Config::load_with_env(&p, true, Env::prefixed("CTTEST_NONE_"))
+                .expect_err(&body)
+                .to_string();
+            assert!(err.contains(key), "error `{err}` should name `{key}`");
+        }
+    }
+
+    #[test]
+    fn missing_file_is_an_error_when_required() {
+        let err = Config::load(Path::new("/nonexistent/c.toml"), true).unwrap_err();
+        assert!(err.to_string().contains("does not exist"));
+    }
+
+    #[test]
+    fn secrets_are_not_printed() {
+        let c = ClickHouseConfig {
+            password: "hunter2".into(),
+            ..Default::default()
+        };
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,850 @@
+//! The event model: what the snippet sends ([`RawEvent`]), what validation turns it into
+//! ([`Event`], the ClickHouse row), and the rules in between.
+//!
+//! Invariants:
+//! - An [`Event`] exists only through [`Validator::validate`]: every string is within its
+//!   configured length, numbers are in range, `ts` is within the clock-skew window around
+//!   `received_at`, and enrichment (path, host, user agent, visitor) has been applied.
+//! - Validation is per event: one bad event yields one [`Rejection`] and never fails its batch.
+//! - [`Event`] is also the spool's payload (JSON) and the ClickHouse row (RowBinary, column
+//!   names = field names), so the three cannot drift apart. Its field order is the insert's
+//!   column order.
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::config::{IpMode, LimitsConfig, PrivacyConfig};
+
+/// The envelope of `POST /v1/events`. Events stay raw so each can fail on its own.
+#[derive(Debug, Deserialize)]
+pub struct RawBatch<'a> {
+    #[serde(borrow)]
+    pub site: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub events: Option<Vec<&'a RawValue>>,
+}
+
+/// One event as the client sent it. Fields are optional here so that a missing field becomes
+/// a validation error that names it, not a generic parse failure.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct RawEvent<'a> {
+    #[serde(rename = "type", borrow)]
+    pub kind: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub id: Option<Cow<'a, str>>,
+    pub ts: Option<EpochMillis>,
+    #[serde(borrow)]
+    pub url: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub session: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub visitor: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub title: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub referrer: Option<Cow<'a, str>>,
+    pub x: Option<Number>,
+    pub y: Option<Number>,
+    pub vw: Option<Number>,
+    pub vh: Option<Number>,
+    pub dw: Option<Number>,
+    pub dh: Option<Number>,
+    #[serde(borrow)]
+    pub selector: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub text: Option<Cow<'a, str>>,
+    pub rage: Option<bool>,
+    pub depth: Option<Number>,
+    pub duration_ms: Option<Number>,
+    #[serde(borrow)]
+    pub name: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub props: Option<&'a RawValue>,
+}
+
+/// Client epoch milliseconds. Accepts integers and floats (`performance.timeOrigin + now()`),
+/// so the error for anything else can say what was expected.
+#[derive(Debug, Clone, Copy)]
+pub struct EpochMillis(pub i64);
+
+impl<'de> Deserialize<'de> for EpochMillis {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = EpochMillis;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("epoch milliseconds")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<EpochMillis, E> {
+                Ok(EpochMillis(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<EpochMillis, E> {
+                i64::try_from(v)
+                    .map(EpochMillis)
+                    .map_err(|_| E::custom("expected epoch milliseconds"))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<EpochMillis, E> {
+                if v.is_finite() && v.abs() < 1e17 {
+                    Ok(EpochMillis(v as i64))
+                } else {
+                    Err(E::custom("expected epoch milliseconds"))
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A JSON number, kept as f64 so `12.5` pixels is accepted and rounded, while a string is not.
+#[derive(Debug, Clone, Copy)]
+pub struct Number(pub f64);
+
+impl<'de> Deserialize<'de> for Number {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Number;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a number")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Number, E> {
+                Ok(Number(v as f64))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Number, E> {
+                Ok(Number(v as f64))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Number, E> {
+                Ok(Number(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// The event types the collector knows; the closed set keeps metric labels bounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventType {
+    Pageview,
+    Click,
+    Scroll,
+    Engagement,
+    Custom,
+}
+
+impl EventType {
+    pub const ALL: [EventType; 5] = [
+        EventType::Pageview,
+        EventType::Click,
+        EventType::Scroll,
+        EventType::Engagement,
+        EventType::Custom,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Pageview => "pageview",
+            EventType::Click => "click",
+            EventType::Scroll => "scroll",
+            EventType::Engagement => "engagement",
+            EventType::Custom => "custom",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+}
+
+/// Why an event was refused; `class()` is the bounded metric label.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    #[error("event is not a JSON object: {0}")]
+    Malformed(String),
+    #[error("field {field}: {problem}")]
+    InvalidValue { field: String, problem: String },
+    #[error("field {0}: required")]
+    MissingField(&'static str),
+    #[error("field {field}: longer than {limit} bytes")]
+    TooLong { field: &'static str, limit: usize },
+    #[error("field {field}: {problem}")]
+    OutOfRange {
+        field: &'static str,
+        problem: String,
+    },
+    #[error("field type: unknown event type `{0}` (expected pageview, click, scroll, engagement or custom)")]
+    UnknownType(String),
+}
+
+impl Rejection {
+    pub fn class(&self) -> &'static str {
+        match self {
+            Rejection::Malformed(_) => "malformed",
+            Rejection::InvalidValue { .. } => "invalid_value",
+            Rejection::MissingField(_) => "missing_field",
+            Rejection::TooLong { .. } => "too_long",
+            Rejection::OutOfRange { .. } => "out_of_range",
+            Rejection::UnknownType(_) => "unknown_type",
+        }
+    }
+}
+
+/// A validated, enriched event: the row of `clicktrail.events`, field for column.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clickhouse::Row)]
+pub struct Event {
+    pub event_id: String,
+    pub site: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub name: String,
+    /// Client time, seconds since the epoch (UTC), after clamping.
+    pub ts: u32,
+    /// Milliseconds within `ts`, so click sequences keep their order.
+    pub ts_ms: u16,
+    pub received_at: u32,
+    pub url: String,
+    pub host: String,
+    pub path: String,
+    pub referrer: String,
+    pub title: String,
+    pub session_id: String,
+    pub visitor_id: String,
+    pub x: i32,
+    pub y: i32,
+    pub viewport_w: u16,
+    pub viewport_h: u16,
+    pub doc_w: u32,
+    pub doc_h: u32,
+    pub selector: String,
+    pub text: String,
+    pub rage: u8,
+    pub scroll_depth: u8,
+    pub duration_ms: u32,
+    pub props: String,
+    pub browser: String,
+    pub os: String,
+    pub device: String,
+    pub user_agent: String,
+    pub ip: String,
+}
+
+impl Event {
+    pub fn event_type(&self) -> Option<EventType> {
+        EventType::parse(&self.kind)
+    }
+}
+
+/// What the server knows about a request, shared by all of its events.
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    pub site: String,
+    pub received_at_ms: i64,
+    pub user_agent: String,
+    pub client_ip: Option<IpAddr>,
+}
+
+impl RequestContext {
+    pub fn now_ms() -> i64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0)
+    }
+}
+
+/// Per-request enrichment computed once: parsing the user agent and hashing the visitor are
+/// the same for every event of a batch.
+struct RequestEnrichment {
+    browser: String,
+    os: String,
+    device: String,
+    user_agent: String,
+    ip: String,
+    cookieless_visitor: String,
+}
+
+/// Applies the configured rules; cheap to clone and shared by all handlers.
+#[derive(Debug, Clone)]
+pub struct Validator {
+    limits: LimitsConfig,
+    privacy: PrivacyConfig,
+    salt: std::sync::Arc<DailySalt>,
+}
+
+impl Validator {
+    pub fn new(limits: LimitsConfig, privacy: PrivacyConfig) -> Self {
+        Self {
+            limits,
+            privacy,
+            salt: std::sync::Arc::new(DailySalt::new()),
+        }
+    }
+
+    /// Validates every event of a batch. Accepted events keep their order; rejections carry the
+    /// event's index in the batch.
+    pub fn validate_batch(
+        &self,
+        ctx: &RequestContext,
+        events: &[&RawValue],
+    ) -> (Vec<Event>, Vec<(usize, Rejection)>) {
+        let enrich = self.enrich_request(ctx);
+        let mut accepted = Vec::with_capacity(events.len());
+        let mut rejected = Vec::new();
+        for (i, raw) in events.iter().enumerate() {
+            match self.validate_one(ctx, &enrich, raw) {
+                Ok(e) => accepted.push(e),
+                Err(r) => rejected.push((i, r)),
+            }
+        }
+        (accepted, rejected)
+    }
+
+    fn enrich_request(&self, ctx: &RequestContext) -> RequestEnrichment {
+        let ua = truncate(&ctx.user_agent, self.limits.max_user_agent_len);
+        let (browser, os, device) = parse_user_agent(ua);
+        let ip = match (self.privacy.ip, ctx.client_ip) {
+            (IpMode::Anonymize, Some(ip)) => anonymize_ip(ip),
+            _ => String::new(),
+        };
+        let cookieless_visitor = self.salt.visitor_id(ctx);
+        RequestEnrichment {
+            browser,
+            os,
+            device,
+            user_agent: if self.privacy.keep_user_agent {
+                ua.to_string()
+            } else {
+                String::new()
+            },
+            ip,
+            cookieless_visitor,
+        }
+    }
+
+    fn validate_one(
+        &self,
+        ctx: &RequestContext,
+        enrich: &RequestEnrichment,
+        raw: &RawValue,
+    ) -> Result<Event, Rejection> {
+        if !raw.get().trim_start().starts_with('{') {
+            return Err(Rejection::Malformed("expected an object".into()));
+        }
+        let mut de = serde_json::Deserializer::from_str(raw.get());
+        let ev: RawEvent<'_> = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let field = e.path().to_string();
+            let inner = e.into_inner().to_string();
+            // serde_json appends " at line L column C", which means nothing to a client that sent
+            // one event inside a batch.
+            let problem = match inner.find(" at line ") {
+                Some(i) => inner[..i].to_string(),
+                None => inner,
+            };
+            let problem = problem
+                .strip_prefix("invalid type: ")
+                .map(|p| match p.split_once(", expected ") {
+                    Some((got, want)) => format!("expected {want}, got {got}"),
+                    None => p.to_string(),
+                })
+                .unwrap_or(problem);
+            Rejection::InvalidValue { field, problem }
+        })?;
+
+        let l = &self.limits;
+        let kind_str = ev.kind.as_deref().ok_or(Rejection::MissingField("type"))?;
+        let kind =
+            EventType::parse(kind_str).ok_or_else(|| Rejection::UnknownType(kind_str.into()))?;
+
+        let event_id = match ev.id.as_deref() {
+            Some(id) => {
+                check_token("id", id, l.max_id_len)?;
+                id.to_string()
+            }
+            // A client that sends no id still gets exactly-once delivery for everything after
+            // the collector: the id is fixed before the event reaches the spool.
+            None => uuid::Uuid::new_v4().simple().to_string(),
+        };
+
+        let ts_ms = ev.ts.ok_or(Rejection::MissingField("ts"))?.0;
+        if ts_ms <= 0 {
+            return Err(Rejection::InvalidValue {
+                field: "ts".into(),
+                problem: "expected epoch milliseconds".into(),
+            });
+        }
+        let ts_ms = clamp_ts(
+            ts_ms,
+            ctx.received_at_ms,
+            l.max_clock_skew_past.as_millis() as i64,
+            l.max_clock_skew_future.as_millis() as i64,
+        );
+
+        let url = ev.url.as_deref().ok_or(Rejection::MissingField("url"))?;
+        check_len("url", url, l.max_url_len)?;
+        let (host, path) = parse_page_url(url)?;
+
+        let session = ev
+            .session
+            .as_deref()
+            .ok_or(Rejection::MissingField("session"))?;
+        check_token("session", session, l.max_id_len)?;
+        let visitor_id = match ev.visitor.as_deref() {
+            Some(v) if !v.is_empty() => {
+                check_token("visitor", v, l.max_id_len)?;
+                v.to_string()
+            }
+            // Cookieless mode: the snippet stores nothing, the visitor is a keyed hash that
+            // cannot be linked across days (the key rotates and is never stored).
+            _ => enrich.cookieless_visitor.clone(),
+        };
+
+        let title = opt_str("title", ev.title.as_deref(), l.max_title_len)?;
+        let referrer = opt_str("referrer", ev.referrer.as_deref(), l.max_url_len)?;
+        let selector = opt_str("selector", ev.selector.as_deref(), l.max_selector_len)?;
+        let text = opt_str("text", ev.text.as_deref(), l.max_text_len)?;
+
+        let mut e = Event {
+            event_id,
+            site: ctx.site.clone(),
+            kind: kind.as_str().to_string(),
+            name: String::new(),
+            ts: (ts_ms / 1000) as u32,
+            ts_ms: (ts_ms % 1000) as u16,
+            received_at: (ctx.received_at_ms / 1000) as u32,
+            url: url.to_string(),
+            host,
+            path,
+            referrer,
+            title,
+            session_id: session.to_string(),
+            visitor_id,
+            x: 0,
+            y: 0,
+            viewport_w: int_in("vw", ev.vw, 0, u16::MAX as i64)? as u16,
+            viewport_h: int_in("vh", ev.vh, 0, u16::MAX as i64)? as u16,
+            doc_w: int_in("dw", ev.dw, 0, u32::MAX as i64)? as u32,
+            doc_h: int_in("dh", ev.dh, 0, u32::MAX as i64)? as u32,
+            selector,
+            text,
+            rage: 0,
+            scroll_depth: 0,
+            duration_ms: 0,
+            props: String::new(),
+            browser: enrich.browser.clone(),
+            os: enrich.os.clone(),
+            device: enrich.device.clone(),
+            user_agent: enrich.user_agent.clone(),
+            ip: enrich.ip.clone(),
+        };
+
+        match kind {
+            EventType::Pageview => {}
+            EventType::Click => {
+                // Page coordinates can be negative on pages scrolled past their origin by
+                // transforms; bound them only to keep garbage out.
+                e.x = required_int("x", ev.x, -1_000_000, 10_000_000)? as i32;
+                e.y = required_int("y", ev.y, -1_000_000, 100_000_000)? as i32;
+                e.rage = u8::from(ev.rage.unwrap_or(false));
+            }
+            EventType::Scroll => {
+                e.scroll_depth = required_int("depth", ev.depth, 0, 100)? as u8;
+            }
+            EventType::Engagement => {
+                e.duration_ms =
+                    required_int("duration_ms", ev.duration_ms, 0, u32::MAX as i64)? as u32;
+            }
+            EventType::Custom => {
+                let name = ev.name.as_deref().ok_or(Rejection::MissingField("name"))?;
+                if name.is_empty() {
+                    return Err(Rejection::MissingField("name"));
+                }
+                check_len("name", name, l.max_name_len)?;
+                e.name = name.to_string();
+                if let Some(props) = ev.props {
+                    let p = props.get();
+                    if !p.trim_start().starts_with('{') {
+                        return Err(Rejection::InvalidValue {
+                            field: "props".into(),
+                            problem: "expected an object".into(),
+                        });
+                    }
+                    check_len("props", p, l.max_props_bytes)?;
+                    e.props = p.to_string();
+                }
+            }
+        }
+        Ok(e)
+    }
+}
+
+/// The clock-skew rule: a client time within [received − past, received + future] is kept;
+/// anything outside is a broken or hostile clock and is replaced by the receive time, which is
+/// the best estimate we have (clamping to the bound would invent a time nobody observed).
+pub fn clamp_ts(ts_ms: i64, received_ms: i64, past_ms: i64, future_ms: i64) -> i64 {
+    if ts_ms < received_ms - past_ms || ts_ms > received_ms + future_ms {
+        received_ms
+    } else {
+        ts_ms
+    }
+}
+
+fn check_len(field: &'static str, s: &str, limit: usize) -> Result<(), Rejection> {
+    if s.len() > limit {
+        Err(Rejection::TooLong { field, limit })
+    } else {
+        Ok(())
+    }
+}
+
+/// Ids are opaque tokens: bounded and free of characters that would need escaping downstream.
+fn check_token(field: &'static str, s: &str, limit: usize) -> Result<(), Rejection> {
+    if s.is_empty() {
+        return Err(Rejection::MissingField(field));
+    }
+    check_len(field, s, limit)?;
+    if !s
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+    {
+        return Err(Rejection::InvalidValue {
+            field: field.into(),
+            problem: "only letters, digits, '-', '_' and '.' are allowed".into(),
+        });
+    }
+    Ok(())
+}
+
+fn opt_str(field: &'static str, s: Option<&str>, limit: usize) -> Result<String, Rejection> {
+    match s {
+        Some(s) => {
+            check_len(field, s, limit)?;
+            Ok(s.to_string())
+        }
+        None => Ok(String::new()),
+    }
+}
+
+fn int_in(field: &'static str, n: Option<Number>, min: i64, max: i64) -> Result<i64, Rejection> {
+    match n {
+        None => Ok(0),
+        Some(n) => to_int(field, n, min, max),
+    }
+}
+
+fn required_int(
+    field: &'static str,
+    n: Option<Number>,
+    min: i64,
+    max: i64,
+) -> Result<i64, Rejection> {
+    to_int(field, n.ok_or(Rejection::MissingField(field))?, min, max)
+}
+
+fn to_int(field: &'static str, n: Number, min: i64, max: i64) -> Result<i64, Rejection> {
+    let v = n.0.round();
+    if !v.is_finite() || v < min as f64 || v > max as f64 {
+        return Err(Rejection::OutOfRange {
+            field,
+            problem: format!("must be between {min} and {max}"),
+        });
+    }
+    Ok(v as i64)
+}
+
+fn parse_page_url(url: &str) -> Result<(String, String), Rejection> {
+    let bad = || Rejection::InvalidValue {
+        field: "url".into(),
+        problem: "expected an absolute http(s) URL".into(),
+    };
+    let u = url::Url::parse(url).map_err(|_| bad())?;
+    if u.scheme() != "http" && u.scheme() != "https" {
+        return Err(bad());
+    }
+    let host = u.host_str().ok_or_else(bad)?.to_string();
+    Ok((host, u.path().to_string()))
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Browser, OS and device class (`desktop`, `mobile`, `tablet`, `bot`, `other`).
+pub fn parse_user_agent(ua: &str) -> (String, String, String) {
+    if ua.is_empty() {
+        return (String::new(), String::new(), "other".into());
+    }
+    match woothee::parser::Parser::new().parse(ua) {
+        Some(r) => {
+            let device = match r.category {
+                "pc" => "desktop",
+                "smartphone" | "mobilephone" => {
+                    if ua.contains("iPad") || (ua.contains("Android") && !ua.contains("Mobile")) {
+                        "tablet"
+                    } else {
+                        "mobile"
+                    }
+                }
+                "crawler" => "bot",
+                _ => "other",
+            };
+            let name = |s: &str| {
+                if s == woothee::woothee::VALUE_UNKNOWN {
+                    String::new()
+                } else {
+                    s.to_string()
+                }
+            };
+            (name(r.name), name(r.os), device.to_string())
+        }
+        None => (String::new(), String::new(), "other".into()),
+    }
+}
+
+/// Keeps the network, drops the host: IPv4 /24, IPv6 /48.
+pub fn anonymize_ip(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            format!("{}.{}.{}.0", o[0], o[1], o[2])
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return anonymize_ip(IpAddr::V4(v4));
+            }
+            let s = v6.segments();
+            std::net::Ipv6Addr::new(s[0], s[1], s[2], 0, 0, 0, 0, 0).to_string()
+        }
+    }
+}
+
+/// The cookieless visitor key: random per UTC day, in memory only, never written anywhere, so
+/// yesterday's visitor ids cannot be recomputed or linked to today's.
+#[derive(Debug)]
+pub struct DailySalt {
+    current: std::sync::Mutex<(i64, [u8; 32])>,
+}
+
+impl DailySalt {
+    fn new() -> Self {
+        Self {
+            current: std::sync::Mutex::new((i64::MIN, [0; 32])),
+        }
+    }
+
+    fn key_for_day(&self, day: i64) -> [u8; 32] {
+        let mut cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if cur.0 != day {
+            *cur = (day, rand::random());
+        }
+        cur.1
+    }
+
+    fn visitor_id(&self, ctx: &RequestContext) -> String {
+        let day = ctx.received_at_ms.div_euclid(86_400_000);
+        let mut h = blake3::Hasher::new_keyed(&self.key_for_day(day));
+        h.update(ctx.site.as_bytes());
+        h.update(&[0]);
+        // The raw address, not the anonymised one: the hash is already one-way and keyed, and
+        // the /24 alone would merge every visitor of an office into one.
+        if let Some(ip) = ctx.client_ip {
+            h.update(ip.to_string().as_bytes());
+        }
+        h.update(&[0]);
+        h.update(ctx.user_agent.as_bytes());
+        let hash = h.finalize();
+        let mut out = String::with_capacity(17);
+        out.push('c');
+        for b in &hash.as_bytes()[..8] {
+            out.push_str(&format!("{b:02x}"));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn validator() -> Validator {
+        Validator::new(LimitsConfig::default(), PrivacyConfig::default())
+    }
+
+    fn ctx() -> RequestContext {
+        RequestContext {
+            site: "demo".into(),
+            received_at_ms: 1_700_000_000_000,
+            user_agent: "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36".into(),
+            client_ip: Some("203.0.113.77".parse().unwrap()),
+        }
+    }
+
+    fn run(json: &str) -> Result<Event, Rejection> {
+        run_with(&validator(), json)
+    }
+
+    fn run_with(v: &Validator, json: &str) -> Result<Event, Rejection> {
+        let raw: Box<RawValue> = serde_json::from_str(json).unwrap();
+        let (mut ok, mut bad) = v.validate_batch(&ctx(), &[&raw]);
+        match ok.pop() {
+            Some(e) => Ok(e),
+            None => Err(bad.pop().unwrap().1),
+        }
+    }
+
+    const BASE: &str = r#""id":"e1","ts":1700000000123,"url":"https://shop.example/cart?x=1","session":"s1","visitor":"v1""#;
+
+    #[test]
+    fn click_is_enriched() {
+        let e = run(&format!(
+            r#"{{"type":"click",{BASE},"x":10.4,"y":2000,"vw":1280,"vh":720,"selector":"button#buy","text":"Buy","rage":true}}"#
+        ))
+        .unwrap();
+        assert_eq!(e.kind, "click");
+        assert_eq!(
+            (e.x, e.y, e.viewport_w, e.viewport_h),
+            (10, 2000, 1280, 720)
+        );
+        assert_eq!(e.rage, 1);
+        assert_eq!(e.host, "shop.example");
+        assert_eq!(e.path, "/cart");
+        assert_eq!(e.ts, 1_700_000_000);
+        assert_eq!(e.ts_ms, 123);
+        assert_eq!(e.received_at, 1_700_000_000);
+        assert_eq!(e.ip, "203.0.113.0");
+        assert_eq!(e.browser, "Chrome");
+        assert_eq!(e.device, "desktop");
+        assert_eq!(e.user_agent, "", "raw UA is not kept by default");
+    }
+
+    #[test]
+    fn errors_name_field_and_expectation() {
+        let cases = [
+            (
+                r#"{"type":"click","id":"e","ts":"yesterday","url":"https://a.b/","session":"s","x":1,"y":1}"#,
+                "field ts: expected epoch milliseconds",
+            ),
+            (
+                r#"{"type":"click","id":"e","ts":1700000000000,"url":"https://a.b/","session":"s","y":1}"#,
+                "field x: required",
+            ),
+            (
+                r#"{"type":"scroll","id":"e","ts":1700000000000,"url":"https://a.b/","session":"s","depth":140}"#,
+                "field depth: must be between 0 and 100",
+            ),
+            (
+                r#"{"type":"pageview","id":"e","ts":1700000000000,"url":"ftp://a.b/","session":"s"}"#,
+                "field url: expected an absolute http(s) URL",
+            ),
+            (
+                r#"{"type":"teleport","id":"e","ts":1700000000000,"url":"https://a.b/","session":"s"}"#,
+                "unknown event type `teleport`",
+            ),
+            (
+                r#"{"id":"e","ts":1700000000000,"url":"https://a.b/","session":"s"}"#,
+                "field type: required",
+            ),
+            (
+                r#"{"type":"pageview","id":"e e","ts":1700000000000,"url":"https://a.b/","session":"s"}"#,
+                "field id: only letters",
+            ),
+            (
+                r#"{"type":"click","id":"e","ts":1700000000000,"url":"https://a.b/","session":"s","x":"left","y":1}"#,
+                "field x: expected a number",
+            ),
+            (
+                r#"{"type":"custom","id":"e","ts":1700000000000,"url":"https://a.b/","session":"s"}"#,
+                "field name: required",
+            ),
+            (
+                r#"{"type":"custom","id":"e","ts":1700000000000,"url":"https://a.b/","session":"s","name":"n","props":[1]}"#,
+                "field props: expected an object",
+            ),
+            (r#"[1,2]"#, "not a JSON object"),
+        ];
+        for (json, want) in cases {
+            let err = run(json).expect_err(json).to_string();
+            assert!(err.contains(want), "{json}: got `{err}`, want `{want}`");
+        }
+    }
+
+    #[test]
+    fn too_long_fields_are_rejected() {
+        let long = "a".repeat(300);
+        let err = run(&format!(
+            r#"{{"type":"click",{BASE},"x":1,"y":1,"text":"{long}"}}"#
+        ))
+        .unwrap_err();
+        assert_eq!(err.class(), "too_long");
+        assert_eq!(err.to_string(), "field text: longer than 256 bytes");
+    }
+
+    #[test]
+    fn one_bad_event_does_not_fail_the_batch() {
+        let good: Box<RawValue> =
+            serde_json::from_str(&format!(r#"{{"type":"pageview",{BASE},"title":"Cart"}}"#))
+                .unwrap();
+        let bad: Box<RawValue> = serde_json::from_str(r#"{"type":"pageview"}"#).unwrap();
+        let (ok, rejected) = validator().validate_batch(&ctx(), &[&good, &bad, &good]);
+        assert_eq!(ok.len(), 2);
+        assert_eq!(rejected.len(), 1);
+        assert_eq!(rejected[0].0, 1);
+    }
+
+    #[test]
+    fn clock_skew_rule() {
+        let r = 1_000_000_000_000;
+        let day = 86_400_000;
+        assert_eq!(clamp_ts(r - 5_000, r, day, 60_000), r - 5_000);
+        assert_eq!(clamp_ts(r - day - 1, r, day, 60_000), r);
+        assert_eq!(clamp_ts(r + 60_001, r, day, 60_000), r);
+        assert_eq!(clamp_ts(r + 59_000, r, day, 60_000), r + 59_000);
+    }
+
+    #[test]
+    fn missing_id_gets_a_server_id_and_cookieless_visitor_is_derived() {
+        let v = validator();
+        let a = run_with(
+            &v,
+            r#"{"type":"pageview","ts":1700000000000,"url":"https://a.b/","session":"s"}"#,
+        )
+        .unwrap();
+        let b = run_with(&v, r#"{"type":"pageview","ts":1700000000000,"url":"https://a.b/","session":"s","visitor":""}"#)
+            .unwrap();
+        assert_eq!(a.event_id.len(), 32);
+        assert_ne!(a.event_id, b.event_id);
+        assert!(a.visitor_id.starts_with('c'));
+        assert_eq!(
+            a.visitor_id, b.visitor_id,
+            "same site, IP and UA on one day"
+        );
+    }
+
+    #[test]
+    fn anonymizes_ips() {
+        assert_eq!(anonymize_ip("192.168.1.77".parse().unwrap()), "192.168.1.0");
+        assert_eq!(
+            anonymize_ip("2001:db8:abcd:12::1".parse().unwrap()),
+            "2001:db8:abcd::"
+        );
+        assert_eq!(anonymize_ip("::ffff:10.1.2.3".parse().unwrap()), "10.1.2.0");
+    }
+
+    #[test]
+    fn event_round_trips_through_json() {
+        let e = run(&format!(r#"{{"type":"pageview",{BASE},"title":"Ça va"}}"#)).unwrap();
+        let back: Event = serde_json::from_str(&serde_json::to_string(&e).unwrap()).unwrap();
+        assert_eq!(e, back);
+    }
+}

@@ -1,0 +1,118 @@
+//! Every error an HTTP client can see, mapped to a status and a JSON reason in one place.
+//! Internal details (I/O errors, paths) are logged, never sent.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use crate::spool::SpoolError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("empty body: send {{\"site\": KEY, \"events\": [...]}}")]
+    EmptyBody,
+    #[error("malformed JSON: {0}")]
+    MalformedJson(String),
+    #[error("field {0}: required in the batch envelope {{\"site\": KEY, \"events\": [...]}}")]
+    MissingEnvelopeField(&'static str),
+    #[error("invalid gzip body: {0}")]
+    InvalidGzip(String),
+    #[error("body larger than {limit} bytes")]
+    BodyTooLarge { limit: usize },
+    #[error("body larger than {limit} bytes once decompressed")]
+    DecompressedTooLarge { limit: usize },
+    #[error("too many events: {count} in one batch, at most {limit}")]
+    TooManyEvents { count: usize, limit: usize },
+    #[error("unsupported Content-Type `{0}`: use application/json or text/plain")]
+    UnsupportedMediaType(String),
+    #[error("unsupported Content-Encoding `{0}`: use gzip or none")]
+    UnsupportedEncoding(String),
+    #[error("unknown site key `{0}`")]
+    UnknownSite(String),
+    #[error("origin `{origin}` is not allowed to send events for site `{site}`")]
+    OriginNotAllowed { origin: String, site: String },
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("not found")]
+    NotFound,
+    #[error("{0}")]
+    Spool(#[from] SpoolError),
+    #[error("request timed out waiting for the spool")]
+    Timeout,
+    #[error("could not read the request body")]
+    BodyRead,
+}
+
+/// Seconds for `Retry-After`; filled in by the handler from config.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryAfter(pub u32);
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        use ApiError::*;
+        match self {
+            EmptyBody | MalformedJson(_) | MissingEnvelopeField(_) | InvalidGzip(_) | BodyRead => {
+                StatusCode::BAD_REQUEST
+            }
+            BodyTooLarge { .. } | DecompressedTooLarge { .. } | TooManyEvents { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            UnsupportedMediaType(_) | UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            UnknownSite(_) | OriginNotAllowed { .. } => StatusCode::FORBIDDEN,
+            MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            NotFound => StatusCode::NOT_FOUND,
+            Spool(_) | Timeout => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// A stable machine-readable code, for SDKs and dashboards.
+    pub fn code(&self) -> &'static str {
+        use ApiError::*;
+        match self {
+            EmptyBody => "empty_body",
+            MalformedJson(_) => "malformed_json",
+            MissingEnvelopeField(_) => "missing_field",
+            InvalidGzip(_) => "invalid_gzip",
+            BodyTooLarge { .. } | DecompressedTooLarge { .. } => "body_too_large",
+            TooManyEvents { .. } => "too_many_events",
+            UnsupportedMediaType(_) => "unsupported_media_type",
+            UnsupportedEncoding(_) => "unsupported_encoding",
+            UnknownSite(_) => "unknown_site",
+            OriginNotAllowed { .. } => "origin_not_allowed",
+            MethodNotAllowed => "method_not_allowed",
+            NotFound => "not_found",
+            Spool(SpoolError::Full) => "spool_full",
+            Spool(SpoolError::Closed) => "shutting_down",
+            Spool(_) => "unavailable",
+            Timeout => "timeout",
+            BodyRead => "body_read",
+        }
+    }
+
+    pub fn into_response_with(self, retry_after: RetryAfter) -> Response {
+        let status = self.status();
+        let message = match &self {
+            // The cause of a spool I/O failure is for the operator's log, not for the client.
+            ApiError::Spool(SpoolError::Io(detail))
+            | ApiError::Spool(SpoolError::Failed(detail)) => {
+                tracing::error!(%detail, "spool unavailable");
+                "the collector cannot store events right now".to_string()
+            }
+            other => other.to_string(),
+        };
+        let mut resp =
+            (status, Json(json!({"error": message, "code": self.code()}))).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after.0));
+        }
+        resp
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        self.into_response_with(RetryAfter(5))
+    }
+}

@@ -1,0 +1,463 @@
+//! The collector's HTTP face: router, handlers, CORS, request ids, request metrics.
+//!
+//! Invariants:
+//! - `POST /v1/events` answers 200 only after every accepted event of the request is committed
+//!   to the spool; the handler never talks to ClickHouse.
+//! - Every answer, errors and 404/405 included, carries CORS headers for an allowed origin,
+//!   so a browser SDK can read the reason; 503s carry `Retry-After`.
+
+mod decode;
+mod error;
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::json;
+use tokio::sync::watch;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+pub use error::ApiError;
+use error::RetryAfter;
+
+use crate::config::{Config, HttpConfig};
+use crate::event::{EventType, RawBatch, RequestContext, Validator};
+use crate::metrics::{Metrics, ReasonLabel, RouteLabel, RouteStatus, TypeLabel};
+use crate::sink::SinkStatus;
+use crate::spool::SpoolHandle;
+
+/// The tracker served at `/v1/snippet.js` (built from `snippet/src`, committed so the Rust
+/// build needs no Node).
+const SNIPPET: &str = include_str!("../../snippet/dist/clicktrail.min.js");
+const DEMO_PAGE: &str = include_str!("../../snippet/demo.html");
+
+/// Health of ClickHouse as seen by the periodic probe: `Ok` or the last error.
+pub type ProbeStatus = Result<(), String>;
+
+/// Everything handlers share, built once per server.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    sites: HashMap<String, SiteOrigins>,
+    all_origins: HashSet<String>,
+    any_origin: bool,
+    http: HttpConfig,
+    validator: Validator,
+    spool: SpoolHandle,
+    metrics: Metrics,
+    sink: watch::Receiver<SinkStatus>,
+    probe: watch::Receiver<ProbeStatus>,
+    snippet: Bytes,
+    snippet_etag: String,
+}
+
+struct SiteOrigins {
+    any: bool,
+    origins: HashSet<String>,
+}
+
+impl AppState {
+    pub fn new(
+        config: &Config,
+        spool: SpoolHandle,
+        metrics: Metrics,
+        sink: watch::Receiver<SinkStatus>,
+        probe: watch::Receiver<ProbeStatus>,
+    ) -> std::io::Result<Self> {
+        let mut sites = HashMap::new();
+        let mut all_origins = HashSet::new();
+        let mut any_origin = false;
+        for s in &config.sites {
+            let any = s.origins.iter().any(|o| o == "*");
+            any_origin |= any;
+            let origins: HashSet<String> =
+                s.origins.iter().filter(|o| *o != "*").cloned().collect();
+            all_origins.extend(origins.iter().cloned());
+            sites.insert(s.key.clone(), SiteOrigins { any, origins });
+        }
+        let snippet = match &config.http.snippet_file {
+            Some(p) => Bytes::from(std::fs::read(p).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("http.snippet_file {}: {e}", p.display()))
+            })?),
+            None => Bytes::from_static(SNIPPET.as_bytes()),
+        };
+        let snippet_etag = format!("\"{}\"", &blake3::hash(&snippet).to_hex()[..16]);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                sites,
+                all_origins,
+                any_origin,
+                http: config.http.clone(),
+                validator: Validator::new(config.limits.clone(), config.privacy.clone()),
+                spool,
+                metrics,
+                sink,
+                probe,
+                snippet,
+                snippet_etag,
+            }),
+        })
+    }
+
+    fn origin_allowed_anywhere(&self, origin: &str) -> bool {
+        self.inner.any_origin || self.inner.all_origins.contains(origin)
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/events", post(post_events))
+        .route("/v1/snippet.js", get(get_snippet))
+        .route("/", get(demo_page))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .fallback(|| async { ApiError::NotFound })
+        .layer(middleware::from_fn_with_state(state.clone(), cors))
+        .layer(middleware::from_fn_with_state(state.clone(), record_metrics))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|req: &Request| {
+                let id = req
+                    .headers()
+                    .get("x-request-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+            }),
+        )
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .with_state(state)
+}
+
+/// Route label from a closed set, so clients cannot create metric series.
+fn route_label(req: &Request) -> &'static str {
+    match req.extensions().get::<MatchedPath>().map(|p| p.as_str()) {
+        Some("/v1/events") => "/v1/events",
+        Some("/v1/snippet.js") => "/v1/snippet.js",
+        Some("/") => "/",
+        Some("/healthz") => "/healthz",
+        Some("/readyz") => "/readyz",
+        Some("/metrics") => "/metrics",
+        _ => "other",
+    }
+}
+
+async fn record_metrics(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = route_label(&req);
+    let resp = next.run(req).await;
+    let m = &st.inner.metrics;
+    m.http_requests
+        .get_or_create(&RouteStatus {
+            route,
+            status: resp.status().as_u16(),
+        })
+        .inc();
+    m.http_duration
+        .get_or_create(&RouteLabel { route })
+        .observe(started.elapsed().as_secs_f64());
+    resp
+}
+
+/// CORS for every answer. Preflights are answered here; other responses get the headers added
+/// on the way out. Per-site origin rules are enforced by the events handler, which can then
+/// explain a refusal in a body the browser is allowed to read.
+async fn cors(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|o| o.to_str().ok())
+        .map(str::to_string);
+    let allowed = origin
+        .as_deref()
+        .filter(|o| st.origin_allowed_anywhere(o))
+        .map(str::to_string);
+    let mut resp = if req.method() == Method::OPTIONS {
+        let mut r = StatusCode::NO_CONTENT.into_response();
+        let h = r.headers_mut();
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("POST, GET, OPTIONS"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static("Content-Type, Content-Encoding"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from_static("86400"),
+        );
+        r
+    } else {
+        next.run(req).await
+    };
+    let h = resp.headers_mut();
+    h.append(header::VARY, HeaderValue::from_static("Origin"));
+    if let Some(o) = allowed.and_then(|o| HeaderValue::from_str(&o).ok()) {
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o);
+        h.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static("Retry-After, X-Request-Id"),
+        );
+    }
+    resp
+}
+
+#[derive(Serialize)]
+struct Rejected {
+    index: usize,
+    error: String,
+}
+
+#[derive(Serialize)]
+struct Answer {
+    accepted: usize,
+    rejected: Vec<Rejected>,
+}
+
+async fn post_events(State(st): State<AppState>, req: Request) -> Response {
+    let retry = RetryAfter(st.inner.http.retry_after_secs);
+    let timeout = st.inner.http.request_timeout;
+    match tokio::time::timeout(timeout, ingest(&st, req)).await {
+        Ok(Ok(answer)) => Json(answer).into_response(),
+        Ok(Err(e)) => {
+            if matches!(
+                e,
+                ApiError::MalformedJson(_)
+                    | ApiError::EmptyBody
+                    | ApiError::MissingEnvelopeField(_)
+            ) {
+                st.inner
+                    .metrics
+                    .events_rejected
+                    .get_or_create(&ReasonLabel {
+                        reason: "malformed",
+                    })
+                    .inc();
+            }
+            tracing::debug!(error = %e, status = %e.status(), "request refused");
+            e.into_response_with(retry)
+        }
+        Err(_) => ApiError::Timeout.into_response_with(retry),
+    }
+}
+
+async fn ingest(st: &AppState, req: Request) -> Result<Answer, ApiError> {
+    let received_at_ms = RequestContext::now_ms();
+    let (parts, body) = req.into_parts();
+    let client_ip = client_ip(
+        &parts.headers,
+        parts.extensions.get::<ConnectInfo<SocketAddr>>(),
+        st.inner.http.trust_forwarded_for,
+    );
+    let bytes = decode::read_body(&parts.headers, body, &st.inner.http).await?;
+
+    let batch: RawBatch<'_> = serde_json::from_slice(&bytes).map_err(|e| {
+        // serde's message says where; clients need that to find their bug.
+        ApiError::MalformedJson(e.to_string())
+    })?;
+    let site = batch.site.ok_or(ApiError::MissingEnvelopeField("site"))?;
+    let events = batch
+        .events
+        .ok_or(ApiError::MissingEnvelopeField("events"))?;
+    let Some(site_cfg) = st.inner.sites.get(site.as_ref()) else {
+        return Err(ApiError::UnknownSite(site.chars().take(64).collect()));
+    };
+    if let Some(origin) = parts
+        .headers
+        .get(header::ORIGIN)
+        .and_then(|o| o.to_str().ok())
+    {
+        if !site_cfg.any && !site_cfg.origins.contains(origin) {
+            return Err(ApiError::OriginNotAllowed {
+                origin: origin.chars().take(200).collect(),
+                site: site.to_string(),
+            });
+        }
+    }
+    let limit = st.inner.http.max_events_per_batch;
+    if events.len() > limit {
+        return Err(ApiError::TooManyEvents {
+            count: events.len(),
+            limit,
+        });
+    }
+
+    let ctx = RequestContext {
+        site: site.into_owned(),
+        received_at_ms,
+        user_agent: parts
+            .headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string(),
+        client_ip,
+    };
+    let (accepted, rejected) = st.inner.validator.validate_batch(&ctx, &events);
+    let m = &st.inner.metrics;
+    for (_, r) in &rejected {
+        m.events_rejected
+            .get_or_create(&ReasonLabel { reason: r.class() })
+            .inc();
+    }
+    let n = accepted.len();
+    if n > 0 {
+        let mut per_type = [0u64; EventType::ALL.len()];
+        for e in &accepted {
+            if let Some(i) = EventType::ALL
+                .iter()
+                .position(|t| Some(*t) == e.event_type())
+            {
+                per_type[i] += 1;
+            }
+        }
+        let payload = serde_json::to_vec(&accepted).expect("events serialize");
+        if let Err(e) = st.inner.spool.append(payload).await {
+            m.events_rejected
+                .get_or_create(&ReasonLabel {
+                    reason: "spool_full",
+                })
+                .inc_by(n as u64);
+            return Err(e.into());
+        }
+        for (t, c) in EventType::ALL.iter().zip(per_type) {
+            if c > 0 {
+                m.events_accepted
+                    .get_or_create(&TypeLabel { r#type: t.as_str() })
+                    .inc_by(c);
+            }
+        }
+    }
+    Ok(Answer {
+        accepted: n,
+        rejected: rejected
+            .into_iter()
+            .map(|(index, r)| Rejected {
+                index,
+                error: r.to_string(),
+            })
+            .collect(),
+    })
+}
+
+fn client_ip(
+    headers: &HeaderMap,
+    conn: Option<&ConnectInfo<SocketAddr>>,
+    trust_xff: bool,
+) -> Option<IpAddr> {
+    if trust_xff {
+        // The left-most address is the client as seen by the first trusted proxy.
+        if let Some(ip) = headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.trim().parse().ok())
+        {
+            return Some(ip);
+        }
+    }
+    conn.map(|c| c.0.ip())
+}
+
+async fn get_snippet(State(st): State<AppState>, headers: HeaderMap) -> Response {
+    let etag = &st.inner.snippet_etag;
+    let fresh = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag));
+    let mut resp = if fresh {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "application/javascript; charset=utf-8",
+            )],
+            st.inner.snippet.clone(),
+        )
+            .into_response()
+    };
+    let h = resp.headers_mut();
+    // The URL is not versioned, so a day (then revalidation by ETag) bounds how long an old
+    // snippet can stay in browsers after an upgrade.
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=86400, stale-while-revalidate=604800"),
+    );
+    if let Ok(v) = HeaderValue::from_str(etag) {
+        h.insert(header::ETAG, v);
+    }
+    resp
+}
+
+async fn demo_page() -> Html<&'static str> {
+    Html(DEMO_PAGE)
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// Ready = able to take events *and* deliver them: ClickHouse answers, the sink's last insert
+/// worked, the spool has room. The body says which check failed and whether the collector is
+/// still accepting (it is, into the spool, while only ClickHouse is down).
+async fn readyz(State(st): State<AppState>) -> Response {
+    let probe = st.inner.probe.borrow().clone();
+    let sink = st.inner.sink.borrow().clone();
+    let spool = st.inner.spool.status();
+    let mut problems = Vec::new();
+    if let Err(e) = &probe {
+        problems.push(format!("clickhouse: {e}"));
+    }
+    if sink.held {
+        problems.push("sink: destination missing or forbidden; batches are held".to_string());
+    } else if let Some(e) = &sink.last_error {
+        problems.push(format!("sink: last insert failed: {e}"));
+    }
+    if let Some(f) = &spool.failed {
+        problems.push(format!("spool: failed: {f}"));
+    } else if spool.full {
+        problems.push("spool: full; new events are refused with 503".to_string());
+    }
+    let accepting = spool.failed.is_none() && !spool.full;
+    let body = json!({
+        "status": if problems.is_empty() { "ready" } else { "not_ready" },
+        "accepting_events": accepting,
+        "problems": problems,
+        "spool": {"bytes": spool.bytes, "quota": spool.quota},
+        "clickhouse": if probe.is_ok() { "ok" } else { "unreachable" },
+    });
+    let status = if problems.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+async fn metrics(State(st): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        st.inner.metrics.encode(),
+    )
+        .into_response()
+}

@@ -1,0 +1,194 @@
+//! The `clicktrail` command line: parse, load config, set up logging, dispatch.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+
+use clicktrail::config::{Config, LogFormat};
+use clicktrail::migrate::{self, Dialect, ServerVersion};
+
+#[derive(Parser)]
+#[command(
+    name = "clicktrail",
+    version,
+    about = "Self-hosted UX-analytics collector"
+)]
+struct Cli {
+    /// Configuration file; `CLICKTRAIL_*` environment variables override its keys.
+    #[arg(
+        long,
+        global = true,
+        env = "CLICKTRAIL_CONFIG",
+        default_value = "config/clicktrail.toml"
+    )]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the collector (HTTP, spool, sink).
+    Serve,
+    /// Create or upgrade the ClickHouse schema.
+    Migrate {
+        /// Print the SQL instead of running it.
+        #[arg(long, requires = "server_version")]
+        print_sql: bool,
+        /// With --print-sql: the ClickHouse version to render for, e.g. 18.16 or 26.1.
+        #[arg(long)]
+        server_version: Option<String>,
+    },
+    /// Validate the configuration and check ClickHouse and the data directory.
+    Check,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(path: &Path) -> anyhow::Result<Config> {
+    // The default path may be absent (env-only set-ups); an explicit one must exist.
+    let explicit = path != Path::new("config/clicktrail.toml");
+    Config::load(path, explicit).with_context(|| format!("configuration {}", path.display()))
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Command::Migrate {
+        print_sql: true,
+        server_version: Some(v),
+    } = &cli.command
+    {
+        // Printing needs no server and no valid sites; only the database name matters.
+        let version: ServerVersion = v.parse()?;
+        let db = Config::load(&cli.config, false)
+            .map(|c| c.clickhouse.database)
+            .unwrap_or_else(|_| "clicktrail".to_string());
+        print!("{}", migrate::plan_sql(Dialect { version }, &db));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let config = load_config(&cli.config)?;
+    init_logging(&config);
+    let rt = runtime()?;
+    match cli.command {
+        Command::Serve => rt.block_on(async {
+            let listener = tokio::net::TcpListener::bind(config.listen)
+                .await
+                .with_context(|| format!("cannot listen on {} (key `listen`)", config.listen))?;
+            clicktrail::serve::run(config, listener, clicktrail::serve::shutdown_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }),
+        Command::Migrate { .. } => rt.block_on(async {
+            let applied = migrate::run(&config.clickhouse).await?;
+            if applied.is_empty() {
+                println!("schema is up to date");
+            } else {
+                for m in applied {
+                    println!("applied {m}");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }),
+        Command::Check => rt.block_on(check(config)),
+    }
+}
+
+async fn check(config: Config) -> anyhow::Result<ExitCode> {
+    println!(
+        "configuration: ok ({} site(s), listen {})",
+        config.sites.len(),
+        config.listen
+    );
+    let mut failed = false;
+
+    let spool = config.spool_dir();
+    match std::fs::create_dir_all(&spool).and_then(|_| {
+        let probe = spool.join(".check");
+        std::fs::write(&probe, b"ok")?;
+        std::fs::remove_file(probe)
+    }) {
+        Ok(()) => println!("data_dir: ok ({} is writable)", config.data_dir.display()),
+        Err(e) => {
+            failed = true;
+            println!(
+                "data_dir: FAILED: cannot write to {}: {e} (key `data_dir`)",
+                spool.display()
+            );
+        }
+    }
+
+    let client = clickhouse::Client::default()
+        .with_url(&config.clickhouse.url)
+        .with_user(&config.clickhouse.user)
+        .with_password(&config.clickhouse.password)
+        .with_validation(false);
+    match migrate::server_version(&client).await {
+        Ok((_, v)) => {
+            println!(
+                "clickhouse: ok ({} answers, version {v})",
+                config.clickhouse.url
+            );
+            let db = &config.clickhouse.database;
+            let exists: Result<u8, _> = client
+                .query(&format!("EXISTS TABLE {db}.events"))
+                .fetch_one()
+                .await;
+            match exists {
+                Ok(1) => println!("schema: ok ({db}.events exists)"),
+                Ok(_) => {
+                    failed = true;
+                    println!(
+                        "schema: FAILED: {db}.events does not exist; run `clicktrail migrate`"
+                    );
+                }
+                Err(e) => {
+                    failed = true;
+                    println!("schema: FAILED: {e}; run `clicktrail migrate`");
+                }
+            }
+        }
+        Err(e) => {
+            failed = true;
+            println!(
+                "clickhouse: FAILED: {} did not answer: {e} (key `clickhouse.url`, env CLICKTRAIL_CLICKHOUSE_URL)",
+                config.clickhouse.url
+            );
+        }
+    }
+    if failed {
+        bail!("check failed; fix the items marked FAILED above");
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,327 @@
+//! Every Prometheus metric of the process, defined once (catalogue: `docs/metrics.md`).
+//!
+//! [`Metrics`] is built per server instance and handed to each component through `AppState` /
+//! constructors; there is no global recorder, so tests can run several servers in one process.
+//! Label values come from closed sets (routes, event types, reason classes), never from client
+//! input, so cardinality stays bounded.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteStatus {
+    pub route: &'static str,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabel {
+    pub route: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TypeLabel {
+    // The derive strips `r#`, so the label is `type`.
+    pub r#type: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClassLabel {
+    pub class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageReason {
+    pub stage: &'static str,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabel {
+    pub version: &'static str,
+}
+
+type FGauge = Gauge<f64, AtomicU64>;
+
+fn latency_histogram() -> Histogram {
+    // 100 µs .. ~13 s: ack latency lives at the low end, slow inserts at the high end.
+    Histogram::new(exponential_buckets(0.0001, 2.0, 18))
+}
+
+fn size_histogram() -> Histogram {
+    // 1 .. ~1M rows per batch.
+    Histogram::new(exponential_buckets(1.0, 4.0, 11))
+}
+
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+
+    pub http_requests: Family<RouteStatus, Counter>,
+    pub http_duration: Family<RouteLabel, Histogram, fn() -> Histogram>,
+
+    pub events_accepted: Family<TypeLabel, Counter>,
+    pub events_rejected: Family<ReasonLabel, Counter>,
+
+    pub spool_bytes: Gauge,
+    pub spool_quota_bytes: Gauge,
+    pub spool_segments: Gauge,
+    pub spool_pending_records: Gauge,
+    pub spool_oldest_pending_age: FGauge,
+    pub spool_commit_duration: Histogram,
+    pub spool_fsyncs: Counter,
+    pub spool_corrupt_records: Counter,
+    pub spool_full_rejections: Counter,
+
+    pub sink_inserts: Counter,
+    pub sink_rows_inserted: Counter,
+    pub sink_batch_rows: Histogram,
+    pub sink_insert_duration: Histogram,
+    pub sink_insert_errors: Family<ClassLabel, Counter>,
+    pub sink_destination_held: Gauge,
+    pub sink_last_success: FGauge,
+    pub clickhouse_up: Gauge,
+
+    pub freshness_lag: FGauge,
+
+    pub dlq_events: Family<StageReason, Counter>,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut r = Registry::with_prefix("clicktrail");
+
+        let http_requests = Family::<RouteStatus, Counter>::default();
+        r.register(
+            "http_requests",
+            "HTTP requests by route and status",
+            http_requests.clone(),
+        );
+        let http_duration =
+            Family::<RouteLabel, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram,
+            );
+        r.register(
+            "http_request_duration_seconds",
+            "Request wall time; for /v1/events it includes the spool commit (the ack latency)",
+            http_duration.clone(),
+        );
+
+        let events_accepted = Family::<TypeLabel, Counter>::default();
+        r.register(
+            "events_accepted",
+            "Events validated and made durable, by type",
+            events_accepted.clone(),
+        );
+        let events_rejected = Family::<ReasonLabel, Counter>::default();
+        r.register(
+            "events_rejected",
+            "Events refused, by reason class",
+            events_rejected.clone(),
+        );
+
+        let spool_bytes = Gauge::default();
+        r.register(
+            "spool_bytes",
+            "Bytes of spool segments on disk",
+            spool_bytes.clone(),
+        );
+        let spool_quota_bytes = Gauge::default();
+        r.register(
+            "spool_quota_bytes",
+            "Configured spool quota",
+            spool_quota_bytes.clone(),
+        );
+        let spool_segments = Gauge::default();
+        r.register(
+            "spool_segments",
+            "Spool segment files",
+            spool_segments.clone(),
+        );
+        let spool_pending_records = Gauge::default();
+        r.register(
+            "spool_pending_records",
+            "Records acknowledged but not yet confirmed by ClickHouse",
+            spool_pending_records.clone(),
+        );
+        let spool_oldest_pending_age = FGauge::default();
+        r.register(
+            "spool_oldest_pending_age_seconds",
+            "Age of the oldest acknowledged-but-undelivered record (0 when none)",
+            spool_oldest_pending_age.clone(),
+        );
+        let spool_commit_duration = latency_histogram();
+        r.register(
+            "spool_commit_duration_seconds",
+            "Write + fsync of one group commit",
+            spool_commit_duration.clone(),
+        );
+        let spool_fsyncs = Counter::default();
+        r.register("spool_fsyncs", "fsync calls", spool_fsyncs.clone());
+        let spool_corrupt_records = Counter::default();
+        r.register(
+            "spool_corrupt_records",
+            "Torn or corrupt records truncated during recovery",
+            spool_corrupt_records.clone(),
+        );
+        let spool_full_rejections = Counter::default();
+        r.register(
+            "spool_full_rejections",
+            "Requests answered 503 because the spool quota was reached",
+            spool_full_rejections.clone(),
+        );
+
+        let sink_inserts = Counter::default();
+        r.register(
+            "sink_inserts",
+            "Successful ClickHouse inserts",
+            sink_inserts.clone(),
+        );
+        let sink_rows_inserted = Counter::default();
+        r.register(
+            "sink_rows_inserted",
+            "Rows confirmed by ClickHouse",
+            sink_rows_inserted.clone(),
+        );
+        let sink_batch_rows = size_histogram();
+        r.register(
+            "sink_batch_rows",
+            "Rows per insert",
+            sink_batch_rows.clone(),
+        );
+        let sink_insert_duration = latency_histogram();
+        r.register(
+            "sink_insert_duration_seconds",
+            "Duration of one insert, success or failure",
+            sink_insert_duration.clone(),
+        );
+        let sink_insert_errors = Family::<ClassLabel, Counter>::default();
+        r.register(
+            "sink_insert_errors",
+            "Failed inserts by class: retryable, permanent, destination",
+            sink_insert_errors.clone(),
+        );
+        let sink_destination_held = Gauge::default();
+        r.register(
+            "sink_destination_held",
+            "1 while batches are held because the destination is missing or forbidden",
+            sink_destination_held.clone(),
+        );
+        let sink_last_success = FGauge::default();
+        r.register(
+            "sink_last_success_timestamp_seconds",
+            "Unix time of the last successful insert",
+            sink_last_success.clone(),
+        );
+        let clickhouse_up = Gauge::default();
+        r.register(
+            "clickhouse_up",
+            "1 if the last health probe succeeded",
+            clickhouse_up.clone(),
+        );
+
+        let freshness_lag = FGauge::default();
+        r.register(
+            "freshness_lag_seconds",
+            "Age of the oldest acknowledged event not yet queryable in ClickHouse (0 when caught up)",
+            freshness_lag.clone(),
+        );
+
+        let dlq_events = Family::<StageReason, Counter>::default();
+        r.register(
+            "dlq_events",
+            "Events sent to the dead-letter store, by stage and reason class",
+            dlq_events.clone(),
+        );
+
+        let build_info = Family::<VersionLabel, Gauge>::default();
+        build_info
+            .get_or_create(&VersionLabel {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        r.register("build_info", "Build information", build_info);
+
+        Self {
+            registry: Arc::new(r),
+            http_requests,
+            http_duration,
+            events_accepted,
+            events_rejected,
+            spool_bytes,
+            spool_quota_bytes,
+            spool_segments,
+            spool_pending_records,
+            spool_oldest_pending_age,
+            spool_commit_duration,
+            spool_fsyncs,
+            spool_corrupt_records,
+            spool_full_rejections,
+            sink_inserts,
+            sink_rows_inserted,
+            sink_batch_rows,
+            sink_insert_duration,
+            sink_insert_errors,
+            sink_destination_held,
+            sink_last_success,
+            clickhouse_up,
+            freshness_lag,
+            dlq_events,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_catalogue() {
+        let m = Metrics::new();
+        m.http_requests
+            .get_or_create(&RouteStatus {
+                route: "/v1/events",
+                status: 200,
+            })
+            .inc();
+        m.events_accepted
+            .get_or_create(&TypeLabel { r#type: "click" })
+            .inc();
+        let text = m.encode();
+        for name in [
+            "clicktrail_http_requests_total{route=\"/v1/events\",status=\"200\"} 1",
+            "clicktrail_events_accepted_total{type=\"click\"} 1",
+            "# TYPE clicktrail_spool_commit_duration_seconds histogram",
+            "clicktrail_freshness_lag_seconds 0",
+            "clicktrail_build_info{version=",
+        ] {
+            assert!(text.contains(name), "missing `{name}` in\n{text}");
+        }
+    }
+}

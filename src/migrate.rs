@@ -1,0 +1,279 @@
+//! Schema migrations: numbered SQL files in `migrations/`, compiled into the binary, applied
+//! once each and recorded in `<db>.schema_migrations`. Safe to rerun: applied versions are
+//! skipped, and every statement is `IF NOT EXISTS`-style so a crash between a statement and its
+//! record is harmless on the next run.
+//!
+//! One set of files serves every supported server: they use `{{...}}` placeholders that
+//! [`Dialect`] fills in per server version (ClickHouse 18.16 lacks LowCardinality without an
+//! experimental setting that current releases reject, and lacks
+//! `non_replicated_deduplication_window`). `clicktrail migrate --print-sql --server-version X.Y`
+//! prints exactly what would run.
+
+use std::fmt::Write as _;
+
+use crate::config::ClickHouseConfig;
+
+/// (version, file name, contents), in order. A unit test checks this lists every file.
+pub const MIGRATIONS: &[(u32, &str, &str)] = &[(
+    1,
+    "0001_create_events.sql",
+    include_str!("../migrations/0001_create_events.sql"),
+)];
+
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    #[error("`{0}` is not a ClickHouse version: write MAJOR.MINOR, e.g. 18.16 or 26.1")]
+    BadVersion(String),
+    #[error("ClickHouse at {url} did not answer: {source}")]
+    Connect {
+        url: String,
+        source: clickhouse::error::Error,
+    },
+    #[error("migration {file} failed on statement:\n{statement}\nClickHouse said: {source}")]
+    Statement {
+        file: String,
+        statement: String,
+        source: clickhouse::error::Error,
+    },
+    #[error("recording migrations failed: {0}")]
+    Record(clickhouse::error::Error),
+}
+
+/// Server version as (major, minor).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ServerVersion(pub u32, pub u32);
+
+impl std::str::FromStr for ServerVersion {
+    type Err = MigrateError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut it = s.trim().split('.');
+        let major = it.next().and_then(|p| p.parse().ok());
+        let minor = it.next().and_then(|p| p.parse().ok());
+        match (major, minor) {
+            (Some(a), Some(b)) => Ok(ServerVersion(a, b)),
+            _ => Err(MigrateError::BadVersion(s.to_string())),
+        }
+    }
+}
+
+/// What the SQL may use on a given server.
+#[derive(Debug, Clone, Copy)]
+pub struct Dialect {
+    pub version: ServerVersion,
+}
+
+impl Dialect {
+    /// LowCardinality is production-ready (no experimental flag) from 19.x on; 20.1 is the
+    /// first release where every tool around it handles it, so we start there.
+    pub fn low_cardinality(&self) -> bool {
+        self.version >= ServerVersion(20, 1)
+    }
+
+    /// Block deduplication for plain MergeTree (`non_replicated_deduplication_window`).
+    pub fn non_replicated_dedup(&self) -> bool {
+        self.version >= ServerVersion(21, 3)
+    }
+
+    pub fn render(&self, sql: &str, db: &str) -> String {
+        sql.replace("{{db}}", db)
+            .replace(
+                "{{lowcard_string}}",
+                if self.low_cardinality() {
+                    "LowCardinality(String)"
+                } else {
+                    "String"
+                },
+            )
+            .replace(
+                "{{dedup_settings}}",
+                if self.non_replicated_dedup() {
+                    ", non_replicated_deduplication_window = 1000"
+                } else {
+                    ""
+                },
+            )
+    }
+}
+
+/// Statements of a rendered file: split at `;` line ends, comments and blanks dropped.
+pub fn statements(rendered: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    for line in rendered.lines() {
+        let t = line.trim();
+        if t.starts_with("--") || t.is_empty() {
+            continue;
+        }
+        cur.push_str(line);
+        cur.push('\n');
+        if t.ends_with(';') {
+            out.push(cur.trim().trim_end_matches(';').trim().to_string());
+            cur.clear();
+        }
+    }
+    if !cur.trim().is_empty() {
+        out.push(cur.trim().to_string());
+    }
+    out
+}
+
+fn bookkeeping(db: &str) -> Vec<String> {
+    vec![
+        format!("CREATE DATABASE IF NOT EXISTS {db}"),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {db}.schema_migrations (version UInt32, name String, \
+             checksum String, applied_at DateTime('UTC')) ENGINE = MergeTree() ORDER BY version"
+        ),
+    ]
+}
+
+fn record_sql(db: &str, version: u32, name: &str, sql: &str) -> String {
+    let checksum = format!("{:08x}", crc32c::crc32c(sql.as_bytes()));
+    format!(
+        "INSERT INTO {db}.schema_migrations (version, name, checksum, applied_at) VALUES ({version}, '{name}', '{checksum}', now())"
+    )
+}
+
+/// Every statement `migrate` would run on an empty server of this version.
+pub fn plan_sql(dialect: Dialect, db: &str) -> String {
+    let mut out = String::new();
+    for s in bookkeeping(db) {
+        let _ = writeln!(out, "{s};\n");
+    }
+    for (version, name, sql) in MIGRATIONS {
+        let _ = writeln!(out, "-- {name}");
+        let rendered = dialect.render(sql, db);
+        for s in statements(&rendered) {
+            let _ = writeln!(out, "{s};\n");
+        }
+        let _ = writeln!(out, "{};\n", record_sql(db, *version, name, sql));
+    }
+    out
+}
+
+pub async fn server_version(
+    client: &clickhouse::Client,
+) -> Result<(ServerVersion, String), clickhouse::error::Error> {
+    let v: String = client.query("SELECT version()").fetch_one().await?;
+    let parsed = v.parse().unwrap_or(ServerVersion(0, 0));
+    Ok((parsed, v))
+}
+
+/// Applies pending migrations; returns the names applied.
+pub async fn run(cfg: &ClickHouseConfig) -> Result<Vec<String>, MigrateError> {
+    // No default database: it may not exist yet.
+    let mut client = clickhouse::Client::default()
+        .with_url(&cfg.url)
+        .with_user(&cfg.user)
+        .with_validation(false);
+    if !cfg.password.is_empty() {
+        client = client.with_password(&cfg.password);
+    }
+    let (version, full) =
+        server_version(&client)
+            .await
+            .map_err(|source| MigrateError::Connect {
+                url: cfg.url.clone(),
+                source,
+            })?;
+    tracing::info!(server = %full, "migrating");
+    let dialect = Dialect { version };
+    let db = &cfg.database;
+    for s in bookkeeping(db) {
+        client
+            .query(&s)
+            .execute()
+            .await
+            .map_err(|source| MigrateError::Statement {
+                file: "(bookkeeping)".into(),
+                statement: s.clone(),
+                source,
+            })?;
+    }
+    let applied: Vec<u32> = client
+        .query(&format!("SELECT version FROM {db}.schema_migrations"))
+        .fetch_all()
+        .await
+        .map_err(MigrateError::Record)?;
+    let mut done = Vec::new();
+    for (version, name, sql) in MIGRATIONS {
+        if applied.contains(version) {
+            continue;
+        }
+        for s in statements(&dialect.render(sql, db)) {
+            client
+                .query(&s)
+                .execute()
+                .await
+                .map_err(|source| MigrateError::Statement {
+                    file: name.to_string(),
+                    statement: s.clone(),
+                    source,
+                })?;
+        }
+        client
+            .query(&record_sql(db, *version, name, sql))
+            .execute()
+            .await
+            .map_err(MigrateError::Record)?;
+        tracing::info!(migration = name, "applied");
+        done.push(name.to_string());
+    }
+    Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_file_is_listed_in_order() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        let mut files: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".sql"))
+            .collect();
+        files.sort();
+        let listed: Vec<String> = MIGRATIONS.iter().map(|m| m.1.to_string()).collect();
+        assert_eq!(files, listed);
+        for (i, (v, name, _)) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(*v as usize, i + 1);
+            assert!(name.starts_with(&format!("{v:04}_")));
+        }
+    }
+
+    #[test]
+    fn dialects_differ_where_servers_do() {
+        let old = plan_sql(
+            Dialect {
+                version: "18.16".parse().unwrap(),
+            },
+            "clicktrail",
+        );
+        let new = plan_sql(
+            Dialect {
+                version: "26.1".parse().unwrap(),
+            },
+            "clicktrail",
+        );
+        assert!(!old.contains("LowCardinality") && !old.contains("deduplication_window"));
+        assert!(
+            new.contains("LowCardinality(String)")
+                && new.contains("non_replicated_deduplication_window")
+        );
+        assert!(
+            !old.contains("{{") && !new.contains("{{"),
+            "all placeholders filled"
+        );
+    }
+
+    #[test]
+    fn bad_versions_are_refused() {
+        assert!("eighteen".parse::<ServerVersion>().is_err());
+        assert_eq!(
+            "18.16.1".parse::<ServerVersion>().unwrap(),
+            ServerVersion(18, 16)
+        );
+    }
+}

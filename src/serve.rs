@@ -1,0 +1,162 @@
+//! `clicktrail serve`: builds every component once, connects them, and shuts them down in
+//! order.
+//!
+//! Shutdown order (each step waits for the one before): stop accepting HTTP and finish the
+//! requests in flight (each still gets its commit) → the last spool handle drops, the writer
+//! commits and stops → the sink delivers what is left, bounded by `sink.shutdown_timeout`;
+//! whatever it cannot deliver stays on disk and is delivered after the next start.
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
+
+use crate::config::Config;
+use crate::dlq::DeadLetters;
+use crate::http::{router, AppState};
+use crate::metrics::Metrics;
+use crate::sink::{client, Sink};
+use crate::spool::Spool;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot open the spool in {dir}: {source}")]
+    Spool { dir: String, source: std::io::Error },
+    #[error("cannot start the HTTP server: {0}")]
+    Http(std::io::Error),
+    #[error("the sink stopped: {0}")]
+    Sink(std::io::Error),
+}
+
+/// Serves on an already-bound listener until `shutdown` resolves, then drains.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let metrics = Metrics::new();
+    let spool_dir = config.spool_dir();
+    let spool =
+        Spool::open(&spool_dir, &config.spool, &metrics).map_err(|source| ServeError::Spool {
+            dir: spool_dir.display().to_string(),
+            source,
+        })?;
+    let r = &spool.report;
+    tracing::info!(
+        segments = r.segments,
+        next_lsn = r.next_lsn,
+        delivered = r.checkpoint.delivered,
+        pending = r.next_lsn.saturating_sub(r.checkpoint.delivered),
+        truncated_bytes = r.truncated_bytes,
+        "spool recovered"
+    );
+
+    let dlq = DeadLetters::new(config.dlq_dir(), metrics.clone());
+    let (sink, sink_status) = Sink::new(
+        &config.clickhouse,
+        config.sink.clone(),
+        spool.reader,
+        spool.dir.clone(),
+        spool.report.checkpoint,
+        spool.delivered,
+        dlq,
+        metrics.clone(),
+    );
+    let (fatal_tx, fatal_rx) = oneshot::channel::<std::io::Error>();
+    let mut sink_task = tokio::spawn(sink.run());
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (probe_tx, probe_rx) = watch::channel(Err("not probed yet".to_string()));
+    let probe = tokio::spawn(crate::freshness::run_probe(
+        client::client(&config.clickhouse),
+        config.clickhouse.probe_interval,
+        config.clickhouse.timeout,
+        metrics.clone(),
+        probe_tx,
+        stop_rx.clone(),
+    ));
+    let lag = tokio::spawn(crate::freshness::run_lag(
+        metrics.clone(),
+        sink_status.clone(),
+        stop_rx,
+    ));
+
+    let state = AppState::new(&config, spool.handle, metrics, sink_status, probe_rx)
+        .map_err(ServeError::Http)?;
+    let app = router(state);
+    tracing::info!(listen = %listener.local_addr().map_err(ServeError::Http)?, "collector listening");
+
+    // The sink must not die silently while HTTP keeps acknowledging into a spool nobody drains.
+    let (sink_done_tx, sink_done_rx) = oneshot::channel();
+    let watcher = tokio::spawn(async move {
+        let result = (&mut sink_task).await;
+        if let Ok(Err(e)) = &result {
+            tracing::error!(error = %e, "sink failed; shutting down");
+            let _ = fatal_tx.send(std::io::Error::new(e.kind(), e.to_string()));
+        }
+        let _ = sink_done_tx.send(result);
+    });
+    let mut fatal_rx = fatal_rx;
+    let stop_http = async move {
+        tokio::select! {
+            _ = shutdown => {}
+            _ = &mut fatal_rx => {}
+        }
+        tracing::info!("shutting down: no new requests");
+    };
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(stop_http)
+    .await
+    .map_err(ServeError::Http)?;
+
+    // Every handle is gone with the router: the writer commits what it has and stops.
+    let writer = spool.writer;
+    let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+    tracing::info!("spool writer stopped; draining the sink");
+
+    let deadline = config.sink.shutdown_timeout;
+    let result = match tokio::time::timeout(deadline, sink_done_rx).await {
+        Ok(Ok(Ok(Ok(())))) => Ok(()),
+        Ok(Ok(Ok(Err(e)))) => Err(ServeError::Sink(e)),
+        Ok(Ok(Err(join))) => Err(ServeError::Sink(std::io::Error::other(join.to_string()))),
+        Ok(Err(_)) => Ok(()),
+        Err(_) => {
+            watcher.abort();
+            tracing::warn!(?deadline, "sink could not deliver everything before the deadline; the rest stays in the spool for the next start");
+            Ok(())
+        }
+    };
+    let _ = stop_tx.send(true);
+    let _ = tokio::join!(probe, lag);
+    tracing::info!("stopped");
+    result
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

@@ -1,0 +1,320 @@
+//! The sink: reads committed records from the spool, cuts them into insert batches, and
+//! delivers each batch to ClickHouse exactly once as analysts see it.
+//!
+//! Invariants:
+//! - A batch is a fixed range of spool records `[start, end)`. Before its first insert attempt
+//!   the range is stored in the checkpoint as `inflight`; every retry, and the first delivery
+//!   after a crash, resends exactly those records in the same order, so the block is
+//!   byte-identical and current ClickHouse drops the repeat (`non_replicated_deduplication_window`,
+//!   or replicated tables' block dedup). On 18.16, which has neither, the table's
+//!   ReplacingMergeTree key (which ends with `event_id`) collapses the repeat at merge time.
+//! - `delivered` advances only after ClickHouse confirmed the insert (or the refused rows are
+//!   on disk in the dead-letter store). Only then may the spool delete the records.
+//! - Error class decides the path (see [`classify`]): retryable and destination errors retry
+//!   forever with capped exponential backoff and jitter; permanent errors split the batch to
+//!   isolate the refused rows, which go to [`DeadLetters`]; the good rows still land.
+
+pub mod classify;
+pub mod client;
+
+use std::ops::Range;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use crate::config::{ClickHouseConfig, SinkConfig};
+use crate::dlq::DeadLetters;
+use crate::event::Event;
+use crate::metrics::{ClassLabel, Metrics};
+use crate::spool::{Checkpoint, Lsn, SpoolReader};
+use classify::{classify, exception_code, ErrorClass};
+
+/// What the rest of the process may know about the sink (readiness, freshness).
+#[derive(Debug, Clone, Default)]
+pub struct SinkStatus {
+    /// Append time (epoch ms) of the oldest record not yet confirmed by ClickHouse.
+    pub oldest_pending_ms: Option<u64>,
+    /// The last insert failed with this; cleared by the next success.
+    pub last_error: Option<String>,
+    /// Holding batches because the destination is missing or forbidden.
+    pub held: bool,
+}
+
+struct Batch {
+    start: Lsn,
+    end: Lsn,
+    rows: Vec<Event>,
+    bytes: usize,
+    oldest_ms: u64,
+}
+
+pub struct Sink {
+    client: clickhouse::Client,
+    cfg: SinkConfig,
+    insert_timeout: Duration,
+    reader: SpoolReader,
+    spool_dir: PathBuf,
+    checkpoint: Checkpoint,
+    delivered_tx: watch::Sender<Lsn>,
+    dlq: DeadLetters,
+    metrics: Metrics,
+    status: watch::Sender<SinkStatus>,
+}
+
+impl Sink {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        ch: &ClickHouseConfig,
+        cfg: SinkConfig,
+        reader: SpoolReader,
+        spool_dir: PathBuf,
+        checkpoint: Checkpoint,
+        delivered_tx: watch::Sender<Lsn>,
+        dlq: DeadLetters,
+        metrics: Metrics,
+    ) -> (Self, watch::Receiver<SinkStatus>) {
+        let (status, rx) = watch::channel(SinkStatus::default());
+        (
+            Self {
+                client: client::client(ch),
+                cfg,
+                insert_timeout: ch.timeout,
+                reader,
+                spool_dir,
+                checkpoint,
+                delivered_tx,
+                dlq,
+                metrics,
+                status,
+            },
+            rx,
+        )
+    }
+
+    /// Delivers until the spool writer stops and everything it committed is in ClickHouse.
+    /// Dropping the future (shutdown deadline) is safe: the checkpoint is always consistent.
+    pub async fn run(mut self) -> std::io::Result<()> {
+        self.reader.seek(self.checkpoint.delivered)?;
+        if let Some((start, end)) = self.checkpoint.inflight {
+            tracing::info!(
+                start,
+                end,
+                "resending the batch that was in flight at the last stop"
+            );
+            let batch = self.read_range(start, end)?;
+            self.deliver(batch).await?;
+        }
+        while let Some(batch) = self.next_batch().await? {
+            self.deliver(batch).await?;
+        }
+        self.status.send_modify(|s| s.oldest_pending_ms = None);
+        tracing::info!(
+            delivered = self.checkpoint.delivered,
+            "sink drained the spool"
+        );
+        Ok(())
+    }
+
+    /// Cuts the next batch: up to `batch_rows` rows or `batch_bytes` bytes, or whatever has
+    /// arrived when the oldest record is `batch_age` old. `None` when the spool is closed and
+    /// empty.
+    async fn next_batch(&mut self) -> std::io::Result<Option<Batch>> {
+        let Some(first) = self.reader.next().await? else {
+            return Ok(None);
+        };
+        let mut batch = Batch {
+            start: first.lsn,
+            end: first.lsn,
+            rows: Vec::new(),
+            bytes: 0,
+            oldest_ms: first.appended_ms,
+        };
+        self.status
+            .send_modify(|s| s.oldest_pending_ms = Some(first.appended_ms));
+        self.add(&mut batch, first);
+        let deadline = tokio::time::Instant::now() + self.cfg.batch_age;
+        while batch.rows.len() < self.cfg.batch_rows && batch.bytes < self.cfg.batch_bytes {
+            // Drain what is already committed without waiting (backlog after a restart).
+            if let Some(r) = self.reader.try_next()? {
+                self.add(&mut batch, r);
+                continue;
+            }
+            tokio::select! {
+                r = self.reader.next() => match r? {
+                    Some(r) => self.add(&mut batch, r),
+                    None => break,
+                },
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        Ok(Some(batch))
+    }
+
+    fn add(&self, batch: &mut Batch, rec: crate::spool::Record) {
+        batch.end = rec.lsn + 1;
+        batch.bytes += rec.payload.len();
+        match serde_json::from_slice::<Vec<Event>>(&rec.payload) {
+            Ok(rows) => batch.rows.extend(rows),
+            Err(e) => {
+                // CRC-valid but not decodable: written by an incompatible build. Keep it.
+                tracing::error!(lsn = rec.lsn, error = %e, "spool record does not decode; dead-lettering it");
+                if let Err(io) = self
+                    .dlq
+                    .record_undecodable(rec.lsn, &rec.payload, &e.to_string())
+                {
+                    tracing::error!(error = %io, "cannot write dead letter");
+                }
+            }
+        }
+    }
+
+    fn read_range(&mut self, start: Lsn, end: Lsn) -> std::io::Result<Batch> {
+        self.reader.seek(start)?;
+        let mut batch = Batch {
+            start,
+            end: start,
+            rows: Vec::new(),
+            bytes: 0,
+            oldest_ms: 0,
+        };
+        while batch.end < end {
+            match self.reader.try_next()? {
+                Some(r) => {
+                    if batch.oldest_ms == 0 {
+                        batch.oldest_ms = r.appended_ms;
+                    }
+                    self.add(&mut batch, r)
+                }
+                None => break,
+            }
+        }
+        Ok(batch)
+    }
+
+    async fn deliver(&mut self, batch: Batch) -> std::io::Result<()> {
+        self.status
+            .send_modify(|s| s.oldest_pending_ms = Some(batch.oldest_ms));
+        self.checkpoint.inflight = Some((batch.start, batch.end));
+        self.store_checkpoint().await?;
+        self.insert_isolating(&batch.rows).await?;
+        self.checkpoint = Checkpoint {
+            delivered: batch.end,
+            inflight: None,
+        };
+        self.store_checkpoint().await?;
+        self.delivered_tx.send_replace(batch.end);
+        self.status.send_modify(|s| s.oldest_pending_ms = None);
+        Ok(())
+    }
+
+    async fn store_checkpoint(&self) -> std::io::Result<()> {
+        let (c, dir) = (self.checkpoint, self.spool_dir.clone());
+        tokio::task::spawn_blocking(move || c.store(&dir))
+            .await
+            .map_err(std::io::Error::other)?
+    }
+
+    /// Inserts `rows`, retrying per error class. A range refused with a permanent error is split
+    /// in halves until the refused rows stand alone; they go to the dead-letter store.
+    async fn insert_isolating(&mut self, rows: &[Event]) -> std::io::Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        // Ranges still to insert, last = next; halves are pushed right first to keep row order.
+        let mut todo: Vec<(Range<usize>, u32)> =
+            vec![(0..rows.len(), self.cfg.permanent_error_attempts.max(1))];
+        while let Some((range, permanent_attempts)) = todo.pop() {
+            let mut attempt: u32 = 0;
+            let mut permanent_failures: u32 = 0;
+            loop {
+                let slice = &rows[range.clone()];
+                let started = Instant::now();
+                let result = client::insert(&self.client, slice, self.insert_timeout).await;
+                self.metrics
+                    .sink_insert_duration
+                    .observe(started.elapsed().as_secs_f64());
+                let err = match result {
+                    Ok(()) => {
+                        self.record_success(slice.len());
+                        break;
+                    }
+                    Err(e) => e,
+                };
+                let class = classify(&err);
+                let msg = err.to_string();
+                self.metrics
+                    .sink_insert_errors
+                    .get_or_create(&ClassLabel {
+                        class: class.as_str(),
+                    })
+                    .inc();
+                self.status.send_modify(|s| {
+                    s.last_error = Some(msg.clone());
+                    s.held = class == ErrorClass::Destination;
+                });
+                self.metrics
+                    .sink_destination_held
+                    .set(i64::from(class == ErrorClass::Destination));
+                attempt += 1;
+                match class {
+                    ErrorClass::Retryable => {
+                        tracing::warn!(error = %msg, rows = slice.len(), attempt, "insert failed; will retry");
+                    }
+                    ErrorClass::Destination => {
+                        tracing::error!(error = %msg, rows = slice.len(), attempt, "insert destination missing or forbidden; holding the batch until it is fixed");
+                    }
+                    ErrorClass::Permanent => {
+                        permanent_failures += 1;
+                        tracing::warn!(error = %msg, rows = slice.len(), attempt, "insert refused by ClickHouse");
+                        if permanent_failures >= permanent_attempts {
+                            if slice.len() > 1 {
+                                let mid = range.start + slice.len() / 2;
+                                // Sub-ranges are refused deterministically: one attempt each.
+                                todo.push((mid..range.end, 1));
+                                todo.push((range.start..mid, 1));
+                            } else {
+                                let code = exception_code(&msg);
+                                self.dlq.record_insert_failure(
+                                    slice,
+                                    code,
+                                    &msg,
+                                    permanent_failures,
+                                )?;
+                            }
+                            break;
+                        }
+                    }
+                }
+                tokio::time::sleep(self.backoff(attempt)).await;
+            }
+        }
+        Ok(())
+    }
+
+    fn record_success(&self, rows: usize) {
+        self.metrics.sink_inserts.inc();
+        self.metrics.sink_rows_inserted.inc_by(rows as u64);
+        self.metrics.sink_batch_rows.observe(rows as f64);
+        self.metrics
+            .sink_last_success
+            .set(crate::event::RequestContext::now_ms() as f64 / 1000.0);
+        self.metrics.sink_destination_held.set(0);
+        self.status.send_modify(|s| {
+            s.last_error = None;
+            s.held = false;
+        });
+    }
+
+    /// Capped exponential backoff with "equal jitter": half fixed, half random, so retries from
+    /// many collectors spread out but never collapse to zero.
+    fn backoff(&self, attempt: u32) -> Duration {
+        let exp = self
+            .cfg
+            .retry_initial
+            .saturating_mul(1u32 << attempt.min(16).saturating_sub(1));
+        let capped = exp.min(self.cfg.retry_max);
+        let half = capped / 2;
+        half + half.mul_f64(rand::random::<f64>())
+    }
+}

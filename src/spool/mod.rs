@@ -1,0 +1,313 @@
+//! The durable spool: an append-only log of accepted events between the HTTP handlers and the
+//! ClickHouse sink.
+//!
+//! Invariants:
+//! - **An event is acknowledged only after its record is committed**: written, and with
+//!   `fsync = batch | always` fsynced (`fdatasync`). [`SpoolHandle::append`] returns then.
+//! - Records are numbered (LSN) consecutively from 0 across segments; each record holds the
+//!   accepted events of one request as a JSON array of [`crate::event::Event`].
+//! - The writer thread ([`writer`]) is the only code that creates, appends to, truncates or
+//!   deletes segment files. The sink reads through [`SpoolReader`] and reports progress through
+//!   [`Checkpoint`] plus a `delivered` watch channel; the writer deletes a sealed segment only
+//!   when all its records are below `delivered`.
+//! - Recovery ([`Spool::open`]) truncates the tail segment at its first torn or corrupt record;
+//!   everything before it is intact by CRC32C, and nothing after it was ever acknowledged
+//!   (acknowledgement follows the write of every byte before it).
+//! - Quota: a request whose record would push the spool past `spool.max_bytes` is refused with
+//!   [`SpoolError::Full`] (HTTP 503 + `Retry-After`), never half-written.
+
+mod checkpoint;
+mod reader;
+mod record;
+mod segment;
+mod writer;
+
+use std::path::{Path, PathBuf};
+
+use tokio::sync::{mpsc, watch};
+
+pub use checkpoint::Checkpoint;
+pub use reader::{Record, SpoolReader};
+pub use writer::SpoolHandle;
+
+use crate::config::SpoolConfig;
+use crate::metrics::Metrics;
+
+/// Log sequence number: the index of a record in the spool.
+pub type Lsn = u64;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpoolError {
+    #[error("the spool is full (its disk quota is reached) until ClickHouse catches up")]
+    Full,
+    #[error("the collector is shutting down")]
+    Closed,
+    #[error("spool write failed: {0}")]
+    Io(String),
+    #[error("spool unavailable: {0}")]
+    Failed(String),
+}
+
+/// Readiness view of the spool, published by the writer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SpoolStatus {
+    pub bytes: u64,
+    pub quota: u64,
+    pub full: bool,
+    pub failed: Option<String>,
+}
+
+/// What recovery found; logged at start and exported as metrics.
+#[derive(Debug, Default, Clone)]
+pub struct RecoveryReport {
+    pub segments: usize,
+    pub next_lsn: Lsn,
+    pub checkpoint: Checkpoint,
+    pub truncated_bytes: u64,
+}
+
+/// The opened spool, ready to be split between producers and the sink.
+pub struct Spool {
+    pub handle: SpoolHandle,
+    pub reader: SpoolReader,
+    /// The sink sends the delivered LSN here after each checkpoint; the writer reclaims.
+    pub delivered: watch::Sender<Lsn>,
+    pub writer: std::thread::JoinHandle<()>,
+    pub report: RecoveryReport,
+    pub dir: PathBuf,
+}
+
+impl Spool {
+    /// Recovers the spool in `dir` (creating it if needed) and starts the writer thread.
+    pub fn open(dir: &Path, cfg: &SpoolConfig, metrics: &Metrics) -> std::io::Result<Spool> {
+        std::fs::create_dir_all(dir)?;
+        let checkpoint = Checkpoint::load(dir)?;
+        let mut bases = segment::list(dir)?;
+        let mut report = RecoveryReport {
+            checkpoint,
+            ..Default::default()
+        };
+        let mut segments = Vec::with_capacity(bases.len());
+        for &b in &bases {
+            segments.push((b, std::fs::metadata(segment::path(dir, b))?.len()));
+        }
+        let mut next_lsn = 0;
+        if let Some(&tail) = bases.last() {
+            let scan = segment::recover_tail(dir, tail)?;
+            if scan.dropped_bytes > 0 {
+                metrics.spool_corrupt_records.inc();
+                tracing::warn!(
+                    segment = tail,
+                    kept_records = scan.records,
+                    dropped_bytes = scan.dropped_bytes,
+                    "spool tail had a torn or corrupt record; truncated it (it was never acknowledged)"
+                );
+            }
+            report.truncated_bytes = scan.dropped_bytes;
+            next_lsn = tail + scan.records;
+            if let Some(last) = segments.last_mut() {
+                last.1 = scan.valid_len;
+            }
+        }
+        if next_lsn < checkpoint.delivered || bases.is_empty() {
+            // Fresh spool, or everything on disk was delivered and reclaimed before a crash.
+            next_lsn = next_lsn.max(checkpoint.delivered);
+            segment::create(dir, next_lsn)?;
+            bases.push(next_lsn);
+            segments.push((next_lsn, record::MAGIC.len() as u64));
+        }
+        let tail = *bases.last().expect("at least one segment");
+        let active = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(segment::path(dir, tail))?;
+        report.segments = segments.len();
+        report.next_lsn = next_lsn;
+        metrics.spool_quota_bytes.set(cfg.max_bytes as i64);
+
+        let (tx, rx) = mpsc::channel(4096);
+        let (committed_tx, committed_rx) = watch::channel(next_lsn);
+        let (status_tx, status_rx) = watch::channel(SpoolStatus::default());
+        let (delivered_tx, delivered_rx) = watch::channel(checkpoint.delivered);
+        let w = writer::Writer {
+            dir: dir.to_path_buf(),
+            cfg: cfg.clone(),
+            metrics: metrics.clone(),
+            segments,
+            active,
+            next_lsn,
+            delivered: checkpoint.delivered,
+            committed_tx,
+            status_tx,
+            failed: None,
+        };
+        let writer = std::thread::Builder::new()
+            .name("spool-writer".into())
+            .spawn(move || w.run(rx, delivered_rx))?;
+        let reader = SpoolReader::new(dir.to_path_buf(), committed_rx, metrics.clone());
+        Ok(Spool {
+            handle: SpoolHandle::new(tx, status_rx),
+            reader,
+            delivered: delivered_tx,
+            writer,
+            report,
+            dir: dir.to_path_buf(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::FsyncMode;
+
+    fn cfg() -> SpoolConfig {
+        SpoolConfig {
+            segment_bytes: 4096,
+            max_bytes: 64 * 1024,
+            ..SpoolConfig::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn appends_are_read_back_in_order_across_segments() {
+        let d = tempfile::tempdir().unwrap();
+        let m = Metrics::new();
+        let mut s = Spool::open(d.path(), &cfg(), &m).unwrap();
+        let mut lsns = Vec::new();
+        for i in 0..100u32 {
+            lsns.push(
+                s.handle
+                    .append(format!("{i:0>100}").into_bytes())
+                    .await
+                    .unwrap(),
+            );
+        }
+        assert_eq!(lsns, (0..100).collect::<Vec<_>>());
+        assert!(segment::list(d.path()).unwrap().len() > 1, "rotated");
+        s.reader.seek(0).unwrap();
+        for i in 0..100u32 {
+            let r = s.reader.next().await.unwrap().unwrap();
+            assert_eq!(r.lsn, i as u64);
+            assert_eq!(r.payload, format!("{i:0>100}").into_bytes());
+        }
+        assert!(s.reader.try_next().unwrap().is_none());
+        drop(s.handle);
+        s.writer.join().unwrap();
+        assert!(s.reader.next().await.unwrap().is_none(), "closed");
+    }
+
+    #[tokio::test]
+    async fn reopen_continues_numbering_and_reader_resumes_at_checkpoint() {
+        let d = tempfile::tempdir().unwrap();
+        let m = Metrics::new();
+        {
+            let s = Spool::open(d.path(), &cfg(), &m).unwrap();
+            for i in 0..50u8 {
+                s.handle.append(vec![i; 200]).await.unwrap();
+            }
+            Checkpoint {
+                delivered: 30,
+                inflight: None,
+            }
+            .store(d.path())
+            .unwrap();
+            drop(s.handle);
+            s.writer.join().unwrap();
+        }
+        let mut s = Spool::open(d.path(), &cfg(), &m).unwrap();
+        assert_eq!(s.report.next_lsn, 50);
+        assert_eq!(s.handle.append(vec![9; 10]).await.unwrap(), 50);
+        s.reader.seek(s.report.checkpoint.delivered).unwrap();
+        let r = s.reader.next().await.unwrap().unwrap();
+        assert_eq!((r.lsn, r.payload[0]), (30, 30));
+    }
+
+    #[tokio::test]
+    async fn quota_refuses_and_reclaim_frees() {
+        let d = tempfile::tempdir().unwrap();
+        let m = Metrics::new();
+        let mut s = Spool::open(d.path(), &cfg(), &m).unwrap();
+        let mut last = 0;
+        let mut full = false;
+        for _ in 0..200 {
+            match s.handle.append(vec![1; 1000]).await {
+                Ok(l) => last = l,
+                Err(SpoolError::Full) => {
+                    full = true;
+                    break;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(full, "quota reached");
+        assert!(s.handle.status().full);
+        assert!(s.handle.status().bytes <= cfg().max_bytes);
+        // The sink delivers everything: sealed segments go away and appends succeed again.
+        s.reader.seek(0).unwrap();
+        while s.reader.try_next().unwrap().is_some() {}
+        s.delivered.send_replace(last + 1);
+        let mut ok = false;
+        for _ in 0..100 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            if s.handle.append(vec![1; 1000]).await.is_ok() {
+                ok = true;
+                break;
+            }
+        }
+        assert!(ok, "appends resume after reclaim");
+        assert!(s.handle.status().bytes < 8192);
+    }
+
+    #[tokio::test]
+    async fn never_mode_does_not_fsync_but_batch_does() {
+        for (mode, expect_fsync) in [(FsyncMode::Never, false), (FsyncMode::Batch, true)] {
+            let d = tempfile::tempdir().unwrap();
+            let m = Metrics::new();
+            let s = Spool::open(
+                d.path(),
+                &SpoolConfig {
+                    fsync: mode,
+                    ..cfg()
+                },
+                &m,
+            )
+            .unwrap();
+            s.handle.append(b"x".to_vec()).await.unwrap();
+            assert_eq!(m.spool_fsyncs.get() > 0, expect_fsync, "{mode:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_appends_share_fsyncs() {
+        let d = tempfile::tempdir().unwrap();
+        let m = Metrics::new();
+        let s = Spool::open(
+            d.path(),
+            &SpoolConfig {
+                max_bytes: 64 << 20,
+                segment_bytes: 8 << 20,
+                ..cfg()
+            },
+            &m,
+        )
+        .unwrap();
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..64 {
+            let h = s.handle.clone();
+            tasks.spawn(async move {
+                for _ in 0..20 {
+                    h.append(vec![7; 300]).await.unwrap();
+                }
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            r.unwrap();
+        }
+        let fsyncs = m.spool_fsyncs.get();
+        assert!(
+            fsyncs < 1280,
+            "group commit should batch: {fsyncs} fsyncs for 1280 appends"
+        );
+    }
+}
