@@ -558,6 +558,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure signature, not ours
     fn env_overrides_top_level_and_section_keys() {
         let dir = tempfile::tempdir().unwrap();
         let p = write(&dir, SITE);

@@ -100,7 +100,7 @@ impl Spool {
                     segment = tail,
                     kept_records = scan.records,
                     dropped_bytes = scan.dropped_bytes,
-                    "spool tail had a torn or corrupt record; truncated it (it was never acknowledged)"
+                    "spool tail had a torn or corrupt record; truncated there (a torn write was never acknowledged; a corrupted acknowledged record is lost and counted in clicktrail_spool_corrupt_records_total)"
                 );
             }
             report.truncated_bytes = scan.dropped_bytes;

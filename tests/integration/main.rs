@@ -1,0 +1,8 @@
+#![allow(unreachable_pub)] // test modules share helpers with `pub`; nothing here is an API.
+
+//! Integration tests: the real collector against a real ClickHouse 18.16 on random ports.
+
+mod durability;
+mod harness;
+mod ingest;
+mod migrations;
