@@ -27,6 +27,7 @@ const SECTIONS: &[&str] = &[
     "clickhouse",
     "sink",
     "spool",
+    "dlq",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +59,7 @@ pub struct Config {
     pub clickhouse: ClickHouseConfig,
     pub sink: SinkConfig,
     pub spool: SpoolConfig,
+    pub dlq: DlqConfig,
     pub sites: Vec<SiteConfig>,
 }
 
@@ -73,6 +75,7 @@ impl Default for Config {
             clickhouse: ClickHouseConfig::default(),
             sink: SinkConfig::default(),
             spool: SpoolConfig::default(),
+            dlq: DlqConfig::default(),
             sites: Vec::new(),
         }
     }
@@ -320,6 +323,24 @@ impl Default for SpoolConfig {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DlqConfig {
+    /// Disk quota of the dead-letter store; past it the oldest entries are evicted.
+    pub max_bytes: u64,
+    /// Keep request bodies that could not be parsed at all (capped at 64 KiB each).
+    pub keep_unparseable_bodies: bool,
+}
+
+impl Default for DlqConfig {
+    fn default() -> Self {
+        Self {
+            max_bytes: 256 * 1024 * 1024,
+            keep_unparseable_bodies: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SiteConfig {
     /// The public key the snippet sends as `site` (`data-site`).
@@ -406,6 +427,9 @@ impl Config {
                     self.spool.segment_bytes
                 ),
             ));
+        }
+        if self.dlq.max_bytes < 1024 * 1024 {
+            return Err(invalid("dlq.max_bytes", "must be at least 1048576 (1 MiB)"));
         }
         if self.clickhouse.timeout.is_zero() {
             return Err(invalid("clickhouse.timeout", "must be greater than 0"));

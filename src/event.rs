@@ -246,6 +246,16 @@ pub struct RequestContext {
     pub received_at_ms: i64,
     pub user_agent: String,
     pub client_ip: Option<IpAddr>,
+    /// Replay only: the already-anonymised address stored with a dead letter (the raw one is
+    /// never kept), and a seed that makes server-assigned ids deterministic, so replaying the
+    /// same entry twice yields the same ids and deduplicates.
+    pub replay: Option<ReplayContext>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ReplayContext {
+    pub stored_ip: String,
+    pub id_seed: String,
 }
 
 impl RequestContext {
@@ -296,7 +306,7 @@ impl Validator {
         let mut accepted = Vec::with_capacity(events.len());
         let mut rejected = Vec::new();
         for (i, raw) in events.iter().enumerate() {
-            match self.validate_one(ctx, &enrich, raw) {
+            match self.validate_one(ctx, &enrich, i, raw) {
                 Ok(e) => accepted.push(e),
                 Err(r) => rejected.push((i, r)),
             }
@@ -307,9 +317,9 @@ impl Validator {
     fn enrich_request(&self, ctx: &RequestContext) -> RequestEnrichment {
         let ua = truncate(&ctx.user_agent, self.limits.max_user_agent_len);
         let (browser, os, device) = parse_user_agent(ua);
-        let ip = match (self.privacy.ip, ctx.client_ip) {
-            (IpMode::Anonymize, Some(ip)) => anonymize_ip(ip),
-            _ => String::new(),
+        let ip = match (&ctx.replay, ctx.client_ip) {
+            (Some(r), _) => r.stored_ip.clone(),
+            (None, ip) => self.stored_ip(ip),
         };
         let cookieless_visitor = self.salt.visitor_id(ctx);
         RequestEnrichment {
@@ -326,10 +336,19 @@ impl Validator {
         }
     }
 
+    /// The client address as the configured privacy mode stores it.
+    pub fn stored_ip(&self, ip: Option<IpAddr>) -> String {
+        match (self.privacy.ip, ip) {
+            (IpMode::Anonymize, Some(ip)) => anonymize_ip(ip),
+            _ => String::new(),
+        }
+    }
+
     fn validate_one(
         &self,
         ctx: &RequestContext,
         enrich: &RequestEnrichment,
+        index: usize,
         raw: &RawValue,
     ) -> Result<Event, Rejection> {
         if !raw.get().trim_start().starts_with('{') {
@@ -367,7 +386,10 @@ impl Validator {
             }
             // A client that sends no id still gets exactly-once delivery for everything after
             // the collector: the id is fixed before the event reaches the spool.
-            None => uuid::Uuid::new_v4().simple().to_string(),
+            None => match &ctx.replay {
+                Some(r) => format!("{}-{index}", r.id_seed),
+                None => uuid::Uuid::new_v4().simple().to_string(),
+            },
         };
 
         let ts_ms = ev.ts.ok_or(Rejection::MissingField("ts"))?.0;
@@ -687,6 +709,7 @@ mod tests {
             received_at_ms: 1_700_000_000_000,
             user_agent: "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36".into(),
             client_ip: Some("203.0.113.77".parse().unwrap()),
+            replay: None,
         }
     }
 

@@ -6,7 +6,12 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 
+mod cli;
+
+use std::time::Duration;
+
 use clicktrail::config::{Config, LogFormat};
+use clicktrail::dlq::Stage;
 use clicktrail::migrate::{self, Dialect, ServerVersion};
 
 #[derive(Parser)]
@@ -43,6 +48,39 @@ enum Command {
     },
     /// Validate the configuration and check ClickHouse and the data directory.
     Check,
+    /// Inspect and replay dead letters (events that failed validation or were refused by ClickHouse).
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// A table of entries: stage, reason, events, first and last failure.
+    List {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One entry: its events as received and the full reason.
+    Show { id: u64 },
+    /// Re-validate and re-enqueue entries through the running collector; removes only what
+    /// was delivered. Exit code 3 when some entries still fail.
+    Replay {
+        /// Only entries of this stage.
+        #[arg(long, value_enum)]
+        stage: Option<Stage>,
+        /// Only entries whose reason contains this text (case-insensitive).
+        #[arg(long)]
+        reason_contains: Option<String>,
+        /// Show what would be replayed, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// How long to wait for ClickHouse to confirm the replayed events.
+        #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+        wait: Duration,
+    },
 }
 
 fn main() -> ExitCode {
@@ -122,6 +160,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }),
         Command::Check => rt.block_on(check(config)),
+        Command::Dlq { command } => match command {
+            DlqCommand::List { json } => cli::dlq::list(&config, json),
+            DlqCommand::Show { id } => cli::dlq::show(&config, id),
+            DlqCommand::Replay {
+                stage,
+                reason_contains,
+                dry_run,
+                wait,
+            } => rt.block_on(cli::dlq::replay(
+                &config,
+                cli::dlq::ReplayOptions {
+                    stage,
+                    reason_contains,
+                    dry_run,
+                    wait,
+                },
+            )),
+        },
     }
 }
 

@@ -97,6 +97,10 @@ pub struct Metrics {
     pub freshness_lag: FGauge,
 
     pub dlq_events: Family<StageReason, Counter>,
+    pub dlq_bytes: Gauge,
+    pub dlq_quota_bytes: Gauge,
+    pub dlq_evictions: Counter,
+    pub dlq_replayed_events: Counter,
 }
 
 impl Metrics {
@@ -246,6 +250,31 @@ impl Metrics {
             dlq_events.clone(),
         );
 
+        let dlq_bytes = Gauge::default();
+        r.register(
+            "dlq_bytes",
+            "Bytes of dead-letter entries on disk",
+            dlq_bytes.clone(),
+        );
+        let dlq_quota_bytes = Gauge::default();
+        r.register(
+            "dlq_quota_bytes",
+            "Configured dead-letter quota",
+            dlq_quota_bytes.clone(),
+        );
+        let dlq_evictions = Counter::default();
+        r.register(
+            "dlq_evictions",
+            "Dead-letter entries evicted because the quota was reached (data lost)",
+            dlq_evictions.clone(),
+        );
+        let dlq_replayed_events = Counter::default();
+        r.register(
+            "dlq_replayed_events",
+            "Dead-lettered events re-enqueued into the spool by a replay",
+            dlq_replayed_events.clone(),
+        );
+
         let build_info = Family::<VersionLabel, Gauge>::default();
         build_info
             .get_or_create(&VersionLabel {
@@ -279,6 +308,10 @@ impl Metrics {
             clickhouse_up,
             freshness_lag,
             dlq_events,
+            dlq_bytes,
+            dlq_quota_bytes,
+            dlq_evictions,
+            dlq_replayed_events,
         }
     }
 

@@ -52,7 +52,12 @@ pub async fn run(
         "spool recovered"
     );
 
-    let dlq = DeadLetters::new(config.dlq_dir(), metrics.clone());
+    let dlq = DeadLetters::open(config.dlq_dir(), config.dlq.max_bytes, metrics.clone()).map_err(
+        |source| ServeError::Spool {
+            dir: config.dlq_dir().display().to_string(),
+            source,
+        },
+    )?;
     let (sink, sink_status) = Sink::new(
         &config.clickhouse,
         config.sink.clone(),
@@ -60,7 +65,7 @@ pub async fn run(
         spool.dir.clone(),
         spool.report.checkpoint,
         spool.delivered,
-        dlq,
+        dlq.clone(),
         metrics.clone(),
     );
     let (fatal_tx, fatal_rx) = oneshot::channel::<std::io::Error>();
@@ -82,8 +87,27 @@ pub async fn run(
         stop_rx,
     ));
 
-    let state = AppState::new(&config, spool.handle, metrics, sink_status, probe_rx)
-        .map_err(ServeError::Http)?;
+    let local = listener.local_addr().map_err(ServeError::Http)?;
+    let admin_host = if local.ip().is_unspecified() {
+        "127.0.0.1".to_string()
+    } else {
+        local.ip().to_string()
+    };
+    let admin_token = crate::http::admin::write_admin_file(
+        &config.data_dir,
+        format!("http://{admin_host}:{}", local.port()),
+    )
+    .map_err(ServeError::Http)?;
+    let state = AppState::new(
+        &config,
+        spool.handle,
+        dlq,
+        metrics,
+        sink_status,
+        probe_rx,
+        Some(admin_token),
+    )
+    .map_err(ServeError::Http)?;
     let app = router(state);
     tracing::info!(listen = %listener.local_addr().map_err(ServeError::Http)?, "collector listening");
 

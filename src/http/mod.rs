@@ -6,6 +6,7 @@
 //! - Every answer, errors and 404/405 included, carries CORS headers for an allowed origin,
 //!   so a browser SDK can read the reason; 503s carry `Retry-After`.
 
+pub mod admin;
 mod decode;
 mod error;
 
@@ -31,6 +32,7 @@ pub use error::ApiError;
 use error::RetryAfter;
 
 use crate::config::{Config, HttpConfig};
+use crate::dlq::{DeadLetters, NewEntry, Origin, Stage};
 use crate::event::{EventType, RawBatch, RequestContext, Validator};
 use crate::metrics::{Metrics, ReasonLabel, RouteLabel, RouteStatus, TypeLabel};
 use crate::sink::SinkStatus;
@@ -62,6 +64,9 @@ struct Inner {
     probe: watch::Receiver<ProbeStatus>,
     snippet: Bytes,
     snippet_etag: String,
+    dlq: DeadLetters,
+    keep_unparseable: bool,
+    admin_token: Option<String>,
 }
 
 struct SiteOrigins {
@@ -70,12 +75,15 @@ struct SiteOrigins {
 }
 
 impl AppState {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: &Config,
         spool: SpoolHandle,
+        dlq: DeadLetters,
         metrics: Metrics,
         sink: watch::Receiver<SinkStatus>,
         probe: watch::Receiver<ProbeStatus>,
+        admin_token: Option<String>,
     ) -> std::io::Result<Self> {
         let mut sites = HashMap::new();
         let mut all_origins = HashSet::new();
@@ -108,6 +116,9 @@ impl AppState {
                 probe,
                 snippet,
                 snippet_etag,
+                dlq,
+                keep_unparseable: config.dlq.keep_unparseable_bodies,
+                admin_token,
             }),
         })
     }
@@ -125,6 +136,8 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/v1/admin/replay", post(admin::replay))
+        .route("/v1/admin/status", get(admin::status))
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .fallback(|| async { ApiError::NotFound })
         .layer(middleware::from_fn_with_state(state.clone(), cors))
@@ -267,14 +280,39 @@ async fn ingest(st: &AppState, req: Request) -> Result<Answer, ApiError> {
     );
     let bytes = decode::read_body(&parts.headers, body, &st.inner.http).await?;
 
-    let batch: RawBatch<'_> = serde_json::from_slice(&bytes).map_err(|e| {
+    let parsed = serde_json::from_slice::<RawBatch<'_>>(&bytes)
         // serde's message says where; clients need that to find their bug.
-        ApiError::MalformedJson(e.to_string())
-    })?;
-    let site = batch.site.ok_or(ApiError::MissingEnvelopeField("site"))?;
-    let events = batch
-        .events
-        .ok_or(ApiError::MissingEnvelopeField("events"))?;
+        .map_err(|e| ApiError::MalformedJson(e.to_string()))
+        .and_then(|b| match (b.site, b.events) {
+            (None, _) => Err(ApiError::MissingEnvelopeField("site")),
+            (_, None) => Err(ApiError::MissingEnvelopeField("events")),
+            (Some(s), Some(e)) => Ok((s, e)),
+        });
+    let (site, events) = match parsed {
+        Ok(p) => p,
+        Err(e) => {
+            if st.inner.keep_unparseable {
+                let origin = Origin {
+                    site: String::new(),
+                    received_at_ms,
+                    user_agent: user_agent(&parts.headers).to_string(),
+                    ip: st.inner.validator.stored_ip(client_ip),
+                };
+                let raw =
+                    crate::dlq::cap(&String::from_utf8_lossy(&bytes), crate::dlq::MAX_RAW_BYTES);
+                let entry = NewEntry::refused(Stage::Parse, "malformed", e.to_string(), origin);
+                dead_letter(
+                    st,
+                    NewEntry {
+                        raw: Some(raw),
+                        ..entry
+                    },
+                )
+                .await;
+            }
+            return Err(e);
+        }
+    };
     let Some(site_cfg) = st.inner.sites.get(site.as_ref()) else {
         return Err(ApiError::UnknownSite(site.chars().take(64).collect()));
     };
@@ -301,13 +339,9 @@ async fn ingest(st: &AppState, req: Request) -> Result<Answer, ApiError> {
     let ctx = RequestContext {
         site: site.into_owned(),
         received_at_ms,
-        user_agent: parts
-            .headers
-            .get(header::USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string(),
+        user_agent: user_agent(&parts.headers).to_string(),
         client_ip,
+        replay: None,
     };
     let (accepted, rejected) = st.inner.validator.validate_batch(&ctx, &events);
     let m = &st.inner.metrics;
@@ -315,6 +349,28 @@ async fn ingest(st: &AppState, req: Request) -> Result<Answer, ApiError> {
         m.events_rejected
             .get_or_create(&ReasonLabel { reason: r.class() })
             .inc();
+    }
+    if let Some((_, first)) = rejected.first() {
+        let origin = Origin {
+            site: ctx.site.clone(),
+            received_at_ms,
+            user_agent: ctx.user_agent.clone(),
+            ip: st.inner.validator.stored_ip(client_ip),
+        };
+        let reason = format!("{} event(s) failed validation: {first}", rejected.len());
+        let entry = NewEntry::refused(Stage::Validation, first.class(), reason, origin);
+        dead_letter(
+            st,
+            NewEntry {
+                events: rejected
+                    .iter()
+                    .map(|(i, _)| events[*i].to_owned())
+                    .collect(),
+                errors: rejected.iter().map(|(_, r)| r.to_string()).collect(),
+                ..entry
+            },
+        )
+        .await;
     }
     let n = accepted.len();
     if n > 0 {
@@ -354,6 +410,24 @@ async fn ingest(st: &AppState, req: Request) -> Result<Answer, ApiError> {
             })
             .collect(),
     })
+}
+
+fn user_agent(headers: &HeaderMap) -> &str {
+    headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+/// Stores refused input before the answer goes out. A failure to store is logged, not
+/// returned: the client already learns the refusal from the answer itself.
+async fn dead_letter(st: &AppState, entry: NewEntry) {
+    let dlq = st.inner.dlq.clone();
+    match tokio::task::spawn_blocking(move || dlq.put(entry)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "cannot store dead letter"),
+        Err(e) => tracing::error!(error = %e, "dead-letter task failed"),
+    }
 }
 
 fn client_ip(

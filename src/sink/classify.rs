@@ -58,6 +58,17 @@ pub fn classify_code(code: u32) -> ErrorClass {
     }
 }
 
+/// Permanent errors that one row can cause while its neighbours are fine (a constraint, an
+/// unparseable or out-of-range value). Only these are worth splitting a batch for; a
+/// schema-level refusal (missing column, type mismatch) fails every row alike, so the batch
+/// goes to dead letters whole instead of being inserted row by row.
+pub fn row_specific(code: Option<u32>) -> bool {
+    matches!(
+        code,
+        Some(6 | 26 | 27 | 38 | 41 | 69 | 72 | 117 | 131 | 321 | 395 | 469 | 472)
+    )
+}
+
 pub fn classify(err: &Error) -> ErrorClass {
     match err {
         Error::BadResponse(msg) => match exception_code(msg) {
@@ -145,5 +156,14 @@ mod tests {
             classify(&Error::Network("reset".into())),
             ErrorClass::Retryable
         );
+    }
+
+    #[test]
+    fn only_row_level_refusals_split() {
+        assert!(row_specific(Some(469)));
+        assert!(row_specific(Some(117)));
+        assert!(!row_specific(Some(16)), "a missing column fails every row");
+        assert!(!row_specific(Some(53)));
+        assert!(!row_specific(None));
     }
 }

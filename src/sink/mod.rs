@@ -24,11 +24,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use crate::config::{ClickHouseConfig, SinkConfig};
-use crate::dlq::DeadLetters;
+use crate::dlq::{DeadLetters, NewEntry, Origin, Stage};
 use crate::event::Event;
 use crate::metrics::{ClassLabel, Metrics};
 use crate::spool::{Checkpoint, Lsn, SpoolReader};
-use classify::{classify, exception_code, ErrorClass};
+use classify::{classify, exception_code, row_specific, ErrorClass};
 
 /// What the rest of the process may know about the sink (readiness, freshness).
 #[derive(Debug, Clone, Default)]
@@ -39,6 +39,8 @@ pub struct SinkStatus {
     pub last_error: Option<String>,
     /// Holding batches because the destination is missing or forbidden.
     pub held: bool,
+    /// Every spool record below this is in ClickHouse (or in dead letters).
+    pub delivered: Lsn,
 }
 
 struct Batch {
@@ -74,7 +76,10 @@ impl Sink {
         dlq: DeadLetters,
         metrics: Metrics,
     ) -> (Self, watch::Receiver<SinkStatus>) {
-        let (status, rx) = watch::channel(SinkStatus::default());
+        let (status, rx) = watch::channel(SinkStatus {
+            delivered: checkpoint.delivered,
+            ..SinkStatus::default()
+        });
         (
             Self {
                 client: client::client(ch),
@@ -159,10 +164,24 @@ impl Sink {
             Err(e) => {
                 // CRC-valid but not decodable: written by an incompatible build. Keep it.
                 tracing::error!(lsn = rec.lsn, error = %e, "spool record does not decode; dead-lettering it");
-                if let Err(io) = self
-                    .dlq
-                    .record_undecodable(rec.lsn, &rec.payload, &e.to_string())
-                {
+                let now = crate::event::RequestContext::now_ms();
+                let entry = NewEntry {
+                    stage: Stage::Decode,
+                    reason_class: "other",
+                    reason: format!("spool record {} does not decode: {e}", rec.lsn),
+                    code: None,
+                    first_failed_ms: now,
+                    attempts: 1,
+                    origin: Origin::default(),
+                    events: Vec::new(),
+                    errors: Vec::new(),
+                    rows: Vec::new(),
+                    raw: Some(crate::dlq::cap(
+                        &String::from_utf8_lossy(&rec.payload),
+                        crate::dlq::MAX_RAW_BYTES,
+                    )),
+                };
+                if let Err(io) = self.dlq.put(entry) {
                     tracing::error!(error = %io, "cannot write dead letter");
                 }
             }
@@ -204,7 +223,10 @@ impl Sink {
         };
         self.store_checkpoint().await?;
         self.delivered_tx.send_replace(batch.end);
-        self.status.send_modify(|s| s.oldest_pending_ms = None);
+        self.status.send_modify(|s| {
+            s.oldest_pending_ms = None;
+            s.delivered = batch.end;
+        });
         Ok(())
     }
 
@@ -227,6 +249,7 @@ impl Sink {
         while let Some((range, permanent_attempts)) = todo.pop() {
             let mut attempt: u32 = 0;
             let mut permanent_failures: u32 = 0;
+            let mut first_failed_ms = 0;
             loop {
                 let slice = &rows[range.clone()];
                 let started = Instant::now();
@@ -243,6 +266,9 @@ impl Sink {
                 };
                 let class = classify(&err);
                 let msg = err.to_string();
+                if first_failed_ms == 0 {
+                    first_failed_ms = crate::event::RequestContext::now_ms();
+                }
                 self.metrics
                     .sink_insert_errors
                     .get_or_create(&ClassLabel {
@@ -268,19 +294,15 @@ impl Sink {
                         permanent_failures += 1;
                         tracing::warn!(error = %msg, rows = slice.len(), attempt, "insert refused by ClickHouse");
                         if permanent_failures >= permanent_attempts {
-                            if slice.len() > 1 {
+                            let code = exception_code(&msg);
+                            if slice.len() > 1 && row_specific(code) {
                                 let mid = range.start + slice.len() / 2;
                                 // Sub-ranges are refused deterministically: one attempt each.
                                 todo.push((mid..range.end, 1));
                                 todo.push((range.start..mid, 1));
                             } else {
-                                let code = exception_code(&msg);
-                                self.dlq.record_insert_failure(
-                                    slice,
-                                    code,
-                                    &msg,
-                                    permanent_failures,
-                                )?;
+                                self.dead_letter(slice, code, msg, first_failed_ms, attempt)
+                                    .await?;
                             }
                             break;
                         }
@@ -289,6 +311,38 @@ impl Sink {
                 tokio::time::sleep(self.backoff(attempt)).await;
             }
         }
+        Ok(())
+    }
+
+    async fn dead_letter(
+        &self,
+        rows: &[Event],
+        code: Option<u32>,
+        reason: String,
+        first_failed_ms: i64,
+        attempts: u32,
+    ) -> std::io::Result<()> {
+        tracing::error!(rows = rows.len(), ?code, %reason, "ClickHouse refused rows for good; moving them to dead letters");
+        let entry = NewEntry {
+            stage: Stage::Insert,
+            reason_class: DeadLetters::reason_class_for_code(code),
+            reason,
+            code,
+            first_failed_ms,
+            attempts,
+            origin: Origin {
+                site: rows.first().map(|r| r.site.clone()).unwrap_or_default(),
+                ..Origin::default()
+            },
+            events: Vec::new(),
+            errors: Vec::new(),
+            rows: rows.to_vec(),
+            raw: None,
+        };
+        let dlq = self.dlq.clone();
+        tokio::task::spawn_blocking(move || dlq.put(entry))
+            .await
+            .map_err(std::io::Error::other)??;
         Ok(())
     }
 

@@ -18,7 +18,7 @@
 
 mod checkpoint;
 mod reader;
-mod record;
+pub(crate) mod record;
 mod segment;
 mod writer;
 
@@ -28,6 +28,7 @@ use tokio::sync::{mpsc, watch};
 
 pub use checkpoint::Checkpoint;
 pub use reader::{Record, SpoolReader};
+pub(crate) use segment::sync_dir;
 pub use writer::SpoolHandle;
 
 use crate::config::SpoolConfig;
@@ -51,6 +52,8 @@ pub enum SpoolError {
 /// Readiness view of the spool, published by the writer.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SpoolStatus {
+    /// Records below this LSN are committed.
+    pub committed: Lsn,
     pub bytes: u64,
     pub quota: u64,
     pub full: bool,

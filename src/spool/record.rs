@@ -8,13 +8,13 @@
 //!
 //! The CRC covers the length, so a torn or flipped length is caught like a torn payload.
 
-pub(super) const MAGIC: &[u8; 8] = b"CTSPOOL1";
-pub(super) const HEADER_LEN: usize = 16;
+pub(crate) const MAGIC: &[u8; 8] = b"CTSPOOL1";
+pub(crate) const HEADER_LEN: usize = 16;
 /// A record larger than this is corrupt by definition (requests are capped far below it).
-pub(super) const MAX_RECORD_LEN: u32 = 256 * 1024 * 1024;
+pub(crate) const MAX_RECORD_LEN: u32 = 256 * 1024 * 1024;
 
 /// Appends one framed record to `out`.
-pub(super) fn encode(out: &mut Vec<u8>, appended_ms: u64, payload: &[u8]) {
+pub(crate) fn encode(out: &mut Vec<u8>, appended_ms: u64, payload: &[u8]) {
     let len = payload.len() as u32;
     let mut crc = crc32c::crc32c(&len.to_le_bytes());
     crc = crc32c::crc32c_append(crc, &appended_ms.to_le_bytes());
@@ -25,18 +25,18 @@ pub(super) fn encode(out: &mut Vec<u8>, appended_ms: u64, payload: &[u8]) {
     out.extend_from_slice(payload);
 }
 
-pub(super) fn framed_len(payload_len: usize) -> u64 {
+pub(crate) fn framed_len(payload_len: usize) -> u64 {
     (HEADER_LEN + payload_len) as u64
 }
 
 #[derive(Debug, PartialEq, Eq)]
-pub(super) struct Header {
-    pub(super) len: u32,
-    pub(super) crc: u32,
-    pub(super) appended_ms: u64,
+pub(crate) struct Header {
+    pub(crate) len: u32,
+    pub(crate) crc: u32,
+    pub(crate) appended_ms: u64,
 }
 
-pub(super) fn parse_header(b: &[u8; HEADER_LEN]) -> Header {
+pub(crate) fn parse_header(b: &[u8; HEADER_LEN]) -> Header {
     Header {
         len: u32::from_le_bytes(b[0..4].try_into().expect("4 bytes")),
         crc: u32::from_le_bytes(b[4..8].try_into().expect("4 bytes")),
@@ -44,7 +44,7 @@ pub(super) fn parse_header(b: &[u8; HEADER_LEN]) -> Header {
     }
 }
 
-pub(super) fn verify(h: &Header, payload: &[u8]) -> bool {
+pub(crate) fn verify(h: &Header, payload: &[u8]) -> bool {
     let mut crc = crc32c::crc32c(&h.len.to_le_bytes());
     crc = crc32c::crc32c_append(crc, &h.appended_ms.to_le_bytes());
     crc = crc32c::crc32c_append(crc, payload);
@@ -53,7 +53,7 @@ pub(super) fn verify(h: &Header, payload: &[u8]) -> bool {
 
 /// Why a frame could not be read; the writer's recovery truncates at the first one.
 #[derive(Debug, PartialEq, Eq)]
-pub(super) enum FrameError {
+pub(crate) enum FrameError {
     /// Fewer bytes than a header or than the header's length: a torn write.
     Torn,
     /// Length out of bounds or checksum mismatch.
@@ -61,7 +61,7 @@ pub(super) enum FrameError {
 }
 
 /// Parses the frame at the start of `buf`; returns (header, payload range end).
-pub(super) fn decode(buf: &[u8]) -> Result<(Header, &[u8]), FrameError> {
+pub(crate) fn decode(buf: &[u8]) -> Result<(Header, &[u8]), FrameError> {
     if buf.len() < HEADER_LEN {
         return Err(FrameError::Torn);
     }

@@ -43,7 +43,7 @@ pub(super) fn create(dir: &Path, base: u64) -> io::Result<File> {
     Ok(f)
 }
 
-pub(super) fn sync_dir(dir: &Path) -> io::Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 

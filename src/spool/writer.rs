@@ -287,6 +287,7 @@ impl Writer {
             .spool_pending_records
             .set(self.next_lsn.saturating_sub(self.delivered) as i64);
         self.status_tx.send_replace(SpoolStatus {
+            committed: self.next_lsn,
             bytes,
             quota: self.cfg.max_bytes,
             // "Full" for readiness: the next typical request would not fit.

@@ -1,0 +1,4 @@
+//! Subcommands that are pure CLI work (tables, progress bars, exit codes); the logic they
+//! drive lives in the library.
+
+pub(crate) mod dlq;

@@ -1,0 +1,172 @@
+//! Replay, collector side: re-validates a dead-letter entry and re-enqueues what now passes
+//! through the normal path (the spool, then the sink, with its deduplication). Runs inside
+//! `serve` (reached through the admin API) because the spool has one writer.
+//!
+//! Invariants: an entry is removed only after everything in it is committed to the spool;
+//! an entry that still partly fails is rewritten with only the failing events. Replaying the
+//! same entry twice (an interrupted replay rerun) re-enqueues identical rows: same event ids,
+//! same receive time, so ClickHouse deduplicates them.
+
+use std::io;
+
+use serde::Serialize;
+
+use super::{read, remove, rewrite, DeadLetters, Entry, Stage};
+use crate::event::{Event, RawBatch, ReplayContext, RequestContext, Validator};
+use crate::spool::{Lsn, SpoolError, SpoolHandle};
+
+#[derive(Debug, Serialize)]
+pub struct ReplayOutcome {
+    pub id: u64,
+    pub stage: Stage,
+    pub replayed: usize,
+    pub still_failing: usize,
+    /// Why what still fails fails (distinct reasons).
+    pub errors: Vec<String>,
+    pub removed: bool,
+    /// The spool record holding the replayed events, to wait for its delivery.
+    pub lsn: Option<Lsn>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("dead-letter entry {0} does not exist (already replayed?)")]
+    NotFound(u64),
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+}
+
+pub async fn replay_entry(
+    store: &DeadLetters,
+    id: u64,
+    validator: &Validator,
+    spool: &SpoolHandle,
+) -> Result<ReplayOutcome, ReplayError> {
+    let dir = store.dir().to_path_buf();
+    let mut entry = match tokio::task::spawn_blocking({
+        let dir = dir.clone();
+        move || read(&dir, id)
+    })
+    .await
+    .map_err(io::Error::other)?
+    {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(ReplayError::NotFound(id)),
+        Err(e) => return Err(e.into()),
+    };
+    let mut out = ReplayOutcome {
+        id,
+        stage: entry.stage,
+        replayed: 0,
+        still_failing: 0,
+        errors: Vec::new(),
+        removed: false,
+        lsn: None,
+    };
+    let (accepted, still): (Vec<Event>, Option<Entry>) = match entry.stage {
+        Stage::Insert => (std::mem::take(&mut entry.rows), None),
+        Stage::Decode => match entry.raw.as_deref().map(serde_json::from_str::<Vec<Event>>) {
+            Some(Ok(rows)) => (rows, None),
+            Some(Err(e)) => {
+                out.errors.push(format!("still does not decode: {e}"));
+                (Vec::new(), Some(entry.clone()))
+            }
+            None => (Vec::new(), None),
+        },
+        Stage::Validation | Stage::Parse => {
+            let ctx = RequestContext {
+                site: entry.origin.site.clone(),
+                received_at_ms: entry.origin.received_at_ms,
+                user_agent: entry.origin.user_agent.clone(),
+                client_ip: None,
+                replay: Some(ReplayContext {
+                    stored_ip: entry.origin.ip.clone(),
+                    id_seed: format!("dlq{id}"),
+                }),
+            };
+            let parsed_events: Vec<Box<serde_json::value::RawValue>> =
+                if entry.stage == Stage::Parse {
+                    match entry
+                        .raw
+                        .as_deref()
+                        .map(serde_json::from_str::<RawBatch<'_>>)
+                    {
+                        Some(Ok(b)) => b
+                            .events
+                            .unwrap_or_default()
+                            .into_iter()
+                            .map(|r| r.to_owned())
+                            .collect(),
+                        Some(Err(e)) => {
+                            out.errors
+                                .push(format!("body is still not valid JSON: {e}"));
+                            Vec::new()
+                        }
+                        None => Vec::new(),
+                    }
+                } else {
+                    std::mem::take(&mut entry.events)
+                };
+            if entry.stage == Stage::Parse && parsed_events.is_empty() {
+                (Vec::new(), Some(entry.clone()))
+            } else {
+                let refs: Vec<&serde_json::value::RawValue> =
+                    parsed_events.iter().map(|b| b.as_ref()).collect();
+                let (ok, rejected) = validator.validate_batch(&ctx, &refs);
+                let still = if rejected.is_empty() {
+                    None
+                } else {
+                    let mut e = entry.clone();
+                    e.stage = Stage::Validation;
+                    e.raw = None;
+                    e.events = rejected
+                        .iter()
+                        .map(|(i, _)| parsed_events[*i].clone())
+                        .collect();
+                    e.errors = rejected.iter().map(|(_, r)| r.to_string()).collect();
+                    e.reason_class = rejected[0].1.class().to_string();
+                    e.reason = format!(
+                        "{} event(s) failed validation: {}",
+                        rejected.len(),
+                        rejected[0].1
+                    );
+                    for r in &e.errors {
+                        if !out.errors.contains(r) {
+                            out.errors.push(r.clone());
+                        }
+                    }
+                    Some(e)
+                };
+                (ok, still)
+            }
+        }
+    };
+    out.replayed = accepted.len();
+    if !accepted.is_empty() {
+        let payload = serde_json::to_vec(&accepted).map_err(io::Error::other)?;
+        out.lsn = Some(spool.append(payload).await?);
+        store
+            .metrics()
+            .dlq_replayed_events
+            .inc_by(accepted.len() as u64);
+    }
+    match still {
+        None => {
+            tokio::task::spawn_blocking(move || remove(&dir, id))
+                .await
+                .map_err(io::Error::other)??;
+            out.removed = true;
+        }
+        Some(mut e) => {
+            out.still_failing = e.event_count();
+            e.attempts += 1;
+            e.last_failed_ms = RequestContext::now_ms();
+            tokio::task::spawn_blocking(move || rewrite(&dir, &e))
+                .await
+                .map_err(io::Error::other)??;
+        }
+    }
+    Ok(out)
+}
