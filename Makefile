@@ -1,13 +1,15 @@
 # Quick start: `make run` (collector + demo page on http://127.0.0.1:8080) and `make test`.
 # Both install what is missing (Debian/Ubuntu; root or sudo).
 
-.PHONY: run test lint unit-and-integration deps deps-test clean
+.PHONY: run test lint unit-and-integration test-browser test-prometheus snippet deps deps-test bench clean
 
 run: deps
 	cargo build --release --locked
 	scripts/run.sh
 
-test: deps-test lint unit-and-integration
+# Every test: lint, unit + integration (real ClickHouse 18.16, chDB 26.x, pyarrow), browser
+# tests of the snippet (Debian Chromium), Prometheus rule tests (promtool).
+test: deps-test lint unit-and-integration test-browser test-prometheus
 	@echo "make test: all checks passed"
 
 lint:
@@ -16,6 +18,17 @@ lint:
 
 unit-and-integration:
 	cargo test --locked --all-targets
+
+test-browser:
+	cargo build --locked
+	scripts/test-browser.sh
+
+test-prometheus:
+	scripts/test-prometheus.sh
+
+# After editing snippet/src: rebuild the committed snippet/dist and check its size budget.
+snippet:
+	cd snippet && npm ci --ignore-scripts && node build.mjs && ./check-size.sh
 
 deps:
 	scripts/deps.sh

@@ -39,7 +39,10 @@ CREATE TABLE IF NOT EXISTS {{db}}.events
     os           {{lowcard_string}},
     device       {{lowcard_string}},
     user_agent   String,
-    ip           String
+    ip           String,
+    -- Set by the server at insert; the compactor archives and deletes exactly the rows inserted
+    -- before its cutoff, so rows arriving late for a cold day are never dropped unarchived.
+    inserted_at  DateTime('UTC') DEFAULT now()
 )
 ENGINE = ReplacingMergeTree()
 PARTITION BY toDate(ts)

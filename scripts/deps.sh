@@ -29,4 +29,8 @@ if [ "${1:-}" = "--test" ]; then
     echo "installing chdb-core (ClickHouse 26.x in-process, for migration checks)..."
     python3 -m pip install --quiet chdb-core
   fi
+  if ! python3 -c "import pyarrow" 2>/dev/null; then
+    echo "installing pyarrow (independent reader of the Parquet archive in tests)..."
+    python3 -m pip install --quiet pyarrow
+  fi
 fi

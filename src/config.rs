@@ -28,6 +28,7 @@ const SECTIONS: &[&str] = &[
     "sink",
     "spool",
     "dlq",
+    "compactor",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +61,7 @@ pub struct Config {
     pub sink: SinkConfig,
     pub spool: SpoolConfig,
     pub dlq: DlqConfig,
+    pub compactor: CompactorConfig,
     pub sites: Vec<SiteConfig>,
 }
 
@@ -76,6 +78,7 @@ impl Default for Config {
             sink: SinkConfig::default(),
             spool: SpoolConfig::default(),
             dlq: DlqConfig::default(),
+            compactor: CompactorConfig::default(),
             sites: Vec::new(),
         }
     }
@@ -341,6 +344,43 @@ impl Default for DlqConfig {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CompactorConfig {
+    /// Run the compactor inside `serve`.
+    pub enabled: bool,
+    /// How often `serve` looks for cold partitions.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Days kept hot in ClickHouse; a day is archived once all of it is older than this.
+    pub hot_days: u32,
+    /// Where Parquet goes: empty = `<data_dir>/archive`, a local path, or an object store URL.
+    pub archive_url: String,
+    /// Rows per Parquet row group.
+    pub row_group_rows: usize,
+    /// Rows inserted into ClickHouse within this much of an archive run are left for the next
+    /// one, so an insert still in flight is never deleted unarchived.
+    #[serde(with = "humantime_serde")]
+    pub insert_settle: Duration,
+    /// How long to wait for ClickHouse to finish deleting archived rows.
+    #[serde(with = "humantime_serde")]
+    pub mutation_timeout: Duration,
+}
+
+impl Default for CompactorConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval: Duration::from_secs(3600),
+            hot_days: 30,
+            archive_url: String::new(),
+            row_group_rows: 262_144,
+            insert_settle: Duration::from_secs(600),
+            mutation_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SiteConfig {
     /// The public key the snippet sends as `site` (`data-site`).
@@ -364,7 +404,8 @@ impl Config {
                 format!("file {} does not exist", path.display()),
             ));
         }
-        let env = env.map(|key| {
+        // CLICKTRAIL_CONFIG names the file (read by the CLI), it is not a key inside it.
+        let env = env.filter(|key| key != "config").map(|key| {
             let key = key.as_str().to_ascii_lowercase();
             for section in SECTIONS {
                 if let Some(rest) = key.strip_prefix(section).and_then(|r| r.strip_prefix('_')) {
@@ -427,6 +468,21 @@ impl Config {
                     self.spool.segment_bytes
                 ),
             ));
+        }
+        if self.compactor.row_group_rows < 1024 {
+            return Err(invalid("compactor.row_group_rows", "must be at least 1024"));
+        }
+        if self.compactor.insert_settle < self.clickhouse.timeout {
+            return Err(invalid(
+                "compactor.insert_settle",
+                format!(
+                    "must be at least clickhouse.timeout ({:?}): an insert may be in flight that long",
+                    self.clickhouse.timeout
+                ),
+            ));
+        }
+        if self.compactor.interval.is_zero() {
+            return Err(invalid("compactor.interval", "must be greater than 0"));
         }
         if self.dlq.max_bytes < 1024 * 1024 {
             return Err(invalid("dlq.max_bytes", "must be at least 1048576 (1 MiB)"));
@@ -591,6 +647,7 @@ mod tests {
             jail.set_env("CTTEST_CLICKHOUSE_URL", "http://10.0.0.1:8123");
             jail.set_env("CTTEST_DATA_DIR", "/tmp/x");
             jail.set_env("CTTEST_SPOOL_MAX_BYTES", "999999999");
+            jail.set_env("CTTEST_CONFIG", "/elsewhere.toml");
             let c = Config::load_with_env(&p, true, Env::prefixed("CTTEST_")).unwrap();
             assert_eq!(c.listen.port(), 9999);
             assert_eq!(c.clickhouse.url, "http://10.0.0.1:8123");

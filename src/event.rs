@@ -425,10 +425,13 @@ impl Validator {
             _ => enrich.cookieless_visitor.clone(),
         };
 
-        let title = opt_str("title", ev.title.as_deref(), l.max_title_len)?;
-        let referrer = opt_str("referrer", ev.referrer.as_deref(), l.max_url_len)?;
-        let selector = opt_str("selector", ev.selector.as_deref(), l.max_selector_len)?;
-        let text = opt_str("text", ev.text.as_deref(), l.max_text_len)?;
+        // Display fields are cut, not refused: a long page title is no reason to lose the page
+        // view. Identifiers and the URL are refused instead, since a cut one would be wrong.
+        let cut = |s: Option<&str>, max: usize| truncate(s.unwrap_or(""), max).to_string();
+        let title = cut(ev.title.as_deref(), l.max_title_len);
+        let referrer = cut(ev.referrer.as_deref(), l.max_url_len);
+        let selector = cut(ev.selector.as_deref(), l.max_selector_len);
+        let text = cut(ev.text.as_deref(), l.max_text_len);
 
         let mut e = Event {
             event_id,
@@ -539,16 +542,6 @@ fn check_token(field: &'static str, s: &str, limit: usize) -> Result<(), Rejecti
         });
     }
     Ok(())
-}
-
-fn opt_str(field: &'static str, s: Option<&str>, limit: usize) -> Result<String, Rejection> {
-    match s {
-        Some(s) => {
-            check_len(field, s, limit)?;
-            Ok(s.to_string())
-        }
-        None => Ok(String::new()),
-    }
 }
 
 fn int_in(field: &'static str, n: Option<Number>, min: i64, max: i64) -> Result<i64, Rejection> {
@@ -803,14 +796,26 @@ mod tests {
     }
 
     #[test]
-    fn too_long_fields_are_rejected() {
-        let long = "a".repeat(300);
+    fn too_long_identifiers_are_rejected_and_display_fields_cut() {
+        let long = "a".repeat(3000);
         let err = run(&format!(
-            r#"{{"type":"click",{BASE},"x":1,"y":1,"text":"{long}"}}"#
+            r#"{{"type":"pageview","id":"e","ts":1700000000000,"session":"s","url":"https://a.b/{long}"}}"#
         ))
         .unwrap_err();
         assert_eq!(err.class(), "too_long");
-        assert_eq!(err.to_string(), "field text: longer than 256 bytes");
+        assert_eq!(err.to_string(), "field url: longer than 2048 bytes");
+        let e = run(&format!(
+            r#"{{"type":"click",{BASE},"x":1,"y":1,"text":"a{}","title":"{long}"}}"#,
+            "é".repeat(200)
+        ))
+        .unwrap();
+        assert_eq!(
+            e.text.len(),
+            255,
+            "cut on a character boundary within 256 bytes"
+        );
+        assert!(e.text.ends_with('é'));
+        assert_eq!(e.title.len(), 512);
     }
 
     #[test]

@@ -23,12 +23,14 @@
 //! - [`http`]: router, handlers, CORS, errors → responses.
 //! - [`spool`]: the durable log: writer, reader, checkpoint, recovery.
 //! - [`sink`]: batching, inserts, error classes, retries.
-//! - [`dlq`]: where refused events are kept.
+//! - [`dlq`]: where refused events are kept, and their replay.
+//! - [`compactor`]: cold days → verified Parquet archive → deleted from ClickHouse.
 //! - [`migrate`]: schema migrations for every supported ClickHouse version.
 //! - [`freshness`]: lag gauge and ClickHouse probe.
 //! - [`metrics`]: every Prometheus metric, defined once.
 //! - [`serve`]: wires the above together and shuts them down in order.
 
+pub mod compactor;
 pub mod config;
 pub mod dlq;
 pub mod event;

@@ -48,6 +48,18 @@ enum Command {
     },
     /// Validate the configuration and check ClickHouse and the data directory.
     Check,
+    /// Archive cold day partitions to Parquet (verified, then deleted from ClickHouse).
+    Compact {
+        /// One run, then exit (otherwise: run every `compactor.interval`, like `serve` does).
+        #[arg(long)]
+        once: bool,
+        /// Override `compactor.hot_days`.
+        #[arg(long)]
+        hot_days: Option<u32>,
+        /// Show what would be archived, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Inspect and replay dead letters (events that failed validation or were refused by ClickHouse).
     Dlq {
         #[command(subcommand)]
@@ -160,6 +172,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }),
         Command::Check => rt.block_on(check(config)),
+        Command::Compact {
+            once,
+            hot_days,
+            dry_run,
+        } => rt.block_on(cli::compact::run(&config, once, hot_days, dry_run)),
         Command::Dlq { command } => match command {
             DlqCommand::List { json } => cli::dlq::list(&config, json),
             DlqCommand::Show { id } => cli::dlq::show(&config, id),

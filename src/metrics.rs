@@ -101,6 +101,13 @@ pub struct Metrics {
     pub dlq_quota_bytes: Gauge,
     pub dlq_evictions: Counter,
     pub dlq_replayed_events: Counter,
+
+    pub compactor_partitions_archived: Counter,
+    pub compactor_rows_archived: Counter,
+    pub compactor_bytes_written: Counter,
+    pub compactor_run_duration: Histogram,
+    pub compactor_failures: Counter,
+    pub compactor_last_success: FGauge,
 }
 
 impl Metrics {
@@ -275,6 +282,43 @@ impl Metrics {
             dlq_replayed_events.clone(),
         );
 
+        let compactor_partitions_archived = Counter::default();
+        r.register(
+            "compactor_partitions_archived",
+            "Archive parts written, verified and deleted from ClickHouse",
+            compactor_partitions_archived.clone(),
+        );
+        let compactor_rows_archived = Counter::default();
+        r.register(
+            "compactor_rows_archived",
+            "Rows moved from ClickHouse to Parquet",
+            compactor_rows_archived.clone(),
+        );
+        let compactor_bytes_written = Counter::default();
+        r.register(
+            "compactor_bytes_written",
+            "Bytes of Parquet published",
+            compactor_bytes_written.clone(),
+        );
+        let compactor_run_duration = Histogram::new(exponential_buckets(0.01, 2.0, 20));
+        r.register(
+            "compactor_run_duration_seconds",
+            "Duration of one compactor run",
+            compactor_run_duration.clone(),
+        );
+        let compactor_failures = Counter::default();
+        r.register(
+            "compactor_failures",
+            "Partitions whose archiving failed (nothing was deleted for them)",
+            compactor_failures.clone(),
+        );
+        let compactor_last_success = FGauge::default();
+        r.register(
+            "compactor_last_success_timestamp_seconds",
+            "Unix time of the last compactor run without failures",
+            compactor_last_success.clone(),
+        );
+
         let build_info = Family::<VersionLabel, Gauge>::default();
         build_info
             .get_or_create(&VersionLabel {
@@ -312,6 +356,12 @@ impl Metrics {
             dlq_quota_bytes,
             dlq_evictions,
             dlq_replayed_events,
+            compactor_partitions_archived,
+            compactor_rows_archived,
+            compactor_bytes_written,
+            compactor_run_duration,
+            compactor_failures,
+            compactor_last_success,
         }
     }
 

@@ -84,8 +84,29 @@ pub async fn run(
     let lag = tokio::spawn(crate::freshness::run_lag(
         metrics.clone(),
         sink_status.clone(),
-        stop_rx,
+        stop_rx.clone(),
     ));
+    let compactor = if config.compactor.enabled {
+        match crate::compactor::Compactor::new(
+            &config.clickhouse,
+            config.compactor.clone(),
+            &config.data_dir,
+            metrics.clone(),
+        ) {
+            Ok(c) => {
+                tracing::info!(archive = %c.archive_url(), hot_days = config.compactor.hot_days, "compactor enabled");
+                Some(tokio::spawn(c.run(stop_rx)))
+            }
+            Err(e) => {
+                // Archiving can wait; ingestion must not. Alerted via compactor metrics.
+                metrics.compactor_failures.inc();
+                tracing::error!(error = %e, "compactor disabled: cannot open the archive");
+                None
+            }
+        }
+    } else {
+        None
+    };
 
     let local = listener.local_addr().map_err(ServeError::Http)?;
     let admin_host = if local.ip().is_unspecified() {
@@ -156,6 +177,10 @@ pub async fn run(
     };
     let _ = stop_tx.send(true);
     let _ = tokio::join!(probe, lag);
+    if let Some(c) = compactor {
+        // A run in progress is abandoned at a safe point: every step is resumable.
+        c.abort();
+    }
     tracing::info!("stopped");
     result
 }

@@ -219,6 +219,9 @@ async fn cors(State(st): State<AppState>, req: Request, next: Next) -> Response 
     } else {
         next.run(req).await
     };
+    // A refusal is readable by any origin: it carries no data, and a snippet installed on a
+    // page that is not allowed can then drop its batch instead of retrying for minutes.
+    let allowed = allowed.or_else(|| origin.filter(|_| resp.status() == StatusCode::FORBIDDEN));
     let h = resp.headers_mut();
     h.append(header::VARY, HeaderValue::from_static("Origin"));
     if let Some(o) = allowed.and_then(|o| HeaderValue::from_str(&o).ok()) {

@@ -2,6 +2,7 @@
 
 //! Integration tests: the real collector against a real ClickHouse 18.16 on random ports.
 
+mod compactor;
 mod dlq;
 mod durability;
 mod harness;

@@ -40,7 +40,11 @@ async fn migrations_run_once_on_clickhouse_18_16_and_rerun_is_a_no_op() {
     );
     // The insert's column list is exactly the table's columns, in order.
     let cols = ch.query("SELECT name FROM system.columns WHERE database = 'clicktrail' AND table = 'events' FORMAT TSV");
-    assert_eq!(cols.trim().replace('\n', ", "), EVENT_COLUMNS);
+    assert_eq!(
+        cols.trim().replace('\n', ", "),
+        format!("{EVENT_COLUMNS}, inserted_at"),
+        "the sink's columns, then the server-side insert time"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,362 @@
+//! The compactor against a real ClickHouse: seed several days, archive the cold ones, read the
+//! files back with our reader and with pyarrow, rerun, late rows, and kill -9 mid-way.
+
+use std::collections::HashMap;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use clicktrail::compactor::manifest::PartState;
+use clicktrail::compactor::{day_string, parquet_io};
+use clicktrail::config::Config;
+use clicktrail::event::Event;
+
+use crate::harness::*;
+
+const PER_DAY: u64 = 75_000;
+/// Day offsets from today: three cold days and one hot one (hot_days = 2).
+const DAYS: [i64; 4] = [-5, -4, -3, 0];
+
+fn today() -> i64 {
+    now_ms().div_euclid(86_400_000)
+}
+
+/// The row ClickHouse generates for `n` (must mirror `seed`).
+fn expected(n: u64) -> Event {
+    let day = today() + DAYS[(n % 4) as usize];
+    let ts = (day * 86_400) as u64 + (n * 7) % 86_400;
+    Event {
+        event_id: format!("e{n}"),
+        site: "test".into(),
+        kind: ["pageview", "click", "scroll"][(n % 3) as usize].into(),
+        name: String::new(),
+        ts: ts as u32,
+        ts_ms: (n % 1000) as u16,
+        received_at: ts as u32 + 1,
+        url: format!("https://shop.test/p/{}", n % 50),
+        host: "shop.test".into(),
+        path: format!("/p/{}", n % 50),
+        referrer: String::new(),
+        title: format!("Page {}", n % 50),
+        session_id: format!("s{}", n % 1000),
+        visitor_id: format!("v{}", n % 500),
+        x: (n % 1500) as i32 - 10,
+        y: (n % 9000) as i32,
+        viewport_w: 1280,
+        viewport_h: 720,
+        doc_w: 1280,
+        doc_h: 9000,
+        selector: format!("#b{}", n % 20),
+        text: "Buy".into(),
+        rage: u8::from(n % 7 == 0),
+        scroll_depth: (n % 101) as u8,
+        duration_ms: (n % 60_000) as u32,
+        props: String::new(),
+        browser: "Chrome".into(),
+        os: "Linux".into(),
+        device: "desktop".into(),
+        user_agent: String::new(),
+        ip: "203.0.113.0".into(),
+    }
+}
+
+fn seed(ch: &ClickHouse, from: u64, count: u64, inserted_ago_secs: i64) {
+    let t = today();
+    ch.query(&format!(
+        "INSERT INTO clicktrail.events (event_id, site, type, name, ts, ts_ms, received_at, url, host, path, referrer, title, \
+         session_id, visitor_id, x, y, viewport_w, viewport_h, doc_w, doc_h, selector, text, rage, scroll_depth, duration_ms, \
+         props, browser, os, device, user_agent, ip, inserted_at) \
+         SELECT concat('e', toString(number)), 'test', ['pageview','click','scroll'][number % 3 + 1], '', \
+         toDateTime(({t} + [{d0}, {d1}, {d2}, {d3}][number % 4 + 1]) * 86400 + (number * 7) % 86400), number % 1000, \
+         toDateTime(({t} + [{d0}, {d1}, {d2}, {d3}][number % 4 + 1]) * 86400 + (number * 7) % 86400 + 1), \
+         concat('https://shop.test/p/', toString(number % 50)), 'shop.test', concat('/p/', toString(number % 50)), '', \
+         concat('Page ', toString(number % 50)), concat('s', toString(number % 1000)), concat('v', toString(number % 500)), \
+         toInt32(number % 1500) - 10, toInt32(number % 9000), 1280, 720, 1280, 9000, concat('#b', toString(number % 20)), 'Buy', \
+         number % 7 = 0, number % 101, number % 60000, '', 'Chrome', 'Linux', 'desktop', '', '203.0.113.0', \
+         toDateTime(toUInt32(now()) - {inserted_ago_secs}) \
+         FROM system.numbers WHERE number >= {from} LIMIT {count}",
+        d0 = DAYS[0],
+        d1 = DAYS[1],
+        d2 = DAYS[2],
+        d3 = DAYS[3],
+    ));
+}
+
+fn is_cold(n: u64) -> bool {
+    DAYS[(n % 4) as usize] <= -3
+}
+
+struct Setup {
+    ch: ClickHouse,
+    data: tempfile::TempDir,
+    config_path: std::path::PathBuf,
+    cfg: Config,
+}
+
+async fn setup(rows: u64) -> Setup {
+    let ch = ClickHouse::start();
+    let data = tempfile::tempdir().unwrap();
+    let mut cfg = test_config(&ch, data.path());
+    cfg.compactor.hot_days = 2;
+    cfg.compactor.row_group_rows = 32_768;
+    cfg.compactor.insert_settle = cfg.clickhouse.timeout;
+    migrate(&cfg).await;
+    seed(&ch, 0, rows, 3600);
+    let config_path = data.path().join("cli.toml");
+    std::fs::write(&config_path, toml_of(&cfg)).unwrap();
+    Setup {
+        ch,
+        data,
+        config_path,
+        cfg,
+    }
+}
+
+fn compact(s: &Setup, extra_env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_clicktrail"));
+    cmd.args(["compact", "--once", "--config"])
+        .arg(&s.config_path)
+        .env("RUST_LOG", "warn");
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Every row of every archive file, by event id; panics on a duplicate.
+fn archive_rows(s: &Setup) -> HashMap<String, Event> {
+    let root = s.data.path().join("archive/events");
+    let mut rows = HashMap::new();
+    let mut files = Vec::new();
+    for day in std::fs::read_dir(&root).into_iter().flatten() {
+        for f in std::fs::read_dir(day.unwrap().path()).unwrap() {
+            files.push(f.unwrap().path());
+        }
+    }
+    for f in files {
+        assert!(
+            f.extension().is_some_and(|e| e == "parquet"),
+            "only Parquet under events/: {f:?}"
+        );
+        parquet_io::for_each_row(&f, |e| {
+            let id = e.event_id.clone();
+            assert!(rows.insert(id.clone(), e).is_none(), "{id} archived twice");
+        })
+        .unwrap();
+    }
+    rows
+}
+
+fn count(ch: &ClickHouse, cond: &str) -> u64 {
+    ch.count(&format!(
+        "SELECT count() FROM clicktrail.events WHERE {cond}"
+    ))
+}
+
+fn cold_cond() -> String {
+    format!("toDate(ts) <= toDate({})", (today() - 3) * 86_400)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cold_days_become_verified_parquet_and_leave_clickhouse() {
+    let total = PER_DAY * 4;
+    let s = setup(total).await;
+    let (code, out, err) = compact(&s, &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        out.matches(" archived ").count(),
+        3,
+        "three cold days: {out}"
+    );
+
+    // ClickHouse: cold days gone, the hot day untouched.
+    assert_eq!(count(&s.ch, &cold_cond()), 0);
+    assert_eq!(count(&s.ch, "1"), PER_DAY);
+
+    // Our reader: every cold row, row for row.
+    let rows = archive_rows(&s);
+    assert_eq!(rows.len() as u64, PER_DAY * 3);
+    for n in (0..total).filter(|&n| is_cold(n)) {
+        let want = expected(n);
+        assert_eq!(rows.get(&want.event_id), Some(&want), "row {n}");
+    }
+
+    // The manifest says so too.
+    let (store, _) = clicktrail::compactor::open_store("", s.data.path()).unwrap();
+    let manifest = clicktrail::compactor::manifest::all(store.as_ref())
+        .await
+        .unwrap();
+    assert_eq!(manifest.len(), 3);
+    for m in &manifest {
+        assert_eq!(m.state, PartState::Dropped);
+        assert_eq!(m.rows, PER_DAY);
+        let path = s.data.path().join("archive").join(&m.file);
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(m.bytes, bytes.len() as u64);
+        assert_eq!(m.crc32c, format!("{:08x}", crc32c::crc32c(&bytes)));
+    }
+
+    // An independent reader (pyarrow) agrees, with real timestamp types.
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/chdb/read_archive.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(s.data.path().join("archive"))
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "pyarrow reader failed (pip install pyarrow)"
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(
+        lines.next().unwrap(),
+        "schema ts=timestamp[ms, tz=UTC] received_at=timestamp[ms, tz=UTC] rage=bool date=string"
+    );
+    assert_eq!(lines.next().unwrap(), format!("rows {}", PER_DAY * 3));
+    let mut want: Vec<String> = (0..total)
+        .filter(|&n| is_cold(n))
+        .map(|n| {
+            let e = expected(n);
+            format!(
+                "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                e.event_id,
+                e.ts as u64 * 1000 + e.ts_ms as u64,
+                e.x,
+                e.y,
+                e.scroll_depth,
+                e.rage,
+                e.path,
+                day_string(e.ts as i64 / 86_400)
+            )
+        })
+        .collect();
+    want.sort();
+    let got: Vec<&str> = lines.collect();
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(&want) {
+        assert_eq!(g, w);
+    }
+
+    // A rerun changes nothing.
+    let before: Vec<_> = walk(&s.data.path().join("archive"));
+    let (code, out, _) = compact(&s, &[]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("no cold partitions") || !out.contains(" archived "),
+        "{out}"
+    );
+    assert_eq!(walk(&s.data.path().join("archive")), before);
+    assert_eq!(count(&s.ch, "1"), PER_DAY);
+
+    // Late rows for an archived day become an additional part on the next run.
+    seed(&s.ch, total, 40, 0); // 10 per day, inserted now
+    tokio::time::sleep(s.cfg.compactor.insert_settle + Duration::from_secs(1)).await;
+    let (code, out, err) = compact(&s, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.matches(" archived ").count(), 3, "{out}");
+    let rows = archive_rows(&s);
+    assert_eq!(rows.len() as u64, PER_DAY * 3 + 30);
+    assert_eq!(count(&s.ch, &cold_cond()), 0);
+    assert_eq!(count(&s.ch, "1"), PER_DAY + 10);
+}
+
+fn walk(dir: &std::path::Path) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else {
+                let p = e.path();
+                out.push((
+                    p.display().to_string(),
+                    std::fs::read(&p).unwrap().len() as u64,
+                ));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_between_steps_then_rerun_keeps_counts_exact() {
+    for step in ["after_publish", "after_verify"] {
+        let total = 20_000;
+        let s = setup(total).await;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_clicktrail"))
+            .args(["compact", "--once", "--config"])
+            .arg(&s.config_path)
+            .env("RUST_LOG", "warn")
+            .env("CT_TEST_COMPACT_PAUSE_AT", step)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Wait for the pause line, then kill -9 right there.
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            let mut seen = String::new();
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if line.starts_with("paused at") {
+                    let _ = tx.send(Ok(line));
+                    return;
+                }
+                seen.push_str(&line);
+                seen.push('\n');
+            }
+            let _ = tx.send(Err(seen));
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(Ok(line)) => line,
+            Ok(Err(stderr)) => panic!("{step}: compactor exited before the pause point:\n{stderr}"),
+            Err(e) => panic!("{step}: no pause within 60 s: {e}"),
+        };
+        assert_eq!(line, format!("paused at {step}"));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        if step == "after_publish" {
+            assert_eq!(
+                count(&s.ch, &cold_cond()),
+                total * 3 / 4,
+                "nothing deleted before verification"
+            );
+        }
+
+        let (code, out, err) = compact(&s, &[]);
+        assert_eq!(code, 0, "{step}: {out}{err}");
+        assert!(
+            out.contains("resumed"),
+            "{step}: the interrupted part was resumed: {out}"
+        );
+        let rows = archive_rows(&s);
+        let cold: Vec<u64> = (0..total).filter(|&n| is_cold(n)).collect();
+        assert_eq!(
+            rows.len(),
+            cold.len(),
+            "{step}: every cold row archived exactly once"
+        );
+        for n in cold {
+            assert_eq!(
+                rows.get(&format!("e{n}")),
+                Some(&expected(n)),
+                "{step}: row {n}"
+            );
+        }
+        assert_eq!(count(&s.ch, &cold_cond()), 0, "{step}");
+        assert_eq!(count(&s.ch, "1"), total / 4, "{step}: hot day untouched");
+    }
+}
