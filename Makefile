@@ -36,6 +36,12 @@ deps:
 deps-test:
 	scripts/deps.sh --test
 
+# Load benchmark (end to end, with references) and criterion micro-benchmarks, release builds.
+# Figures and how to read them: docs/benchmarks.md. BENCH_ARGS="--clients 64 --seconds 30 --json"
+bench: deps
+	cargo bench --bench load -- $(BENCH_ARGS)
+	cargo bench --bench hot_paths
+
 clean:
 	-scripts/clickhouse.sh stop var/clickhouse
 	rm -rf var target

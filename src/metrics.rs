@@ -319,6 +319,42 @@ impl Metrics {
             compactor_last_success.clone(),
         );
 
+        // Every allowed label value exists from the start at 0, so rate()/increase() see the
+        // first error instead of a series appearing out of nowhere.
+        for t in crate::event::EventType::ALL {
+            let _ = events_accepted.get_or_create(&TypeLabel { r#type: t.as_str() });
+        }
+        for reason in [
+            "malformed",
+            "missing_field",
+            "invalid_value",
+            "too_long",
+            "out_of_range",
+            "unknown_type",
+            "spool_full",
+        ] {
+            let _ = events_rejected.get_or_create(&ReasonLabel { reason });
+        }
+        for class in ["retryable", "permanent", "destination"] {
+            let _ = sink_insert_errors.get_or_create(&ClassLabel { class });
+        }
+        for (stage, reason) in [
+            ("validation", "malformed"),
+            ("validation", "missing_field"),
+            ("validation", "invalid_value"),
+            ("validation", "out_of_range"),
+            ("validation", "unknown_type"),
+            ("parse", "malformed"),
+            ("insert", "no_such_column"),
+            ("insert", "type_mismatch"),
+            ("insert", "constraint"),
+            ("insert", "invalid_value"),
+            ("insert", "other"),
+            ("decode", "other"),
+        ] {
+            let _ = dlq_events.get_or_create(&StageReason { stage, reason });
+        }
+
         let build_info = Family::<VersionLabel, Gauge>::default();
         build_info
             .get_or_create(&VersionLabel {

@@ -224,6 +224,21 @@ impl Compactor {
         dry_run: bool,
         progress: &dyn Progress,
     ) -> Result<Vec<Outcome>, CompactError> {
+        let result = self.run_once_inner(hot_days, dry_run, progress).await;
+        if result.is_err() {
+            // One count per failed run, including a run that could not even list its work
+            // (ClickHouse down, archive unreachable): the failure alert must see those too.
+            self.metrics.compactor_failures.inc();
+        }
+        result
+    }
+
+    async fn run_once_inner(
+        &self,
+        hot_days: u32,
+        dry_run: bool,
+        progress: &dyn Progress,
+    ) -> Result<Vec<Outcome>, CompactError> {
         let started = Instant::now();
         let mut outcomes = Vec::new();
         let mut first_error = None;
@@ -232,7 +247,6 @@ impl Compactor {
                 match self.resume(entry, progress).await {
                     Ok(o) => outcomes.push(o),
                     Err(e) => {
-                        self.metrics.compactor_failures.inc();
                         tracing::error!(error = %e, "resuming an archive part failed");
                         first_error.get_or_insert(e);
                     }
@@ -248,7 +262,6 @@ impl Compactor {
             match result {
                 Ok(o) => outcomes.push(o),
                 Err(e) => {
-                    self.metrics.compactor_failures.inc();
                     tracing::error!(error = %e, day = %day_string(day), "archiving failed");
                     first_error.get_or_insert(e);
                 }

@@ -139,7 +139,10 @@ async fn clickhouse_outage_keeps_acknowledging_and_lag_rises_then_falls() {
         if lag > 3.0 {
             assert!(metric(&m, "clicktrail_spool_pending_records") >= 1.0);
             assert!(
-                m.contains("clicktrail_sink_insert_errors_total{class=\"retryable\"}"),
+                metric(
+                    &m,
+                    "clicktrail_sink_insert_errors_total{class=\"retryable\"}"
+                ) >= 1.0,
                 "{m}"
             );
             break;

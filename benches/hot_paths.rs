@@ -1,0 +1,131 @@
+//! Criterion micro-benchmarks of the hot paths: `cargo bench --bench hot_paths`.
+//! Under `cargo test` each runs once as a smoke test.
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use serde_json::{json, value::RawValue, Value};
+
+use clicktrail::config::{LimitsConfig, PrivacyConfig, SpoolConfig};
+use clicktrail::event::{Event, RawBatch, RequestContext, Validator};
+
+fn batch_body(n: usize) -> String {
+    let events: Vec<Value> = (0..n)
+        .map(|i| {
+            json!({"type": "click", "id": format!("ev-{i:08}"), "ts": 1_764_480_000_000i64 + i as i64,
+                   "url": "https://shop.example/products/42?utm=x", "session": "s-1234", "visitor": "v-5678",
+                   "x": 320 + i, "y": 1800, "vw": 1440, "vh": 900, "dw": 1440, "dh": 5200,
+                   "selector": "main > div.product > button.add-to-cart", "text": "Add to cart"})
+        })
+        .collect();
+    json!({"site": "demo", "events": events}).to_string()
+}
+
+fn ctx() -> RequestContext {
+    RequestContext {
+        site: "demo".into(),
+        received_at_ms: 1_764_480_000_500,
+        user_agent: "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0 Safari/537.36".into(),
+        client_ip: Some("203.0.113.9".parse().unwrap()),
+        replay: None,
+    }
+}
+
+fn decode_validate(c: &mut Criterion) {
+    let body = batch_body(20);
+    let v = Validator::new(LimitsConfig::default(), PrivacyConfig::default());
+    let ctx = ctx();
+    let mut g = c.benchmark_group("ingest");
+    g.throughput(Throughput::Elements(20));
+    g.bench_function("decode+validate+encode 20-event batch", |b| {
+        b.iter(|| {
+            let batch: RawBatch<'_> = serde_json::from_str(black_box(&body)).unwrap();
+            let events: Vec<&RawValue> = batch.events.unwrap();
+            let (ok, _) = v.validate_batch(&ctx, &events);
+            black_box(serde_json::to_vec(&ok).unwrap())
+        })
+    });
+    g.finish();
+}
+
+fn events(n: usize) -> Vec<Event> {
+    let body = batch_body(n);
+    let batch: RawBatch<'_> = serde_json::from_str(&body).unwrap();
+    let v = Validator::new(LimitsConfig::default(), PrivacyConfig::default());
+    v.validate_batch(&ctx(), &batch.events.unwrap()).0
+}
+
+fn spool_append(c: &mut Criterion) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let payload = serde_json::to_vec(&events(20)).unwrap();
+    let mut g = c.benchmark_group("spool");
+    g.throughput(Throughput::Elements(20));
+    for fsync in [
+        clicktrail::config::FsyncMode::Never,
+        clicktrail::config::FsyncMode::Batch,
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = SpoolConfig {
+            fsync,
+            max_bytes: 1 << 40,
+            ..SpoolConfig::default()
+        };
+        let metrics = clicktrail::metrics::Metrics::new();
+        let spool = rt.block_on(async {
+            clicktrail::spool::Spool::open(dir.path(), &cfg, &metrics).unwrap()
+        });
+        let handle = spool.handle.clone();
+        g.bench_function(
+            format!("append+commit one 20-event record, fsync={fsync:?}"),
+            |b| {
+                b.iter(|| {
+                    rt.block_on(handle.append(black_box(payload.clone())))
+                        .unwrap()
+                })
+            },
+        );
+    }
+    g.finish();
+}
+
+fn sink_decode(c: &mut Criterion) {
+    let payload = serde_json::to_vec(&events(20)).unwrap();
+    let mut g = c.benchmark_group("sink");
+    g.throughput(Throughput::Elements(20));
+    g.bench_function("decode one 20-event spool record", |b| {
+        b.iter(|| black_box(serde_json::from_slice::<Vec<Event>>(black_box(&payload)).unwrap()))
+    });
+    g.finish();
+}
+
+fn parquet_write(c: &mut Criterion) {
+    let rows: Vec<Event> = (0..16).flat_map(|_| events(4096)).collect();
+    let mut g = c.benchmark_group("compactor");
+    g.throughput(Throughput::Elements(rows.len() as u64));
+    g.sample_size(10);
+    g.bench_function("Arrow batch + Parquet (zstd) write, 65536 rows", |b| {
+        b.iter_batched(
+            || tempfile::NamedTempFile::new().unwrap(),
+            |f| {
+                let mut w =
+                    clicktrail::compactor::parquet_io::FileWriter::create(f.path(), 262_144)
+                        .unwrap();
+                for r in &rows {
+                    w.push(r.clone()).unwrap();
+                }
+                black_box(w.finish().unwrap())
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    decode_validate,
+    spool_append,
+    sink_decode,
+    parquet_write
+);
+criterion_main!(benches);

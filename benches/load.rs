@@ -1,0 +1,616 @@
+//! End-to-end load benchmark: `make bench` (or `cargo bench --bench load -- [options]`).
+//!
+//! Starts a private ClickHouse and the release `clicktrail` binary, drives them with N
+//! concurrent HTTP clients posting realistic snippet batches, waits until every acknowledged
+//! event is queryable, and reports throughput, ack latency, time to queryable, collector RSS
+//! and CPU. In the same run it measures two references on the same machine:
+//! - `bare`: an HTTP endpoint (this binary re-executed) that only parses the same batches with
+//!   the same serde types, i.e. what HTTP + JSON cost here;
+//! - `clickhouse`: ClickHouse's own bulk insert of the same number of rows (the sink's insert
+//!   without HTTP, validation or spool).
+//!
+//! Figures are reported as ratios against those references (the machine is shared and noisy).
+//!
+//! Options: --clients N (32) --batch N events per POST (20) --seconds S per phase (15)
+//! --json (machine-readable) --quick (short phases, for a smoke run).
+
+use std::collections::HashMap;
+use std::net::TcpListener as StdListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+struct Opts {
+    clients: usize,
+    batch: usize,
+    seconds: u64,
+    json: bool,
+}
+
+fn parse_opts() -> Opts {
+    let mut o = Opts {
+        clients: 32,
+        batch: 20,
+        seconds: 15,
+        json: false,
+    };
+    let args: Vec<String> = std::env::args().collect();
+    let mut i = 1;
+    while i < args.len() {
+        let val = |i: usize| -> usize {
+            args.get(i + 1)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{} needs a number", args[i]))
+        };
+        match args[i].as_str() {
+            "--clients" => {
+                o.clients = val(i);
+                i += 1;
+            }
+            "--batch" => {
+                o.batch = val(i);
+                i += 1;
+            }
+            "--seconds" => {
+                o.seconds = val(i) as u64;
+                i += 1;
+            }
+            "--json" => o.json = true,
+            "--quick" => o.seconds = 4,
+            _ => {} // cargo bench passes --bench
+        }
+        i += 1;
+    }
+    o
+}
+
+// ---------------------------------------------------------------- the bare reference server
+
+/// Parse-only endpoint: decodes the envelope and every event with the collector's own wire
+/// types, answers like the collector, stores nothing.
+async fn bare_server(port: u16) {
+    use axum::routing::post;
+    async fn handle(body: bytes::Bytes) -> axum::Json<Value> {
+        let batch: clicktrail::event::RawBatch<'_> = match serde_json::from_slice(&body) {
+            Ok(b) => b,
+            Err(e) => return axum::Json(json!({"error": e.to_string()})),
+        };
+        let mut ok = 0;
+        for raw in batch.events.unwrap_or_default() {
+            if serde_json::from_str::<clicktrail::event::RawEvent<'_>>(raw.get()).is_ok() {
+                ok += 1;
+            }
+        }
+        axum::Json(json!({"accepted": ok, "rejected": []}))
+    }
+    let app = axum::Router::new().route("/v1/events", post(handle));
+    let l = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    axum::serve(l, app).await.unwrap();
+}
+
+// ---------------------------------------------------------------- processes
+
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_http(url: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if std::process::Command::new("curl")
+            .args(["-s", "-o", "/dev/null", url])
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{url} did not come up");
+}
+
+struct ClickHouse {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl ClickHouse {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let tcp = free_port();
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/clickhouse.sh");
+        let st = Command::new(script)
+            .args([
+                "start",
+                dir.path().to_str().unwrap(),
+                &port.to_string(),
+                &tcp.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success(), "ClickHouse did not start");
+        ClickHouse { dir, port }
+    }
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+    async fn query(&self, http: &reqwest::Client, sql: &str) -> String {
+        http.post(self.url())
+            .body(sql.to_string())
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for ClickHouse {
+    fn drop(&mut self) {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/clickhouse.sh");
+        let _ = Command::new(script)
+            .args(["stop", self.dir.path().to_str().unwrap()])
+            .status();
+    }
+}
+
+fn collector_config(dir: &Path, port: u16, ch: &ClickHouse, fsync: &str) -> PathBuf {
+    let p = dir.join("bench.toml");
+    std::fs::write(
+        &p,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n[log]\nlevel = \"warn\"\n[clickhouse]\nurl = \"{}\"\n\
+             [spool]\nfsync = \"{fsync}\"\n[compactor]\nenabled = false\n[[sites]]\nkey = \"bench\"\norigins = [\"*\"]\n",
+            dir.join("data").display(),
+            ch.url()
+        ),
+    )
+    .unwrap();
+    p
+}
+
+/// (peak RSS bytes, CPU seconds) of a process, from /proc.
+fn proc_usage(pid: u32) -> (u64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let hwm = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of /proc/pid/stat, i.e. 11 and 12 after the ')'.
+    (hwm, (ticks(11) + ticks(12)) / 100.0)
+}
+
+// ---------------------------------------------------------------- load
+
+fn event(run: &str, client: usize, seq: u64, i: usize) -> Value {
+    let id = format!("{run}-{client}-{seq}-{i}");
+    let ts = now_ms();
+    let url = format!("https://shop.example/products/{}", (seq as usize + i) % 200);
+    match (seq as usize + i) % 20 {
+        0..=7 => {
+            json!({"type": "pageview", "id": id, "ts": ts, "url": url, "session": format!("s{client}"),
+                        "visitor": format!("v{client}"), "title": "Product page", "referrer": "https://search.example/?q=shoes",
+                        "vw": 1440, "vh": 900, "dw": 1440, "dh": 5200})
+        }
+        8..=16 => {
+            json!({"type": "click", "id": id, "ts": ts, "url": url, "session": format!("s{client}"),
+                         "visitor": format!("v{client}"), "x": (seq * 37 % 1400), "y": (seq * 91 % 5000), "vw": 1440, "vh": 900,
+                         "dw": 1440, "dh": 5200, "selector": "main > div.product > button.add-to-cart", "text": "Add to cart",
+                         "rage": i % 50 == 0})
+        }
+        _ => {
+            json!({"type": "scroll", "id": id, "ts": ts, "url": url, "session": format!("s{client}"),
+                    "visitor": format!("v{client}"), "depth": (seq * 13 % 101), "vw": 1440, "vh": 900, "dw": 1440, "dh": 5200})
+        }
+    }
+}
+
+#[derive(Default)]
+struct Phase {
+    name: String,
+    events: u64,
+    requests: u64,
+    bytes: u64,
+    errors: u64,
+    seconds: f64,
+    lat_us: Vec<u64>,
+    ttq_ms: Vec<u64>,
+    rss: u64,
+    cpu_cores: f64,
+    all_queryable: Option<bool>,
+}
+
+impl Phase {
+    fn eps(&self) -> f64 {
+        self.events as f64 / self.seconds
+    }
+    fn pct(v: &[u64], p: f64) -> u64 {
+        if v.is_empty() {
+            return 0;
+        }
+        v[((v.len() - 1) as f64 * p).round() as usize]
+    }
+}
+
+/// Drives `base` with `clients` connections; `rate` = events/s for an open-loop phase, or None
+/// for closed-loop peak. Probe ids (one per client every 250 ms) are sent on `probes`.
+async fn drive(
+    base: &str,
+    site: &str,
+    run: &str,
+    o: &Opts,
+    rate: Option<f64>,
+    probes: Option<Arc<Mutex<HashMap<String, Instant>>>>,
+) -> Phase {
+    let stop = Arc::new(AtomicBool::new(false));
+    let events = Arc::new(AtomicU64::new(0));
+    let bytes = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let requests = Arc::new(AtomicU64::new(0));
+    let lats = Arc::new(Mutex::new(Vec::new()));
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(o.clients)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for c in 0..o.clients {
+        let (stop, events, bytes, errors, requests, lats, http, probes) = (
+            stop.clone(),
+            events.clone(),
+            bytes.clone(),
+            errors.clone(),
+            requests.clone(),
+            lats.clone(),
+            http.clone(),
+            probes.clone(),
+        );
+        let (url, site, run, batch) = (
+            format!("{base}/v1/events"),
+            site.to_string(),
+            run.to_string(),
+            o.batch,
+        );
+        let interval = rate.map(|r| Duration::from_secs_f64(batch as f64 * o.clients as f64 / r));
+        tasks.spawn(async move {
+            let mut local = Vec::new();
+            let mut tick = interval.map(|d| {
+                let mut t = tokio::time::interval_at(
+                    tokio::time::Instant::now() + d.mul_f64(c as f64 / 32.0),
+                    d,
+                );
+                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                t
+            });
+            let mut last_probe = Instant::now();
+            let mut seq = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(t) = tick.as_mut() {
+                    t.tick().await;
+                }
+                let mut evs: Vec<Value> = (0..batch).map(|i| event(&run, c, seq, i)).collect();
+                let mut probe_id = None;
+                if probes.is_some() && last_probe.elapsed() > Duration::from_millis(250) {
+                    let id = format!("probe-{run}-{c}-{seq}");
+                    evs[0]["id"] = json!(id);
+                    probe_id = Some(id);
+                    last_probe = Instant::now();
+                }
+                seq += 1;
+                let body = json!({"site": site, "events": evs}).to_string();
+                let len = body.len() as u64;
+                let t0 = Instant::now();
+                let r = http
+                    .post(&url)
+                    .header("content-type", "text/plain")
+                    .body(body)
+                    .send()
+                    .await;
+                let ok = match r {
+                    Ok(r) if r.status().is_success() => r.bytes().await.is_ok(),
+                    _ => false,
+                };
+                let us = t0.elapsed().as_micros() as u64;
+                requests.fetch_add(1, Ordering::Relaxed);
+                if ok {
+                    events.fetch_add(batch as u64, Ordering::Relaxed);
+                    bytes.fetch_add(len, Ordering::Relaxed);
+                    local.push(us);
+                    if let (Some(id), Some(p)) = (probe_id, probes.as_ref()) {
+                        p.lock().unwrap().insert(id, Instant::now());
+                    }
+                } else {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            lats.lock().unwrap().extend(local);
+        });
+    }
+    tokio::time::sleep(Duration::from_secs(o.seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    while tasks.join_next().await.is_some() {}
+    let seconds = started.elapsed().as_secs_f64();
+    let mut lat_us = std::mem::take(&mut *lats.lock().unwrap());
+    lat_us.sort_unstable();
+    Phase {
+        events: events.load(Ordering::Relaxed),
+        requests: requests.load(Ordering::Relaxed),
+        bytes: bytes.load(Ordering::Relaxed),
+        errors: errors.load(Ordering::Relaxed),
+        seconds,
+        lat_us,
+        ..Phase::default()
+    }
+}
+
+/// Polls ClickHouse for probe ids until each is visible; records ack → visible.
+fn spawn_probe_poller(
+    ch_url: String,
+    probes: Arc<Mutex<HashMap<String, Instant>>>,
+    done: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<u64>> {
+    tokio::spawn(async move {
+        let http = reqwest::Client::new();
+        let mut ttq = Vec::new();
+        loop {
+            let pending: Vec<(String, Instant)> = probes
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.clone(), *v))
+                .collect();
+            if pending.is_empty() && done.load(Ordering::Relaxed) {
+                break;
+            }
+            if !pending.is_empty() {
+                let list = pending
+                    .iter()
+                    .map(|(k, _)| format!("'{k}'"))
+                    .collect::<Vec<_>>()
+                    .join(",");
+                let sql = format!(
+                    "SELECT event_id FROM clicktrail.events WHERE event_id IN ({list}) FORMAT TSV"
+                );
+                if let Ok(r) = http.post(&ch_url).body(sql).send().await {
+                    let text = r.text().await.unwrap_or_default();
+                    let now = Instant::now();
+                    let mut p = probes.lock().unwrap();
+                    for id in text.lines() {
+                        if let Some(acked) = p.remove(id) {
+                            ttq.push(now.duration_since(acked).as_millis() as u64);
+                        }
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        ttq.sort_unstable();
+        ttq
+    })
+}
+
+async fn collector_phase(
+    ch: &ClickHouse,
+    o: &Opts,
+    name: &str,
+    fsync: &str,
+    rate: Option<f64>,
+) -> Phase {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = collector_config(dir.path(), port, ch, fsync);
+    let child = Command::new(env!("CARGO_BIN_EXE_clicktrail"))
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let _proc = Proc(child);
+    let base = format!("http://127.0.0.1:{port}");
+    wait_http(&format!("{base}/healthz"));
+    let run = format!(
+        "{}{}",
+        name.replace(|c: char| !c.is_ascii_alphanumeric(), ""),
+        now_ms() % 100_000
+    );
+    let probes = Arc::new(Mutex::new(HashMap::new()));
+    let done = Arc::new(AtomicBool::new(false));
+    let poller = spawn_probe_poller(ch.url(), probes.clone(), done.clone());
+    let (_, cpu0) = proc_usage(pid);
+    let mut phase = drive(&base, "bench", &run, o, rate, Some(probes.clone())).await;
+    let (rss, cpu1) = proc_usage(pid);
+    phase.rss = rss;
+    phase.cpu_cores = (cpu1 - cpu0) / phase.seconds;
+    // Every acknowledged event must become queryable.
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut seen = 0;
+    while Instant::now() < deadline {
+        seen = ch
+            .query(&http, &format!("SELECT count() FROM clicktrail.events WHERE startsWith(event_id, '{run}-') OR startsWith(event_id, 'probe-{run}-')"))
+            .await
+            .trim()
+            .parse()
+            .unwrap_or(0);
+        if seen >= phase.events {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    phase.all_queryable = Some(seen == phase.events);
+    done.store(true, Ordering::Relaxed);
+    phase.ttq_ms = tokio::time::timeout(Duration::from_secs(30), poller)
+        .await
+        .map(|r| r.unwrap_or_default())
+        .unwrap_or_default();
+    phase.name = name.to_string();
+    phase
+}
+
+async fn clickhouse_bulk(ch: &ClickHouse, rows: u64) -> f64 {
+    let client = clickhouse::Client::default()
+        .with_url(ch.url())
+        .with_database("clicktrail")
+        .with_validation(false)
+        .with_compression(clickhouse::Compression::Lz4);
+    let template: clicktrail::event::Event = serde_json::from_value(json!({
+        "event_id": "", "site": "bulk", "type": "click", "name": "", "ts": (now_ms() / 1000) as u32, "ts_ms": 0,
+        "received_at": (now_ms() / 1000) as u32, "url": "https://shop.example/products/1", "host": "shop.example",
+        "path": "/products/1", "referrer": "", "title": "", "session_id": "s", "visitor_id": "v", "x": 10, "y": 20,
+        "viewport_w": 1440, "viewport_h": 900, "doc_w": 1440, "doc_h": 5200,
+        "selector": "main > div.product > button.add-to-cart", "text": "Add to cart", "rage": 0, "scroll_depth": 0,
+        "duration_ms": 0, "props": "", "browser": "Chrome", "os": "Linux", "device": "desktop", "user_agent": "", "ip": "203.0.113.0"
+    }))
+    .unwrap();
+    let started = Instant::now();
+    let mut done = 0u64;
+    while done < rows {
+        let n = (rows - done).min(50_000);
+        let mut insert = client
+            .insert::<clicktrail::event::Event>("events")
+            .await
+            .unwrap();
+        for i in 0..n {
+            let mut e = template.clone();
+            e.event_id = format!("bulk-{}", done + i);
+            insert.write(&e).await.unwrap();
+        }
+        insert.end().await.unwrap();
+        done += n;
+    }
+    rows as f64 / started.elapsed().as_secs_f64()
+}
+
+fn main() {
+    if let Some(port) = std::env::args().skip_while(|a| a != "--serve-bare").nth(1) {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(bare_server(port.parse().unwrap()));
+        return;
+    }
+    let o = parse_opts();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let ch = ClickHouse::start();
+        let st = Command::new(env!("CARGO_BIN_EXE_clicktrail"))
+            .args(["migrate"])
+            .env("CLICKTRAIL_CLICKHOUSE_URL", ch.url())
+            .env("CLICKTRAIL_LOG_LEVEL", "warn")
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success(), "migrate failed");
+        eprintln!("bench: {} clients, {} events per POST, {} s per phase", o.clients, o.batch, o.seconds);
+
+        // Reference: parse-only endpoint, in its own process like the collector.
+        let bare_port = free_port();
+        let bare = Proc(Command::new(std::env::current_exe().unwrap()).args(["--serve-bare", &bare_port.to_string()]).spawn().unwrap());
+        wait_http(&format!("http://127.0.0.1:{bare_port}/v1/events"));
+        let mut bare_phase = drive(&format!("http://127.0.0.1:{bare_port}"), "bench", "bare", &o, None, None).await;
+        bare_phase.name = "bare parse-only endpoint (peak)".into();
+        drop(bare);
+        eprintln!("bench: bare {:.0} events/s", bare_phase.eps());
+
+        let peak = collector_phase(&ch, &o, "collector, fsync=batch (peak)", "batch", None).await;
+        eprintln!("bench: collector peak {:.0} events/s", peak.eps());
+        let half = collector_phase(&ch, &o, "collector, fsync=batch (half of peak)", "batch", Some(peak.eps() / 2.0)).await;
+        let never = collector_phase(&ch, &o, "collector, fsync=never (peak)", "never", None).await;
+        let never_half = collector_phase(&ch, &o, "collector, fsync=never (half of batch peak)", "never", Some(peak.eps() / 2.0)).await;
+        let bulk_rows = peak.events.max(200_000);
+        let bulk = clickhouse_bulk(&ch, bulk_rows).await;
+        eprintln!("bench: ClickHouse bulk insert {bulk:.0} rows/s");
+
+        let phases = [&bare_phase, &peak, &half, &never, &never_half];
+        if o.json {
+            let out: Vec<Value> = phases
+                .iter()
+                .map(|p| {
+                    json!({
+                        "phase": p.name, "events": p.events, "requests": p.requests, "errors": p.errors,
+                        "seconds": p.seconds, "events_per_s": p.eps(), "mb_per_s": p.bytes as f64 / p.seconds / 1e6,
+                        "ack_ms": {"p50": Phase::pct(&p.lat_us, 0.5) as f64 / 1000.0, "p90": Phase::pct(&p.lat_us, 0.9) as f64 / 1000.0,
+                                   "p99": Phase::pct(&p.lat_us, 0.99) as f64 / 1000.0, "max": p.lat_us.last().copied().unwrap_or(0) as f64 / 1000.0},
+                        "time_to_queryable_ms": {"p50": Phase::pct(&p.ttq_ms, 0.5), "p99": Phase::pct(&p.ttq_ms, 0.99), "samples": p.ttq_ms.len()},
+                        "collector_peak_rss_mb": p.rss as f64 / 1e6, "collector_cpu_cores": p.cpu_cores,
+                        "all_acknowledged_queryable": p.all_queryable,
+                        "ratio_to_bare": p.eps() / bare_phase.eps(),
+                    })
+                })
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&json!({
+                "clients": o.clients, "batch": o.batch, "seconds_per_phase": o.seconds,
+                "phases": out, "clickhouse_bulk_insert_rows_per_s": bulk,
+                "collector_peak_vs_bare": peak.eps() / bare_phase.eps(),
+                "collector_peak_vs_clickhouse_bulk": peak.eps() / bulk,
+            })).unwrap());
+        } else {
+            println!("\n{:<46} {:>11} {:>7} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>7} {:>6} {:>6} {:>9}",
+                "phase", "events/s", "MB/s", "ack p50", "ack p90", "ack p99", "ack max", "ttq p50", "ttq p99", "RSS MB", "cores", "errors", "x bare");
+            for p in phases {
+                let ms = |us: u64| format!("{:.1}ms", us as f64 / 1000.0);
+                println!("{:<46} {:>11.0} {:>7.2} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>7.0} {:>6.2} {:>6} {:>9.2}",
+                    p.name, p.eps(), p.bytes as f64 / p.seconds / 1e6,
+                    ms(Phase::pct(&p.lat_us, 0.5)), ms(Phase::pct(&p.lat_us, 0.9)), ms(Phase::pct(&p.lat_us, 0.99)),
+                    ms(p.lat_us.last().copied().unwrap_or(0)),
+                    if p.ttq_ms.is_empty() { "-".into() } else { format!("{}ms", Phase::pct(&p.ttq_ms, 0.5)) },
+                    if p.ttq_ms.is_empty() { "-".into() } else { format!("{}ms", Phase::pct(&p.ttq_ms, 0.99)) },
+                    p.rss as f64 / 1e6, p.cpu_cores, p.errors, p.eps() / bare_phase.eps());
+            }
+            println!("\nClickHouse bulk insert of {bulk_rows} rows (reference): {bulk:.0} rows/s");
+            println!("collector peak / bare parse-only endpoint: {:.2}", peak.eps() / bare_phase.eps());
+            println!("collector peak / ClickHouse bulk insert:   {:.2}", peak.eps() / bulk);
+            for p in &phases[1..] {
+                println!("{}: every acknowledged event queryable: {}", p.name, p.all_queryable.unwrap_or(false));
+            }
+        }
+    });
+}
