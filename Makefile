@@ -40,6 +40,7 @@ deps-test:
 # Figures and how to read them: docs/benchmarks.md. BENCH_ARGS="--clients 64 --seconds 30 --json"
 bench: deps
 	cargo bench --bench load -- $(BENCH_ARGS)
+	cargo bench --bench archive
 	cargo bench --bench hot_paths
 
 clean:

@@ -111,7 +111,8 @@ fn parquet_write(c: &mut Criterion) {
                     clicktrail::compactor::parquet_io::FileWriter::create(f.path(), 262_144)
                         .unwrap();
                 for r in &rows {
-                    w.push(r.clone()).unwrap();
+                    w.push(&clicktrail::compactor::parquet_io::EventRef::from(r))
+                        .unwrap();
                 }
                 black_box(w.finish().unwrap())
             },

@@ -111,6 +111,95 @@ fn render(e: &Event, out: &mut Vec<u8>) {
     out.extend_from_slice(e.ip.as_bytes());
 }
 
+fn hash(bytes: &[u8]) -> u64 {
+    // ClickHouse's sipHash64 is SipHash-2-4 with a zero key.
+    let mut h = siphasher::sip::SipHasher24::new_with_keys(0, 0);
+    h.write(bytes);
+    h.finish()
+}
+
+/// One Arrow column, typed once per batch, rendered per row exactly like [`render`].
+enum Col<'a> {
+    Str(&'a arrow_array::StringArray),
+    /// Millisecond timestamp rendered as whole seconds.
+    Secs(&'a arrow_array::TimestampMillisecondArray),
+    /// Millisecond timestamp rendered as its 0–999 part.
+    Millis(&'a arrow_array::TimestampMillisecondArray),
+    Bool(&'a arrow_array::BooleanArray),
+    Num(Box<dyn Fn(usize) -> i64 + 'a>),
+}
+
+/// Adds every row of a record batch in the archive schema to `sum`.
+pub(super) fn add_batch(
+    sum: &mut Checksum,
+    b: &arrow_array::RecordBatch,
+    scratch: &mut Vec<u8>,
+) -> Result<(), String> {
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::*;
+    let col = |name: &str| {
+        b.column_by_name(name)
+            .ok_or_else(|| format!("column {name} missing"))
+    };
+    let mut cols = Vec::with_capacity(COLUMNS.len());
+    for (name, text) in COLUMNS {
+        let c = match *name {
+            "ts" => Col::Secs(col("ts")?.as_primitive::<TimestampMillisecondType>()),
+            "ts_ms" => Col::Millis(col("ts")?.as_primitive::<TimestampMillisecondType>()),
+            "received_at" => {
+                Col::Secs(col("received_at")?.as_primitive::<TimestampMillisecondType>())
+            }
+            "rage" => Col::Bool(col("rage")?.as_boolean()),
+            n if *text => Col::Str(col(n)?.as_string::<i32>()),
+            n => {
+                let a = col(n)?;
+                let f: Box<dyn Fn(usize) -> i64> = match a.data_type() {
+                    arrow_schema::DataType::Int32 => {
+                        let a = a.as_primitive::<Int32Type>();
+                        Box::new(move |i| a.value(i) as i64)
+                    }
+                    arrow_schema::DataType::UInt8 => {
+                        let a = a.as_primitive::<UInt8Type>();
+                        Box::new(move |i| a.value(i) as i64)
+                    }
+                    arrow_schema::DataType::UInt16 => {
+                        let a = a.as_primitive::<UInt16Type>();
+                        Box::new(move |i| a.value(i) as i64)
+                    }
+                    arrow_schema::DataType::UInt32 => {
+                        let a = a.as_primitive::<UInt32Type>();
+                        Box::new(move |i| a.value(i) as i64)
+                    }
+                    t => return Err(format!("column {n} has unexpected type {t}")),
+                };
+                Col::Num(f)
+            }
+        };
+        cols.push(c);
+    }
+    let mut num = itoa::Buffer::new();
+    for i in 0..b.num_rows() {
+        scratch.clear();
+        for (k, c) in cols.iter().enumerate() {
+            if k > 0 {
+                scratch.push(0x1f);
+            }
+            match c {
+                Col::Str(a) => scratch.extend_from_slice(a.value(i).as_bytes()),
+                Col::Secs(a) => scratch
+                    .extend_from_slice(num.format(a.value(i).div_euclid(1000) as u64).as_bytes()),
+                Col::Millis(a) => scratch
+                    .extend_from_slice(num.format(a.value(i).rem_euclid(1000) as u64).as_bytes()),
+                Col::Bool(a) => scratch.push(if a.value(i) { b'1' } else { b'0' }),
+                Col::Num(f) => scratch.extend_from_slice(num.format(f(i) as u64).as_bytes()),
+            }
+        }
+        sum.sum = sum.sum.wrapping_add(hash(scratch));
+        sum.rows += 1;
+    }
+    Ok(())
+}
+
 /// Accumulates the checksum of a set of rows.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Checksum {
@@ -121,10 +210,7 @@ pub struct Checksum {
 impl Checksum {
     pub fn add(&mut self, e: &Event, scratch: &mut Vec<u8>) {
         render(e, scratch);
-        // ClickHouse's sipHash64 is SipHash-2-4 with a zero key.
-        let mut h = siphasher::sip::SipHasher24::new_with_keys(0, 0);
-        h.write(scratch);
-        self.sum = self.sum.wrapping_add(h.finish());
+        self.sum = self.sum.wrapping_add(hash(scratch));
         self.rows += 1;
     }
 }
