@@ -37,6 +37,48 @@ fn decode_validate(c: &mut Criterion) {
     let ctx = ctx();
     let mut g = c.benchmark_group("ingest");
     g.throughput(Throughput::Elements(20));
+    g.bench_function("parse envelope only", |b| {
+        b.iter(|| {
+            let batch: RawBatch<'_> = serde_json::from_str(black_box(&body)).unwrap();
+            black_box(batch.events.unwrap().len())
+        })
+    });
+    let parsed: RawBatch<'_> = serde_json::from_str(&body).unwrap();
+    let raw = parsed.events.unwrap();
+    g.bench_function("validate only", |b| {
+        b.iter(|| black_box(v.validate_batch(&ctx, black_box(&raw))))
+    });
+    let (accepted, _) = v.validate_batch(&ctx, &raw);
+    let one = raw[0].get().to_string();
+    g.bench_function("one RawEvent via serde_path_to_error", |b| {
+        b.iter(|| {
+            let mut de = serde_json::Deserializer::from_str(black_box(&one));
+            let e: clicktrail::event::RawEvent<'_> =
+                serde_path_to_error::deserialize(&mut de).unwrap();
+            black_box(e.ts.is_some())
+        })
+    });
+    g.bench_function("one RawEvent plain", |b| {
+        b.iter(|| {
+            let e: clicktrail::event::RawEvent<'_> = serde_json::from_str(black_box(&one)).unwrap();
+            black_box(e.ts.is_some())
+        })
+    });
+    g.bench_function("one url parse", |b| {
+        b.iter(|| {
+            black_box(url::Url::parse(black_box("https://shop.example/products/42?utm=x")).unwrap())
+        })
+    });
+    g.bench_function("user-agent parse only", |b| {
+        b.iter(|| {
+            black_box(clicktrail::event::parse_user_agent(black_box(
+                &ctx.user_agent,
+            )))
+        })
+    });
+    g.bench_function("encode spool record only", |b| {
+        b.iter(|| black_box(serde_json::to_vec(black_box(&accepted)).unwrap()))
+    });
     g.bench_function("decode+validate+encode 20-event batch", |b| {
         b.iter(|| {
             let batch: RawBatch<'_> = serde_json::from_str(black_box(&body)).unwrap();
@@ -93,7 +135,12 @@ fn sink_decode(c: &mut Criterion) {
     let mut g = c.benchmark_group("sink");
     g.throughput(Throughput::Elements(20));
     g.bench_function("decode one 20-event spool record", |b| {
-        b.iter(|| black_box(serde_json::from_slice::<Vec<Event>>(black_box(&payload)).unwrap()))
+        b.iter(|| {
+            black_box(
+                serde_json::from_slice::<Vec<clicktrail::event::EventRef<'_>>>(black_box(&payload))
+                    .unwrap(),
+            )
+        })
     });
     g.finish();
 }

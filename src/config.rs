@@ -29,6 +29,7 @@ const SECTIONS: &[&str] = &[
     "spool",
     "dlq",
     "compactor",
+    "freshness",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +63,7 @@ pub struct Config {
     pub spool: SpoolConfig,
     pub dlq: DlqConfig,
     pub compactor: CompactorConfig,
+    pub freshness: FreshnessConfig,
     pub sites: Vec<SiteConfig>,
 }
 
@@ -79,6 +81,7 @@ impl Default for Config {
             spool: SpoolConfig::default(),
             dlq: DlqConfig::default(),
             compactor: CompactorConfig::default(),
+            freshness: FreshnessConfig::default(),
             sites: Vec::new(),
         }
     }
@@ -376,6 +379,23 @@ impl Default for CompactorConfig {
             row_group_rows: 262_144,
             insert_settle: Duration::from_secs(600),
             mutation_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FreshnessConfig {
+    /// How often a canary event is written through the real path (spool → sink → ClickHouse)
+    /// and looked up; its end-to-end delay is `clicktrail_canary_delay_seconds`. 0 disables.
+    #[serde(with = "humantime_serde")]
+    pub canary_interval: Duration,
+}
+
+impl Default for FreshnessConfig {
+    fn default() -> Self {
+        Self {
+            canary_interval: Duration::from_secs(30),
         }
     }
 }

@@ -5,6 +5,12 @@
 //! It is recomputed every second from the sink's status, so it keeps rising while ClickHouse
 //! is down or slow even when no new traffic arrives, and falls to ~0 (at most `sink.batch_age`
 //! plus one insert) once delivery catches up. The ClickHouse probe (`SELECT 1`) also runs here.
+//!
+//! The canary measures the same thing from the outside: every `freshness.canary_interval` one
+//! event (site `__canary`) goes through the real path (spool → sink → ClickHouse) and is looked
+//! up every 250 ms; `clicktrail_canary_delay_seconds` is its append-to-visible delay, and while
+//! it is not visible the gauge keeps rising with its age, so a stuck pipeline never shows a
+//! stale low value. One canary is in flight at a time.
 
 use std::time::Duration;
 
@@ -61,6 +67,93 @@ pub async fn run_probe(
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
             _ = stop.changed() => return,
+        }
+    }
+}
+
+pub const CANARY_SITE: &str = "__canary";
+
+fn canary_event(id: &str, now_ms: i64) -> crate::event::Event {
+    let secs = (now_ms / 1000) as u32;
+    crate::event::Event {
+        event_id: id.to_string(),
+        site: CANARY_SITE.into(),
+        kind: "custom".into(),
+        name: "canary".into(),
+        ts: secs,
+        ts_ms: (now_ms % 1000) as u16,
+        received_at: secs,
+        url: "http://clicktrail.invalid/canary".into(),
+        host: "clicktrail.invalid".into(),
+        path: "/canary".into(),
+        referrer: String::new(),
+        title: String::new(),
+        session_id: "canary".into(),
+        visitor_id: "canary".into(),
+        x: 0,
+        y: 0,
+        viewport_w: 0,
+        viewport_h: 0,
+        doc_w: 0,
+        doc_h: 0,
+        selector: String::new(),
+        text: String::new(),
+        rage: 0,
+        scroll_depth: 0,
+        duration_ms: 0,
+        props: String::new(),
+        browser: String::new(),
+        os: String::new(),
+        device: "other".into(),
+        user_agent: String::new(),
+        ip: String::new(),
+    }
+}
+
+/// Writes a canary through the spool every `interval` and looks for it in ClickHouse.
+pub async fn run_canary(
+    spool: crate::spool::SpoolHandle,
+    client: clickhouse::Client,
+    database: String,
+    interval: Duration,
+    metrics: Metrics,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut send = tokio::time::interval(interval);
+    send.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut look = tokio::time::interval(Duration::from_millis(250));
+    look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pending: Option<(String, std::time::Instant)> = None;
+    let sql = format!(
+        "SELECT count() FROM {database}.events WHERE site = '{CANARY_SITE}' AND type = 'custom' AND event_id = ?"
+    );
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = send.tick(), if pending.is_none() => {
+                let now = crate::event::RequestContext::now_ms();
+                let id = format!("canary-{now}");
+                let payload = serde_json::to_vec(&[canary_event(&id, now)]).expect("canary serializes");
+                match spool.append(payload).await {
+                    Ok(_) => pending = Some((id, std::time::Instant::now())),
+                    // A full spool is already alerted on; the lag gauge keeps counting.
+                    Err(e) => tracing::debug!(error = %e, "canary not written"),
+                }
+            }
+            _ = look.tick(), if pending.is_some() => {
+                let (id, sent) = pending.as_ref().expect("guarded");
+                let age = sent.elapsed().as_secs_f64();
+                match client.query(&sql).bind(id.as_str()).fetch_one::<u64>().await {
+                    Ok(n) if n > 0 => {
+                        metrics.canary_delay.set(age);
+                        pending = None;
+                    }
+                    // Not visible yet, or ClickHouse unreachable: the delay is at least this.
+                    _ => {
+                        metrics.canary_delay.set(age);
+                    }
+                }
+            }
         }
     }
 }

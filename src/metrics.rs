@@ -95,6 +95,7 @@ pub struct Metrics {
     pub clickhouse_up: Gauge,
 
     pub freshness_lag: FGauge,
+    pub canary_delay: FGauge,
 
     pub dlq_events: Family<StageReason, Counter>,
     pub dlq_bytes: Gauge,
@@ -250,6 +251,13 @@ impl Metrics {
             freshness_lag.clone(),
         );
 
+        let canary_delay = FGauge::default();
+        r.register(
+            "canary_delay_seconds",
+            "End-to-end delay of the last canary event (spool to queryable); rises while the pending canary is not yet queryable",
+            canary_delay.clone(),
+        );
+
         let dlq_events = Family::<StageReason, Counter>::default();
         r.register(
             "dlq_events",
@@ -387,6 +395,7 @@ impl Metrics {
             sink_last_success,
             clickhouse_up,
             freshness_lag,
+            canary_delay,
             dlq_events,
             dlq_bytes,
             dlq_quota_bytes,

@@ -119,6 +119,18 @@ pub async fn run(
         format!("http://{admin_host}:{}", local.port()),
     )
     .map_err(ServeError::Http)?;
+    // The canary holds a spool handle, so it must stop before the writer can: its own signal.
+    let (canary_stop_tx, canary_stop_rx) = watch::channel(false);
+    let canary = (!config.freshness.canary_interval.is_zero()).then(|| {
+        tokio::spawn(crate::freshness::run_canary(
+            spool.handle.clone(),
+            client::client(&config.clickhouse),
+            config.clickhouse.database.clone(),
+            config.freshness.canary_interval,
+            metrics.clone(),
+            canary_stop_rx,
+        ))
+    });
     let state = AppState::new(
         &config,
         spool.handle,
@@ -158,7 +170,12 @@ pub async fn run(
     .await
     .map_err(ServeError::Http)?;
 
-    // Every handle is gone with the router: the writer commits what it has and stops.
+    let _ = canary_stop_tx.send(true);
+    if let Some(c) = canary {
+        let _ = c.await;
+    }
+    // Every handle is gone with the router and the canary: the writer commits what it has and
+    // stops.
     let writer = spool.writer;
     let _ = tokio::task::spawn_blocking(move || writer.join()).await;
     tracing::info!("spool writer stopped; draining the sink");

@@ -23,6 +23,7 @@ use parquet::file::properties::{EnabledStatistics, WriterProperties};
 
 use super::checksum::Checksum;
 use crate::event::Event;
+pub use crate::event::EventRef;
 
 /// Rows per Arrow batch handed to the writer.
 pub const BATCH_ROWS: usize = 65_536;
@@ -85,82 +86,6 @@ pub fn writer_properties(row_group_rows: usize) -> WriterProperties {
         .build()
 }
 
-/// A row as ClickHouse sends it, borrowing its strings from the cursor's buffer: the export
-/// path allocates nothing per field.
-#[derive(Debug, serde::Deserialize, clickhouse::Row)]
-pub struct EventRef<'a> {
-    pub event_id: &'a str,
-    pub site: &'a str,
-    #[serde(rename = "type")]
-    pub kind: &'a str,
-    pub name: &'a str,
-    pub ts: u32,
-    pub ts_ms: u16,
-    pub received_at: u32,
-    pub url: &'a str,
-    pub host: &'a str,
-    pub path: &'a str,
-    pub referrer: &'a str,
-    pub title: &'a str,
-    pub session_id: &'a str,
-    pub visitor_id: &'a str,
-    pub x: i32,
-    pub y: i32,
-    pub viewport_w: u16,
-    pub viewport_h: u16,
-    pub doc_w: u32,
-    pub doc_h: u32,
-    pub selector: &'a str,
-    pub text: &'a str,
-    pub rage: u8,
-    pub scroll_depth: u8,
-    pub duration_ms: u32,
-    pub props: &'a str,
-    pub browser: &'a str,
-    pub os: &'a str,
-    pub device: &'a str,
-    pub user_agent: &'a str,
-    pub ip: &'a str,
-}
-
-impl<'a> From<&'a Event> for EventRef<'a> {
-    fn from(e: &'a Event) -> Self {
-        EventRef {
-            event_id: &e.event_id,
-            site: &e.site,
-            kind: &e.kind,
-            name: &e.name,
-            ts: e.ts,
-            ts_ms: e.ts_ms,
-            received_at: e.received_at,
-            url: &e.url,
-            host: &e.host,
-            path: &e.path,
-            referrer: &e.referrer,
-            title: &e.title,
-            session_id: &e.session_id,
-            visitor_id: &e.visitor_id,
-            x: e.x,
-            y: e.y,
-            viewport_w: e.viewport_w,
-            viewport_h: e.viewport_h,
-            doc_w: e.doc_w,
-            doc_h: e.doc_h,
-            selector: &e.selector,
-            text: &e.text,
-            rage: e.rage,
-            scroll_depth: e.scroll_depth,
-            duration_ms: e.duration_ms,
-            props: &e.props,
-            browser: &e.browser,
-            os: &e.os,
-            device: &e.device,
-            user_agent: &e.user_agent,
-            ip: &e.ip,
-        }
-    }
-}
-
 /// Column builders for one record batch, filled row by row.
 pub struct BatchBuilder {
     strings: Vec<StringBuilder>,
@@ -205,28 +130,28 @@ impl BatchBuilder {
 
     pub fn push(&mut self, r: &EventRef<'_>) {
         let texts = [
-            r.event_id,
-            r.site,
-            r.kind,
-            r.name,
-            r.url,
-            r.host,
-            r.path,
-            r.referrer,
-            r.title,
-            r.session_id,
-            r.visitor_id,
-            r.selector,
-            r.text,
-            r.props,
-            r.browser,
-            r.os,
-            r.device,
-            r.user_agent,
-            r.ip,
+            &r.event_id,
+            &r.site,
+            &r.kind,
+            &r.name,
+            &r.url,
+            &r.host,
+            &r.path,
+            &r.referrer,
+            &r.title,
+            &r.session_id,
+            &r.visitor_id,
+            &r.selector,
+            &r.text,
+            &r.props,
+            &r.browser,
+            &r.os,
+            &r.device,
+            &r.user_agent,
+            &r.ip,
         ];
         for (b, v) in self.strings.iter_mut().zip(texts) {
-            b.append_value(v);
+            b.append_value(v.as_ref());
         }
         self.ts.append_value(r.ts as i64 * 1000 + r.ts_ms as i64);
         self.received.append_value(r.received_at as i64 * 1000);

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::config::ClickHouseConfig;
-use crate::event::Event;
+use crate::event::EventRef;
 
 pub const EVENTS_TABLE: &str = "events";
 
@@ -28,11 +28,11 @@ pub fn client(cfg: &ClickHouseConfig) -> clickhouse::Client {
 /// buffer on error (clickhouse-rs #212), and a retry must resend exactly the same rows.
 pub async fn insert(
     client: &clickhouse::Client,
-    rows: &[Event],
+    rows: &[EventRef<'_>],
     timeout: Duration,
 ) -> Result<(), clickhouse::error::Error> {
     let mut insert = client
-        .insert::<Event>(EVENTS_TABLE)
+        .insert::<EventRef<'_>>(EVENTS_TABLE)
         .await?
         .with_timeouts(Some(timeout), Some(timeout));
     for row in rows {

@@ -25,7 +25,7 @@ use tokio::sync::watch;
 
 use crate::config::{ClickHouseConfig, SinkConfig};
 use crate::dlq::{DeadLetters, NewEntry, Origin, Stage};
-use crate::event::Event;
+use crate::event::EventRef;
 use crate::metrics::{ClassLabel, Metrics};
 use crate::spool::{Checkpoint, Lsn, SpoolReader};
 use classify::{classify, exception_code, row_specific, ErrorClass};
@@ -43,12 +43,19 @@ pub struct SinkStatus {
     pub delivered: Lsn,
 }
 
+/// A fixed range of spool records. The records' bytes are kept, and rows are decoded from them
+/// borrowed (no per-field allocation) for each delivery; every attempt sends the same rows.
 struct Batch {
     start: Lsn,
     end: Lsn,
-    rows: Vec<Event>,
+    payloads: Vec<Vec<u8>>,
+    rows: usize,
     bytes: usize,
     oldest_ms: u64,
+}
+
+fn decode(payload: &[u8]) -> Result<Vec<EventRef<'_>>, serde_json::Error> {
+    serde_json::from_slice(payload)
 }
 
 pub struct Sink {
@@ -131,7 +138,8 @@ impl Sink {
         let mut batch = Batch {
             start: first.lsn,
             end: first.lsn,
-            rows: Vec::new(),
+            payloads: Vec::new(),
+            rows: 0,
             bytes: 0,
             oldest_ms: first.appended_ms,
         };
@@ -139,7 +147,7 @@ impl Sink {
             .send_modify(|s| s.oldest_pending_ms = Some(first.appended_ms));
         self.add(&mut batch, first);
         let deadline = tokio::time::Instant::now() + self.cfg.batch_age;
-        while batch.rows.len() < self.cfg.batch_rows && batch.bytes < self.cfg.batch_bytes {
+        while batch.rows < self.cfg.batch_rows && batch.bytes < self.cfg.batch_bytes {
             // Drain what is already committed without waiting (backlog after a restart).
             if let Some(r) = self.reader.try_next()? {
                 self.add(&mut batch, r);
@@ -159,8 +167,14 @@ impl Sink {
     fn add(&self, batch: &mut Batch, rec: crate::spool::Record) {
         batch.end = rec.lsn + 1;
         batch.bytes += rec.payload.len();
-        match serde_json::from_slice::<Vec<Event>>(&rec.payload) {
-            Ok(rows) => batch.rows.extend(rows),
+        // Decoded here too, to count rows and to dead-letter an undecodable record before it
+        // can block a batch; borrowed decoding makes that cheap.
+        let count = decode(&rec.payload).map(|rows| rows.len());
+        match count {
+            Ok(n) => {
+                batch.rows += n;
+                batch.payloads.push(rec.payload);
+            }
             Err(e) => {
                 // CRC-valid but not decodable: written by an incompatible build. Keep it.
                 tracing::error!(lsn = rec.lsn, error = %e, "spool record does not decode; dead-lettering it");
@@ -193,7 +207,8 @@ impl Sink {
         let mut batch = Batch {
             start,
             end: start,
-            rows: Vec::new(),
+            payloads: Vec::new(),
+            rows: 0,
             bytes: 0,
             oldest_ms: 0,
         };
@@ -216,7 +231,14 @@ impl Sink {
             .send_modify(|s| s.oldest_pending_ms = Some(batch.oldest_ms));
         self.checkpoint.inflight = Some((batch.start, batch.end));
         self.store_checkpoint().await?;
-        self.insert_isolating(&batch.rows).await?;
+        let rows: Vec<EventRef<'_>> = batch
+            .payloads
+            .iter()
+            .filter_map(|p| decode(p).ok())
+            .flatten()
+            .collect();
+        self.insert_isolating(&rows).await?;
+        drop(rows);
         self.checkpoint = Checkpoint {
             delivered: batch.end,
             inflight: None,
@@ -239,7 +261,7 @@ impl Sink {
 
     /// Inserts `rows`, retrying per error class. A range refused with a permanent error is split
     /// in halves until the refused rows stand alone; they go to the dead-letter store.
-    async fn insert_isolating(&mut self, rows: &[Event]) -> std::io::Result<()> {
+    async fn insert_isolating(&mut self, rows: &[EventRef<'_>]) -> std::io::Result<()> {
         if rows.is_empty() {
             return Ok(());
         }
@@ -316,7 +338,7 @@ impl Sink {
 
     async fn dead_letter(
         &self,
-        rows: &[Event],
+        rows: &[EventRef<'_>],
         code: Option<u32>,
         reason: String,
         first_failed_ms: i64,
@@ -331,12 +353,12 @@ impl Sink {
             first_failed_ms,
             attempts,
             origin: Origin {
-                site: rows.first().map(|r| r.site.clone()).unwrap_or_default(),
+                site: rows.first().map(|r| r.site.to_string()).unwrap_or_default(),
                 ..Origin::default()
             },
             events: Vec::new(),
             errors: Vec::new(),
-            rows: rows.to_vec(),
+            rows: rows.iter().map(EventRef::to_event).collect(),
             raw: None,
         };
         let dlq = self.dlq.clone();

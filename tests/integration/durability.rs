@@ -109,7 +109,8 @@ async fn kill_9_under_load_loses_no_acknowledged_event_and_counts_none_twice() {
 async fn clickhouse_outage_keeps_acknowledging_and_lag_rises_then_falls() {
     let mut ch = ClickHouse::start();
     let data = tempfile::tempdir().unwrap();
-    let cfg = test_config(&ch, data.path());
+    let mut cfg = test_config(&ch, data.path());
+    cfg.freshness.canary_interval = Duration::from_millis(200);
     migrate(&cfg).await;
     let app = App::spawn(cfg).await;
     ch.stop();
@@ -136,7 +137,7 @@ async fn clickhouse_outage_keeps_acknowledging_and_lag_rises_then_falls() {
             .await
             .unwrap();
         lag = metric(&m, "clicktrail_freshness_lag_seconds");
-        if lag > 3.0 {
+        if lag > 3.0 && metric(&m, "clicktrail_canary_delay_seconds") > 3.0 {
             assert!(metric(&m, "clicktrail_spool_pending_records") >= 1.0);
             assert!(
                 metric(
@@ -149,7 +150,10 @@ async fn clickhouse_outage_keeps_acknowledging_and_lag_rises_then_falls() {
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    assert!(lag > 3.0, "lag rose while ClickHouse was down: {lag}");
+    assert!(
+        lag > 3.0,
+        "lag and canary delay rose while ClickHouse was down: {lag}"
+    );
 
     ch.resume();
     eventually(
@@ -173,15 +177,22 @@ async fn clickhouse_outage_keeps_acknowledging_and_lag_rises_then_falls() {
             .await
             .unwrap();
         if metric(&m, "clicktrail_freshness_lag_seconds") < 1.0
-            && metric(&m, "clicktrail_spool_pending_records") == 0.0
+            && metric(&m, "clicktrail_canary_delay_seconds") < 2.0
         {
             fell = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    assert!(fell, "lag fell back after recovery");
-    assert_eq!(ch.count("SELECT count() FROM clicktrail.events"), 100);
+    assert!(fell, "lag and canary delay fell back after recovery");
+    assert_eq!(
+        ch.count("SELECT count() FROM clicktrail.events WHERE site = 'test'"),
+        100
+    );
+    assert!(
+        ch.count("SELECT count() FROM clicktrail.events WHERE site = '__canary'") >= 1,
+        "canaries went through the real path"
+    );
     app.shutdown().await;
 }
 
