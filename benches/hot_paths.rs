@@ -84,7 +84,7 @@ fn decode_validate(c: &mut Criterion) {
             let batch: RawBatch<'_> = serde_json::from_str(black_box(&body)).unwrap();
             let events: Vec<&RawValue> = batch.events.unwrap();
             let (ok, _) = v.validate_batch(&ctx, &events);
-            black_box(serde_json::to_vec(&ok).unwrap())
+            black_box(clicktrail::spool::encode_events(&ok))
         })
     });
     g.finish();
@@ -99,7 +99,7 @@ fn events(n: usize) -> Vec<Event> {
 
 fn spool_append(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let payload = serde_json::to_vec(&events(20)).unwrap();
+    let payload = clicktrail::spool::encode_events(&events(20));
     let mut g = c.benchmark_group("spool");
     g.throughput(Throughput::Elements(20));
     for fsync in [
@@ -131,16 +131,11 @@ fn spool_append(c: &mut Criterion) {
 }
 
 fn sink_decode(c: &mut Criterion) {
-    let payload = serde_json::to_vec(&events(20)).unwrap();
+    let payload = clicktrail::spool::encode_events(&events(20));
     let mut g = c.benchmark_group("sink");
     g.throughput(Throughput::Elements(20));
     g.bench_function("decode one 20-event spool record", |b| {
-        b.iter(|| {
-            black_box(
-                serde_json::from_slice::<Vec<clicktrail::event::EventRef<'_>>>(black_box(&payload))
-                    .unwrap(),
-            )
-        })
+        b.iter(|| black_box(clicktrail::spool::decode_events(black_box(&payload)).unwrap()))
     });
     g.finish();
 }

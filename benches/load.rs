@@ -226,27 +226,34 @@ fn proc_usage(pid: u32) -> (u64, f64) {
 
 // ---------------------------------------------------------------- load
 
-fn event(run: &str, client: usize, seq: u64, i: usize) -> Value {
-    let id = format!("{run}-{client}-{seq}-{i}");
+/// Appends one snippet-like event as JSON. Written with `write!` rather than built as a
+/// `serde_json::Value`: the generator shares the machine with what it measures, so it must be
+/// cheap. Mix: 40% page views, 45% clicks, 15% scrolls.
+fn write_event(out: &mut String, id: &str, client: usize, seq: u64, i: usize) {
+    use std::fmt::Write;
     let ts = now_ms();
-    let url = format!("https://shop.example/products/{}", (seq as usize + i) % 200);
-    match (seq as usize + i) % 20 {
-        0..=7 => {
-            json!({"type": "pageview", "id": id, "ts": ts, "url": url, "session": format!("s{client}"),
-                        "visitor": format!("v{client}"), "title": "Product page", "referrer": "https://search.example/?q=shoes",
-                        "vw": 1440, "vh": 900, "dw": 1440, "dh": 5200})
-        }
-        8..=16 => {
-            json!({"type": "click", "id": id, "ts": ts, "url": url, "session": format!("s{client}"),
-                         "visitor": format!("v{client}"), "x": (seq * 37 % 1400), "y": (seq * 91 % 5000), "vw": 1440, "vh": 900,
-                         "dw": 1440, "dh": 5200, "selector": "main > div.product > button.add-to-cart", "text": "Add to cart",
-                         "rage": i % 50 == 0})
-        }
-        _ => {
-            json!({"type": "scroll", "id": id, "ts": ts, "url": url, "session": format!("s{client}"),
-                    "visitor": format!("v{client}"), "depth": (seq * 13 % 101), "vw": 1440, "vh": 900, "dw": 1440, "dh": 5200})
-        }
-    }
+    let page = (seq as usize + i) % 200;
+    let common = format_args!(
+        r#""id":"{id}","ts":{ts},"url":"https://shop.example/products/{page}","session":"s{client}","visitor":"v{client}","vw":1440,"vh":900,"dw":1440,"dh":5200"#
+    );
+    let _ = match (seq as usize + i) % 20 {
+        0..=7 => write!(
+            out,
+            r#"{{"type":"pageview",{common},"title":"Product page","referrer":"https://search.example/?q=shoes"}}"#
+        ),
+        8..=16 => write!(
+            out,
+            r#"{{"type":"click",{common},"x":{},"y":{},"selector":"main > div.product > button.add-to-cart","text":"Add to cart","rage":{}}}"#,
+            seq * 37 % 1400,
+            seq * 91 % 5000,
+            i % 50 == 0
+        ),
+        _ => write!(
+            out,
+            r#"{{"type":"scroll",{common},"depth":{}}}"#,
+            seq * 13 % 101
+        ),
+    };
 }
 
 #[derive(Default)]
@@ -333,16 +340,27 @@ async fn drive(
                 if let Some(t) = tick.as_mut() {
                     t.tick().await;
                 }
-                let mut evs: Vec<Value> = (0..batch).map(|i| event(&run, c, seq, i)).collect();
                 let mut probe_id = None;
                 if probes.is_some() && last_probe.elapsed() > Duration::from_millis(250) {
-                    let id = format!("probe-{run}-{c}-{seq}");
-                    evs[0]["id"] = json!(id);
-                    probe_id = Some(id);
+                    probe_id = Some(format!("probe-{run}-{c}-{seq}"));
                     last_probe = Instant::now();
                 }
+                let mut body = String::with_capacity(64 + batch * 330);
+                body.push_str(r#"{"site":""#);
+                body.push_str(&site);
+                body.push_str(r#"","events":["#);
+                for i in 0..batch {
+                    if i > 0 {
+                        body.push(',');
+                    }
+                    let id = match (&probe_id, i) {
+                        (Some(p), 0) => p.clone(),
+                        _ => format!("{run}-{c}-{seq}-{i}"),
+                    };
+                    write_event(&mut body, &id, c, seq, i);
+                }
+                body.push_str("]}");
                 seq += 1;
-                let body = json!({"site": site, "events": evs}).to_string();
                 let len = body.len() as u64;
                 let t0 = Instant::now();
                 let r = http

@@ -1021,7 +1021,7 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(e.title, "Say \"hi\" é \n twice");
-        let json = serde_json::to_vec(&[e.clone()]).unwrap();
+        let json = serde_json::to_vec(std::slice::from_ref(&e)).unwrap();
         let rows: Vec<EventRef<'_>> = serde_json::from_slice(&json).unwrap();
         assert_eq!(rows[0].to_event(), e, "the same row, field for field");
         assert!(

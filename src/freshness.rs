@@ -133,7 +133,7 @@ pub async fn run_canary(
             _ = send.tick(), if pending.is_none() => {
                 let now = crate::event::RequestContext::now_ms();
                 let id = format!("canary-{now}");
-                let payload = serde_json::to_vec(&[canary_event(&id, now)]).expect("canary serializes");
+                let payload = crate::spool::encode_events(&[canary_event(&id, now)]);
                 match spool.append(payload).await {
                     Ok(_) => pending = Some((id, std::time::Instant::now())),
                     // A full spool is already alerted on; the lag gauge keeps counting.

@@ -145,7 +145,7 @@ pub async fn replay_entry(
     };
     out.replayed = accepted.len();
     if !accepted.is_empty() {
-        let payload = serde_json::to_vec(&accepted).map_err(io::Error::other)?;
+        let payload = crate::spool::encode_events(&accepted);
         out.lsn = Some(spool.append(payload).await?);
         store
             .metrics()

@@ -386,7 +386,7 @@ async fn ingest(st: &AppState, req: Request) -> Result<Answer, ApiError> {
                 per_type[i] += 1;
             }
         }
-        let payload = serde_json::to_vec(&accepted).expect("events serialize");
+        let payload = crate::spool::encode_events(&accepted);
         if let Err(e) = st.inner.spool.append(payload).await {
             m.events_rejected
                 .get_or_create(&ReasonLabel {

@@ -48,14 +48,11 @@ pub struct SinkStatus {
 struct Batch {
     start: Lsn,
     end: Lsn,
-    payloads: Vec<Vec<u8>>,
+    /// (lsn, payload) of every record.
+    payloads: Vec<(Lsn, Vec<u8>)>,
     rows: usize,
     bytes: usize,
     oldest_ms: u64,
-}
-
-fn decode(payload: &[u8]) -> Result<Vec<EventRef<'_>>, serde_json::Error> {
-    serde_json::from_slice(payload)
 }
 
 pub struct Sink {
@@ -167,38 +164,39 @@ impl Sink {
     fn add(&self, batch: &mut Batch, rec: crate::spool::Record) {
         batch.end = rec.lsn + 1;
         batch.bytes += rec.payload.len();
-        // Decoded here too, to count rows and to dead-letter an undecodable record before it
-        // can block a batch; borrowed decoding makes that cheap.
-        let count = decode(&rec.payload).map(|rows| rows.len());
-        match count {
-            Ok(n) => {
-                batch.rows += n;
-                batch.payloads.push(rec.payload);
+        match crate::spool::payload_parts(&rec.payload) {
+            Some((n, _)) => {
+                batch.rows += n as usize;
+                batch.payloads.push((rec.lsn, rec.payload));
             }
-            Err(e) => {
-                // CRC-valid but not decodable: written by an incompatible build. Keep it.
-                tracing::error!(lsn = rec.lsn, error = %e, "spool record does not decode; dead-lettering it");
-                let now = crate::event::RequestContext::now_ms();
-                let entry = NewEntry {
-                    stage: Stage::Decode,
-                    reason_class: "other",
-                    reason: format!("spool record {} does not decode: {e}", rec.lsn),
-                    code: None,
-                    first_failed_ms: now,
-                    attempts: 1,
-                    origin: Origin::default(),
-                    events: Vec::new(),
-                    errors: Vec::new(),
-                    rows: Vec::new(),
-                    raw: Some(crate::dlq::cap(
-                        &String::from_utf8_lossy(&rec.payload),
-                        crate::dlq::MAX_RAW_BYTES,
-                    )),
-                };
-                if let Err(io) = self.dlq.put(entry) {
-                    tracing::error!(error = %io, "cannot write dead letter");
-                }
+            None => {
+                self.dead_letter_record(rec.lsn, &rec.payload, "record shorter than its header")
             }
+        }
+    }
+
+    /// A CRC-valid record that does not decode (written by an incompatible build): kept in
+    /// the dead-letter store, where a newer build can replay it.
+    fn dead_letter_record(&self, lsn: Lsn, payload: &[u8], why: &str) {
+        tracing::error!(lsn, error = %why, "spool record does not decode; dead-lettering it");
+        let json = crate::spool::payload_parts(payload).map_or(payload, |(_, j)| j);
+        let entry = NewEntry {
+            raw: Some(crate::dlq::cap(
+                &String::from_utf8_lossy(json),
+                crate::dlq::MAX_RAW_BYTES,
+            )),
+            ..NewEntry::refused(
+                Stage::Decode,
+                "other",
+                format!("spool record {lsn} does not decode: {why}"),
+                Origin {
+                    received_at_ms: crate::event::RequestContext::now_ms(),
+                    ..Origin::default()
+                },
+            )
+        };
+        if let Err(io) = self.dlq.put(entry) {
+            tracing::error!(error = %io, "cannot write dead letter");
         }
     }
 
@@ -231,12 +229,13 @@ impl Sink {
             .send_modify(|s| s.oldest_pending_ms = Some(batch.oldest_ms));
         self.checkpoint.inflight = Some((batch.start, batch.end));
         self.store_checkpoint().await?;
-        let rows: Vec<EventRef<'_>> = batch
-            .payloads
-            .iter()
-            .filter_map(|p| decode(p).ok())
-            .flatten()
-            .collect();
+        let mut rows: Vec<EventRef<'_>> = Vec::with_capacity(batch.rows);
+        for (lsn, payload) in &batch.payloads {
+            match crate::spool::decode_events(payload) {
+                Ok(r) => rows.extend(r),
+                Err(why) => self.dead_letter_record(*lsn, payload, &why),
+            }
+        }
         self.insert_isolating(&rows).await?;
         drop(rows);
         self.checkpoint = Checkpoint {

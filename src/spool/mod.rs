@@ -37,6 +37,33 @@ use crate::metrics::Metrics;
 /// Log sequence number: the index of a record in the spool.
 pub type Lsn = u64;
 
+/// The payload of a record: `row count: u32 LE` then the rows as a JSON array of
+/// [`crate::event::Event`]. The count lets the sink cut batches without decoding; rows are
+/// decoded once, borrowed, when the batch is delivered.
+pub fn encode_events(events: &[crate::event::Event]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + events.len() * 512);
+    out.extend_from_slice(&(events.len() as u32).to_le_bytes());
+    serde_json::to_writer(&mut out, events).expect("events serialize");
+    out
+}
+
+/// The row count and the JSON part of a record payload.
+pub fn payload_parts(payload: &[u8]) -> Option<(u32, &[u8])> {
+    let count = u32::from_le_bytes(payload.get(..4)?.try_into().ok()?);
+    Some((count, &payload[4..]))
+}
+
+/// The rows of a record payload, borrowing its strings where JSON allows.
+pub fn decode_events(payload: &[u8]) -> Result<Vec<crate::event::EventRef<'_>>, String> {
+    let (count, json) = payload_parts(payload).ok_or("record shorter than its header")?;
+    let rows: Vec<crate::event::EventRef<'_>> =
+        serde_json::from_slice(json).map_err(|e| e.to_string())?;
+    if rows.len() != count as usize {
+        return Err(format!("record says {count} rows but holds {}", rows.len()));
+    }
+    Ok(rows)
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SpoolError {
     #[error("the spool is full (its disk quota is reached) until ClickHouse catches up")]
@@ -170,6 +197,20 @@ mod tests {
             max_bytes: 64 * 1024,
             ..SpoolConfig::default()
         }
+    }
+
+    #[test]
+    fn record_payloads_carry_their_row_count() {
+        let e = crate::compactor::tests_support::event();
+        let p = encode_events(&[e.clone(), e.clone()]);
+        assert_eq!(payload_parts(&p).unwrap().0, 2);
+        let rows = decode_events(&p).unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[1].to_event(), e);
+        let mut wrong = p.clone();
+        wrong[0] = 3;
+        assert!(decode_events(&wrong).unwrap_err().contains("says 3 rows"));
+        assert!(decode_events(&p[..2]).is_err());
     }
 
     #[tokio::test]
