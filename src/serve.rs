@@ -61,10 +61,7 @@ pub async fn run(
     let (sink, sink_status) = Sink::new(
         &config.clickhouse,
         config.sink.clone(),
-        spool.reader,
-        spool.dir.clone(),
-        spool.report.checkpoint,
-        spool.delivered,
+        spool.consumer,
         dlq.clone(),
         metrics.clone(),
     );

@@ -272,9 +272,6 @@ impl DeadLetters {
         let now = crate::event::RequestContext::now_ms();
         let count = new.events.len() + new.rows.len() + usize::from(new.raw.is_some());
         let mut st = self.lock();
-        // Entries other processes deleted (replay) no longer count against the quota.
-        st.entries
-            .retain(|(id, _)| entry_path(&self.dir, *id).exists());
         let id = st.next_id;
         let entry = Entry {
             id,
@@ -296,6 +293,13 @@ impl DeadLetters {
         record::encode(&mut framed, now as u64, &payload);
         let size = framed.len() as u64;
         let mut used: u64 = st.entries.iter().map(|e| e.1).sum();
+        if used + size > self.max_bytes {
+            // Entries a replay (another process) deleted no longer count: look at the disk
+            // before evicting anything, and only then (a stat per entry is not per-put work).
+            st.entries
+                .retain(|(id, _)| entry_path(&self.dir, *id).exists());
+            used = st.entries.iter().map(|e| e.1).sum();
+        }
         while used + size > self.max_bytes && !st.entries.is_empty() {
             let (old, bytes) = st.entries.remove(0);
             remove(&self.dir, old)?;

@@ -27,7 +27,7 @@ use crate::config::{ClickHouseConfig, SinkConfig};
 use crate::dlq::{DeadLetters, NewEntry, Origin, Stage};
 use crate::event::EventRef;
 use crate::metrics::{ClassLabel, Metrics};
-use crate::spool::{Checkpoint, Lsn, SpoolReader};
+use crate::spool::{Checkpoint, Lsn, SpoolConsumer, SpoolReader};
 use classify::{classify, exception_code, row_specific, ErrorClass};
 
 /// What the rest of the process may know about the sink (readiness, freshness).
@@ -69,17 +69,19 @@ pub struct Sink {
 }
 
 impl Sink {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         ch: &ClickHouseConfig,
         cfg: SinkConfig,
-        reader: SpoolReader,
-        spool_dir: PathBuf,
-        checkpoint: Checkpoint,
-        delivered_tx: watch::Sender<Lsn>,
+        spool: SpoolConsumer,
         dlq: DeadLetters,
         metrics: Metrics,
     ) -> (Self, watch::Receiver<SinkStatus>) {
+        let SpoolConsumer {
+            reader,
+            dir: spool_dir,
+            checkpoint,
+            delivered: delivered_tx,
+        } = spool;
         let (status, rx) = watch::channel(SinkStatus {
             delivered: checkpoint.delivered,
             ..SinkStatus::default()

@@ -99,12 +99,19 @@ pub struct RecoveryReport {
 /// The opened spool, ready to be split between producers and the sink.
 pub struct Spool {
     pub handle: SpoolHandle,
-    pub reader: SpoolReader,
-    /// The sink sends the delivered LSN here after each checkpoint; the writer reclaims.
-    pub delivered: watch::Sender<Lsn>,
+    pub consumer: SpoolConsumer,
     pub writer: std::thread::JoinHandle<()>,
     pub report: RecoveryReport,
+}
+
+/// Everything the one consumer (the sink) owns: where to read, where it got to, and how to
+/// tell the writer what may be reclaimed.
+pub struct SpoolConsumer {
+    pub reader: SpoolReader,
     pub dir: PathBuf,
+    pub checkpoint: Checkpoint,
+    /// The consumer sends the delivered LSN here after each checkpoint; the writer reclaims.
+    pub delivered: watch::Sender<Lsn>,
 }
 
 impl Spool {
@@ -177,11 +184,14 @@ impl Spool {
         let reader = SpoolReader::new(dir.to_path_buf(), committed_rx, metrics.clone());
         Ok(Spool {
             handle: SpoolHandle::new(tx, status_rx),
-            reader,
-            delivered: delivered_tx,
+            consumer: SpoolConsumer {
+                reader,
+                dir: dir.to_path_buf(),
+                checkpoint,
+                delivered: delivered_tx,
+            },
             writer,
             report,
-            dir: dir.to_path_buf(),
         })
     }
 }
@@ -229,16 +239,16 @@ mod tests {
         }
         assert_eq!(lsns, (0..100).collect::<Vec<_>>());
         assert!(segment::list(d.path()).unwrap().len() > 1, "rotated");
-        s.reader.seek(0).unwrap();
+        s.consumer.reader.seek(0).unwrap();
         for i in 0..100u32 {
-            let r = s.reader.next().await.unwrap().unwrap();
+            let r = s.consumer.reader.next().await.unwrap().unwrap();
             assert_eq!(r.lsn, i as u64);
             assert_eq!(r.payload, format!("{i:0>100}").into_bytes());
         }
-        assert!(s.reader.try_next().unwrap().is_none());
+        assert!(s.consumer.reader.try_next().unwrap().is_none());
         drop(s.handle);
         s.writer.join().unwrap();
-        assert!(s.reader.next().await.unwrap().is_none(), "closed");
+        assert!(s.consumer.reader.next().await.unwrap().is_none(), "closed");
     }
 
     #[tokio::test]
@@ -262,8 +272,11 @@ mod tests {
         let mut s = Spool::open(d.path(), &cfg(), &m).unwrap();
         assert_eq!(s.report.next_lsn, 50);
         assert_eq!(s.handle.append(vec![9; 10]).await.unwrap(), 50);
-        s.reader.seek(s.report.checkpoint.delivered).unwrap();
-        let r = s.reader.next().await.unwrap().unwrap();
+        s.consumer
+            .reader
+            .seek(s.report.checkpoint.delivered)
+            .unwrap();
+        let r = s.consumer.reader.next().await.unwrap().unwrap();
         assert_eq!((r.lsn, r.payload[0]), (30, 30));
     }
 
@@ -288,9 +301,9 @@ mod tests {
         assert!(s.handle.status().full);
         assert!(s.handle.status().bytes <= cfg().max_bytes);
         // The sink delivers everything: sealed segments go away and appends succeed again.
-        s.reader.seek(0).unwrap();
-        while s.reader.try_next().unwrap().is_some() {}
-        s.delivered.send_replace(last + 1);
+        s.consumer.reader.seek(0).unwrap();
+        while s.consumer.reader.try_next().unwrap().is_some() {}
+        s.consumer.delivered.send_replace(last + 1);
         let mut ok = false;
         for _ in 0..100 {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;

@@ -104,15 +104,7 @@ async fn refused_batches_are_listed_and_replayed_exactly_once_after_the_fix() {
         |e| e["stage"] == "validation" && e["reason"].as_str().unwrap().contains("field depth")
     ));
     assert!(entries.iter().any(|e| e["stage"] == "parse"));
-    let metrics = app
-        .client
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(metrics
         .contains("clicktrail_dlq_events_total{stage=\"insert\",reason=\"no_such_column\"} 20"));
 

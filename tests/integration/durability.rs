@@ -123,19 +123,10 @@ async fn clickhouse_outage_keeps_acknowledging_and_lag_rises_then_falls() {
         acked.extend((0..5).map(|i| format!("{prefix}-{i}")));
     }
     // No new traffic: the lag must still rise past the (test) threshold of 3 s.
-    let metrics_url = format!("{}/metrics", app.base);
     let mut lag = 0.0;
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(15) {
-        let m = app
-            .client
-            .get(&metrics_url)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let m = app.metrics().await;
         lag = metric(&m, "clicktrail_freshness_lag_seconds");
         if lag > 3.0 && metric(&m, "clicktrail_canary_delay_seconds") > 3.0 {
             assert!(metric(&m, "clicktrail_spool_pending_records") >= 1.0);
@@ -167,15 +158,7 @@ async fn clickhouse_outage_keeps_acknowledging_and_lag_rises_then_falls() {
     .await;
     let mut fell = false;
     for _ in 0..40 {
-        let m = app
-            .client
-            .get(&metrics_url)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let m = app.metrics().await;
         if metric(&m, "clicktrail_freshness_lag_seconds") < 1.0
             && metric(&m, "clicktrail_canary_delay_seconds") < 2.0
         {

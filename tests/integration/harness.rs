@@ -226,6 +226,18 @@ impl App {
             .expect("clean shutdown");
     }
 
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics body")
+    }
+
     pub async fn post(&self, body: &serde_json::Value) -> (u16, serde_json::Value) {
         post_json(&self.client, &self.base, body).await
     }

@@ -109,15 +109,7 @@ async fn a_bad_event_is_rejected_with_index_and_reason_while_the_rest_land() {
         ch.query("SELECT event_id FROM clicktrail.events ORDER BY event_id FORMAT TSV"),
         "ok-1\nok-2\n"
     );
-    let metrics = app
-        .client
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains("clicktrail_events_rejected_total{reason=\"invalid_value\"} 1"),
         "{metrics}"
