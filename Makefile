@@ -16,8 +16,9 @@ lint:
 	cargo fmt --check
 	cargo clippy --locked --all-targets -- -D warnings
 
+# Not --all-targets: that would also run the minutes-long load and archive benchmarks.
 unit-and-integration:
-	cargo test --locked --all-targets
+	cargo test --locked
 
 test-browser:
 	cargo build --locked
