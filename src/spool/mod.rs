@@ -5,7 +5,8 @@
 //! - **An event is acknowledged only after its record is committed**: written, and with
 //!   `fsync = batch | always` fsynced (`fdatasync`). [`SpoolHandle::append`] returns then.
 //! - Records are numbered (LSN) consecutively from 0 across segments; each record holds the
-//!   accepted events of one request as a JSON array of [`crate::event::Event`].
+//!   accepted events of one request: their count (u32) then a JSON array of
+//!   [`crate::event::Event`] ([`encode_events`], [`decode_events`]).
 //! - The writer thread ([`writer`]) is the only code that creates, appends to, truncates or
 //!   deletes segment files. The sink reads through [`SpoolReader`] and reports progress through
 //!   [`Checkpoint`] plus a `delivered` watch channel; the writer deletes a sealed segment only
