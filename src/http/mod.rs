@@ -324,7 +324,10 @@ async fn ingest(st: &AppState, req: Request) -> Result<Answer, ApiError> {
         .get(header::ORIGIN)
         .and_then(|o| o.to_str().ok())
     {
-        if !site_cfg.any && !site_cfg.origins.contains(origin) {
+        if !site_cfg.any
+            && !site_cfg.origins.contains(origin)
+            && !same_origin(origin, &parts.headers)
+        {
             return Err(ApiError::OriginNotAllowed {
                 origin: origin.chars().take(200).collect(),
                 site: site.to_string(),
@@ -413,6 +416,17 @@ async fn ingest(st: &AppState, req: Request) -> Result<Answer, ApiError> {
             })
             .collect(),
     })
+}
+
+/// A page the collector served itself (the demo page) posts from the collector's own origin,
+/// whatever address it listens on; that is not a cross-site request to police.
+fn same_origin(origin: &str, headers: &HeaderMap) -> bool {
+    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
+        return false;
+    };
+    origin
+        .split_once("://")
+        .is_some_and(|(_, authority)| authority.eq_ignore_ascii_case(host))
 }
 
 fn user_agent(headers: &HeaderMap) -> &str {
