@@ -729,7 +729,7 @@ fn parse_page_url(url: &str) -> Result<(String, String), Rejection> {
     Ok((host, u.path().to_string()))
 }
 
-fn truncate(s: &str, max: usize) -> &str {
+pub(crate) fn truncate(s: &str, max: usize) -> &str {
     if s.len() <= max {
         return s;
     }

@@ -28,7 +28,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 
 pub use checksum::Checksum;
@@ -584,21 +583,6 @@ impl Compactor {
             }
         }
     }
-}
-
-/// Lists every Parquet file of the archive (for tests and tools).
-pub async fn list_files(store: &dyn ObjectStore) -> Result<Vec<ObjectPath>, object_store::Error> {
-    use futures_util::TryStreamExt;
-    let mut files: Vec<ObjectPath> = store
-        .list(Some(&ObjectPath::from("events")))
-        .map_ok(|m| m.location)
-        .try_collect::<Vec<_>>()
-        .await?
-        .into_iter()
-        .filter(|p| p.as_ref().ends_with(".parquet"))
-        .collect();
-    files.sort();
-    Ok(files)
 }
 
 #[cfg(test)]

@@ -213,15 +213,6 @@ impl BatchBuilder {
     }
 }
 
-/// Builds one record batch from events.
-pub fn to_batch(rows: &[Event]) -> RecordBatch {
-    let mut b = BatchBuilder::default();
-    for r in rows {
-        b.push(&EventRef::from(r));
-    }
-    b.finish()
-}
-
 /// Events back from one record batch (the project's own reader).
 pub fn from_batch(b: &RecordBatch) -> Result<Vec<Event>, String> {
     let col = |name: &str| {

@@ -344,14 +344,7 @@ impl DeadLetters {
 
 /// Cuts `s` to at most `max` bytes on a character boundary.
 pub fn cap(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_string()
+    crate::event::truncate(s, max).to_string()
 }
 
 #[cfg(test)]

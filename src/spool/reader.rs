@@ -46,15 +46,6 @@ impl SpoolReader {
         }
     }
 
-    pub fn position(&self) -> Lsn {
-        self.next_lsn
-    }
-
-    /// Records below this are committed and readable.
-    pub fn committed(&self) -> Lsn {
-        *self.committed.borrow()
-    }
-
     /// Positions the reader at `lsn` (the next record it returns).
     pub fn seek(&mut self, lsn: Lsn) -> std::io::Result<()> {
         self.current = None;

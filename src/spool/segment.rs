@@ -6,7 +6,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use super::record::{self, FrameError, HEADER_LEN, MAGIC};
+use super::record::{self, HEADER_LEN, MAGIC};
 
 pub(super) fn path(dir: &Path, base: u64) -> PathBuf {
     dir.join(format!("{base:020}.seg"))
@@ -83,16 +83,11 @@ pub(super) fn recover_tail(dir: &Path, base: u64) -> io::Result<TailScan> {
     }
     let mut off = MAGIC.len();
     let mut scan = TailScan::default();
-    loop {
-        match record::decode(&buf[off..]) {
-            Ok((h, payload)) => {
-                scan.first_appended_ms.get_or_insert(h.appended_ms);
-                scan.records += 1;
-                off += HEADER_LEN + payload.len();
-            }
-            Err(FrameError::Torn) if off == buf.len() => break,
-            Err(_) => break,
-        }
+    // Stops at a clean end, a torn write or a corrupt record alike.
+    while let Ok((h, payload)) = record::decode(&buf[off..]) {
+        scan.first_appended_ms.get_or_insert(h.appended_ms);
+        scan.records += 1;
+        off += HEADER_LEN + payload.len();
     }
     scan.valid_len = off as u64;
     scan.dropped_bytes = (buf.len() - off) as u64;
