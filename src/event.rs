@@ -239,9 +239,10 @@ impl Event {
     }
 }
 
-/// The same row with borrowed strings: decoded from a spool record (JSON) by the sink and from
-/// RowBinary by the compactor without allocating per field. `Cow`, because a JSON string with
-/// escapes cannot be borrowed. Field order and names are [`Event`]'s (the insert's columns).
+/// The same row with borrowed strings, decoded from a spool record without allocating per
+/// field: RowBinary records ([`crate::rowbinary`]) when the sink must look at rows (refused
+/// rows, dead letters), and JSON records written by older versions. `Cow`, because a JSON
+/// string with escapes cannot be borrowed. Field order and names are [`Event`]'s.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clickhouse::Row)]
 pub struct EventRef<'a> {
     #[serde(borrow)]

@@ -1,10 +1,9 @@
-//! The ClickHouse side of the sink: one configured [`clickhouse::Client`], inserts of a slice
-//! of rows, and the health probe.
+//! The ClickHouse side of the sink: one configured [`clickhouse::Client`], inserts of
+//! RowBinary rows as the spool stores them, and the health probe.
 
 use std::time::Duration;
 
 use crate::config::ClickHouseConfig;
-use crate::event::EventRef;
 
 pub const EVENTS_TABLE: &str = "events";
 
@@ -24,19 +23,23 @@ pub fn client(cfg: &ClickHouseConfig) -> clickhouse::Client {
     c
 }
 
-/// Inserts `rows` as one INSERT (one block). The caller keeps the rows: the client drops its
-/// buffer on error (clickhouse-rs #212), and a retry must resend exactly the same rows.
+/// Inserts `rows`, whole rows in [`crate::rowbinary`] format, as one INSERT (one block). The
+/// caller keeps the bytes: a retry must resend exactly the same rows.
 pub async fn insert(
     client: &clickhouse::Client,
-    rows: &[EventRef<'_>],
+    rows: &[u8],
     timeout: Duration,
 ) -> Result<(), clickhouse::error::Error> {
     let mut insert = client
-        .insert::<EventRef<'_>>(EVENTS_TABLE)
-        .await?
+        .insert_formatted_with(format!(
+            "INSERT INTO {EVENTS_TABLE} ({}) FORMAT RowBinary",
+            crate::rowbinary::COLUMNS
+        ))
         .with_timeouts(Some(timeout), Some(timeout));
-    for row in rows {
-        insert.write(row).await?;
+    // LZ4 frames of 1 MiB: ClickHouse decompresses block by block, so the size of a frame
+    // does not need to follow row boundaries.
+    for chunk in rows.chunks(1 << 20) {
+        insert.send(bytes::Bytes::copy_from_slice(chunk)).await?;
     }
     insert.end().await
 }

@@ -27,7 +27,7 @@ use crate::config::{ClickHouseConfig, SinkConfig};
 use crate::dlq::{DeadLetters, NewEntry, Origin, Stage};
 use crate::event::EventRef;
 use crate::metrics::{ClassLabel, Metrics};
-use crate::spool::{Checkpoint, Lsn, SpoolConsumer, SpoolReader};
+use crate::spool::{Checkpoint, Lsn, SpoolConsumer, SpoolReader, StoredRows};
 use classify::{classify, exception_code, row_specific, ErrorClass};
 
 /// What the rest of the process may know about the sink (readiness, freshness).
@@ -181,10 +181,9 @@ impl Sink {
     /// the dead-letter store, where a newer build can replay it.
     fn dead_letter_record(&self, lsn: Lsn, payload: &[u8], why: &str) {
         tracing::error!(lsn, error = %why, "spool record does not decode; dead-lettering it");
-        let json = crate::spool::payload_parts(payload).map_or(payload, |(_, j)| j);
         let entry = NewEntry {
             raw: Some(crate::dlq::cap(
-                &String::from_utf8_lossy(json),
+                &String::from_utf8_lossy(payload),
                 crate::dlq::MAX_RAW_BYTES,
             )),
             ..NewEntry::refused(
@@ -231,15 +230,41 @@ impl Sink {
             .send_modify(|s| s.oldest_pending_ms = Some(batch.oldest_ms));
         self.checkpoint.inflight = Some((batch.start, batch.end));
         self.store_checkpoint().await?;
-        let mut rows: Vec<EventRef<'_>> = Vec::with_capacity(batch.rows);
+        // The insert's body is the records' rows as stored; each record's row boundaries are
+        // checked (a structural scan, no decoding) so that a malformed record is dead-lettered
+        // alone and a refused batch can be cut into rows.
+        let mut body = Vec::with_capacity(batch.bytes);
+        let mut ends: Vec<usize> = Vec::with_capacity(batch.rows);
         for (lsn, payload) in &batch.payloads {
-            match crate::spool::decode_events(payload) {
-                Ok(r) => rows.extend(r),
-                Err(why) => self.dead_letter_record(*lsn, payload, &why),
+            let start = body.len();
+            let scanned = match crate::spool::payload_parts(payload) {
+                Some((n, StoredRows::RowBinary(rows))) => {
+                    crate::rowbinary::row_ends(rows, n as usize).map(|e| {
+                        body.extend_from_slice(rows);
+                        e
+                    })
+                }
+                // A record of an older version: re-encoded once.
+                Some((_, StoredRows::Json(_))) => crate::spool::decode_events(payload).map(|r| {
+                    r.iter()
+                        .map(|e| {
+                            crate::rowbinary::encode(&e.to_event(), &mut body);
+                            body.len() - start
+                        })
+                        .collect()
+                }),
+                None => Err("record without a known header".to_string()),
+            };
+            match scanned {
+                Ok(e) => ends.extend(e.into_iter().map(|end| start + end)),
+                Err(why) => {
+                    body.truncate(start);
+                    self.dead_letter_record(*lsn, payload, &why)
+                }
             }
         }
-        self.insert_isolating(&rows).await?;
-        drop(rows);
+        self.insert_isolating(&body, &ends).await?;
+        drop(body);
         self.checkpoint = Checkpoint {
             delivered: batch.end,
             inflight: None,
@@ -260,21 +285,27 @@ impl Sink {
             .map_err(std::io::Error::other)?
     }
 
-    /// Inserts `rows`, retrying per error class. A range refused with a permanent error is split
-    /// in halves until the refused rows stand alone; they go to the dead-letter store.
-    async fn insert_isolating(&mut self, rows: &[EventRef<'_>]) -> std::io::Result<()> {
-        if rows.is_empty() {
+    /// Inserts the rows of `body` (row `i` ends at `ends[i]`), retrying per error class. A range
+    /// refused with a permanent error is split in halves until the refused rows stand alone;
+    /// they go to the dead-letter store.
+    async fn insert_isolating(&mut self, body: &[u8], ends: &[usize]) -> std::io::Result<()> {
+        if ends.is_empty() {
             return Ok(());
         }
+        let bytes_of = |r: &Range<usize>| {
+            let start = if r.start == 0 { 0 } else { ends[r.start - 1] };
+            &body[start..ends[r.end - 1]]
+        };
         // Ranges still to insert, last = next; halves are pushed right first to keep row order.
         let mut todo: Vec<(Range<usize>, u32)> =
-            vec![(0..rows.len(), self.cfg.permanent_error_attempts.max(1))];
+            vec![(0..ends.len(), self.cfg.permanent_error_attempts.max(1))];
         while let Some((range, permanent_attempts)) = todo.pop() {
             let mut attempt: u32 = 0;
             let mut permanent_failures: u32 = 0;
             let mut first_failed_ms = 0;
             loop {
-                let slice = &rows[range.clone()];
+                let slice = bytes_of(&range);
+                let rows = range.len();
                 let started = Instant::now();
                 let result = client::insert(&self.client, slice, self.insert_timeout).await;
                 self.metrics
@@ -282,7 +313,7 @@ impl Sink {
                     .observe(started.elapsed().as_secs_f64());
                 let err = match result {
                     Ok(()) => {
-                        self.record_success(slice.len());
+                        self.record_success(rows);
                         break;
                     }
                     Err(e) => e,
@@ -308,23 +339,26 @@ impl Sink {
                 attempt += 1;
                 match class {
                     ErrorClass::Retryable => {
-                        tracing::warn!(error = %msg, rows = slice.len(), attempt, "insert failed; will retry");
+                        tracing::warn!(error = %msg, rows, attempt, "insert failed; will retry");
                     }
                     ErrorClass::Destination => {
-                        tracing::error!(error = %msg, rows = slice.len(), attempt, "insert destination missing or forbidden; holding the batch until it is fixed");
+                        tracing::error!(error = %msg, rows, attempt, "insert destination missing or forbidden; holding the batch until it is fixed");
                     }
                     ErrorClass::Permanent => {
                         permanent_failures += 1;
-                        tracing::warn!(error = %msg, rows = slice.len(), attempt, "insert refused by ClickHouse");
+                        tracing::warn!(error = %msg, rows, attempt, "insert refused by ClickHouse");
                         if permanent_failures >= permanent_attempts {
                             let code = exception_code(&msg);
-                            if slice.len() > 1 && row_specific(code) {
-                                let mid = range.start + slice.len() / 2;
+                            if rows > 1 && row_specific(code) {
+                                let mid = range.start + rows / 2;
                                 // Sub-ranges are refused deterministically: one attempt each.
                                 todo.push((mid..range.end, 1));
                                 todo.push((range.start..mid, 1));
                             } else {
-                                self.dead_letter(slice, code, msg, first_failed_ms, attempt)
+                                // Boundaries were checked when the batch was assembled.
+                                let refused = crate::rowbinary::decode_all(slice, rows)
+                                    .map_err(std::io::Error::other)?;
+                                self.dead_letter(&refused, code, msg, first_failed_ms, attempt)
                                     .await?;
                             }
                             break;

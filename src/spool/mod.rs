@@ -5,8 +5,9 @@
 //! - **An event is acknowledged only after its record is committed**: written, and with
 //!   `fsync = batch | always` fsynced (`fdatasync`). [`SpoolHandle::append`] returns then.
 //! - Records are numbered (LSN) consecutively from 0 across segments; each record holds the
-//!   accepted events of one request: their count (u32) then a JSON array of
-//!   [`crate::event::Event`] ([`encode_events`], [`decode_events`]).
+//!   accepted events of one request: their count (u32), a format byte, then the rows in the
+//!   RowBinary the sink sends ClickHouse ([`encode_events`], [`decode_events`]). Records of
+//!   older versions (a JSON array) are still read.
 //! - The writer thread ([`writer`]) is the only code that creates, appends to, truncates or
 //!   deletes segment files. The sink reads through [`SpoolReader`] and reports progress through
 //!   [`Checkpoint`] plus a `delivered` watch channel; the writer deletes a sealed segment only
@@ -38,27 +39,49 @@ use crate::metrics::Metrics;
 /// Log sequence number: the index of a record in the spool.
 pub type Lsn = u64;
 
-/// The payload of a record: `row count: u32 LE` then the rows as a JSON array of
-/// [`crate::event::Event`]. The count lets the sink cut batches without decoding; rows are
-/// decoded once, borrowed, when the batch is delivered.
+/// The byte after a payload's row count: the rows follow in [`crate::rowbinary`] format.
+/// Records written before that format (a JSON array) have `[` there.
+const FORMAT_ROWBINARY: u8 = 1;
+
+/// The rows of a record payload, as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoredRows<'a> {
+    /// The insert's own bytes ([`crate::rowbinary`]).
+    RowBinary(&'a [u8]),
+    /// A JSON array of [`crate::event::Event`], from a spool written by an older version.
+    Json(&'a [u8]),
+}
+
+/// The payload of a record: `row count: u32 LE`, a format byte, then the rows in ClickHouse's
+/// RowBinary ([`crate::rowbinary`]). The count lets the sink cut batches without decoding; the
+/// rows are the insert's body as they are.
 pub fn encode_events(events: &[crate::event::Event]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(4 + events.len() * 512);
+    let mut out = Vec::with_capacity(5 + events.len() * 320);
     out.extend_from_slice(&(events.len() as u32).to_le_bytes());
-    serde_json::to_writer(&mut out, events).expect("events serialize");
+    out.push(FORMAT_ROWBINARY);
+    for e in events {
+        crate::rowbinary::encode(e, &mut out);
+    }
     out
 }
 
-/// The row count and the JSON part of a record payload.
-pub fn payload_parts(payload: &[u8]) -> Option<(u32, &[u8])> {
+/// The row count and the rows of a record payload.
+pub fn payload_parts(payload: &[u8]) -> Option<(u32, StoredRows<'_>)> {
     let count = u32::from_le_bytes(payload.get(..4)?.try_into().ok()?);
-    Some((count, &payload[4..]))
+    match payload.get(4)? {
+        &FORMAT_ROWBINARY => Some((count, StoredRows::RowBinary(&payload[5..]))),
+        b'[' => Some((count, StoredRows::Json(&payload[4..]))),
+        _ => None,
+    }
 }
 
-/// The rows of a record payload, borrowing its strings where JSON allows.
+/// The rows of a record payload, borrowing their strings where the format allows.
 pub fn decode_events(payload: &[u8]) -> Result<Vec<crate::event::EventRef<'_>>, String> {
-    let (count, json) = payload_parts(payload).ok_or("record shorter than its header")?;
-    let rows: Vec<crate::event::EventRef<'_>> =
-        serde_json::from_slice(json).map_err(|e| e.to_string())?;
+    let (count, rows) = payload_parts(payload).ok_or("record without a known header")?;
+    let rows: Vec<crate::event::EventRef<'_>> = match rows {
+        StoredRows::RowBinary(b) => crate::rowbinary::decode_all(b, count as usize)?,
+        StoredRows::Json(json) => serde_json::from_slice(json).map_err(|e| e.to_string())?,
+    };
     if rows.len() != count as usize {
         return Err(format!("record says {count} rows but holds {}", rows.len()));
     }
@@ -222,6 +245,20 @@ mod tests {
         wrong[0] = 3;
         assert!(decode_events(&wrong).unwrap_err().contains("says 3 rows"));
         assert!(decode_events(&p[..2]).is_err());
+        assert!(decode_events(&p[..p.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn records_of_the_json_format_are_still_read() {
+        // What versions before the RowBinary records wrote: the count, then a JSON array.
+        let e = crate::compactor::tests_support::event();
+        let mut old = 1u32.to_le_bytes().to_vec();
+        serde_json::to_writer(&mut old, &[&e]).unwrap();
+        assert!(matches!(payload_parts(&old), Some((1, StoredRows::Json(_)))));
+        assert_eq!(decode_events(&old).unwrap()[0].to_event(), e);
+        let mut unknown = encode_events(std::slice::from_ref(&e));
+        unknown[4] = 7;
+        assert!(payload_parts(&unknown).is_none());
     }
 
     #[tokio::test]
