@@ -158,6 +158,13 @@ impl ClickHouse {
         assert!(st.success(), "ClickHouse did not start");
         ClickHouse { dir, port }
     }
+    fn pid(&self) -> u32 {
+        std::fs::read_to_string(self.dir.path().join("pid"))
+            .ok()
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
     fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
@@ -267,13 +274,21 @@ struct Phase {
     lat_us: Vec<u64>,
     ttq_ms: Vec<u64>,
     rss: u64,
+    /// CPU of the server under test (the collector, or the bare endpoint).
     cpu_cores: f64,
+    /// CPU of this process (the load generator) and of ClickHouse during the phase.
+    gen_cores: f64,
+    ch_cores: f64,
     all_queryable: Option<bool>,
 }
 
 impl Phase {
     fn eps(&self) -> f64 {
         self.events as f64 / self.seconds
+    }
+    /// CPU microseconds per event of `cores`.
+    fn us(&self, cores: f64) -> f64 {
+        cores / self.eps() * 1e6
     }
     fn pct(v: &[u64], p: f64) -> u64 {
         if v.is_empty() {
@@ -481,11 +496,12 @@ async fn collector_phase(
     let probes = Arc::new(Mutex::new(HashMap::new()));
     let done = Arc::new(AtomicBool::new(false));
     let poller = spawn_probe_poller(ch.url(), probes.clone(), done.clone());
-    let (_, cpu0) = proc_usage(pid);
+    let usage0 = [pid, std::process::id(), ch.pid()].map(proc_usage);
     let mut phase = drive(&base, "bench", &run, o, rate, Some(probes.clone())).await;
-    let (rss, cpu1) = proc_usage(pid);
-    phase.rss = rss;
-    phase.cpu_cores = (cpu1 - cpu0) / phase.seconds;
+    let usage1 = [pid, std::process::id(), ch.pid()].map(proc_usage);
+    let cores = |i: usize| (usage1[i].1 - usage0[i].1) / phase.seconds;
+    phase.rss = usage1[0].0;
+    (phase.cpu_cores, phase.gen_cores, phase.ch_cores) = (cores(0), cores(1), cores(2));
     // Every acknowledged event must become queryable.
     let http = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -573,7 +589,11 @@ fn main() {
         let bare_port = free_port();
         let bare = Proc(Command::new(std::env::current_exe().unwrap()).args(["--serve-bare", &bare_port.to_string()]).spawn().unwrap());
         wait_http(&format!("http://127.0.0.1:{bare_port}/v1/events"));
+        let usage0 = [bare.0.id(), std::process::id()].map(proc_usage);
         let mut bare_phase = drive(&format!("http://127.0.0.1:{bare_port}"), "bench", "bare", &o, None, None).await;
+        let usage1 = [bare.0.id(), std::process::id()].map(proc_usage);
+        bare_phase.cpu_cores = (usage1[0].1 - usage0[0].1) / bare_phase.seconds;
+        bare_phase.gen_cores = (usage1[1].1 - usage0[1].1) / bare_phase.seconds;
         bare_phase.name = "bare parse-only endpoint (peak)".into();
         drop(bare);
         eprintln!("bench: bare {:.0} events/s", bare_phase.eps());
@@ -588,6 +608,14 @@ fn main() {
         eprintln!("bench: ClickHouse bulk insert {bulk:.0} rows/s");
 
         let phases = [&bare_phase, &peak, &half, &never, &never_half];
+        // The ceiling of this machine for any collector that must at least do what the bare
+        // endpoint does (HTTP + parse) and have ClickHouse insert the rows, on the same cores as
+        // the load generator: all cores divided by the CPU per event of the generator (measured
+        // in the bare phase), the bare endpoint, and ClickHouse (measured during the collector's
+        // peak: inserts plus the merges they cause).
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
+        let (gen_us, bare_us, ch_us) = (bare_phase.us(bare_phase.gen_cores), bare_phase.us(bare_phase.cpu_cores), peak.us(peak.ch_cores));
+        let ceiling = cores / ((gen_us + bare_us + ch_us) / 1e6);
         if o.json {
             let out: Vec<Value> = phases
                 .iter()
@@ -608,6 +636,10 @@ fn main() {
                 "clients": o.clients, "batch": o.batch, "seconds_per_phase": o.seconds,
                 "phases": out, "clickhouse_bulk_insert_rows_per_s": bulk,
                 "collector_peak_vs_bare": peak.eps() / bare_phase.eps(),
+                "cpu_us_per_event": {"generator": gen_us, "bare_endpoint": bare_us, "clickhouse_at_collector_peak": ch_us,
+                                     "collector_at_peak": peak.us(peak.cpu_cores)},
+                "ceiling_events_per_s": ceiling, "ceiling_vs_bare": ceiling / bare_phase.eps(),
+                "collector_peak_vs_ceiling": peak.eps() / ceiling,
                 "collector_peak_vs_clickhouse_bulk": peak.eps() / bulk,
             })).unwrap());
         } else {
@@ -626,6 +658,15 @@ fn main() {
             println!("\nClickHouse bulk insert of {bulk_rows} rows (reference): {bulk:.0} rows/s");
             println!("collector peak / bare parse-only endpoint: {:.2}", peak.eps() / bare_phase.eps());
             println!("collector peak / ClickHouse bulk insert:   {:.2}", peak.eps() / bulk);
+            println!(
+                "CPU per event: generator {gen_us:.2} us, bare endpoint {bare_us:.2} us, ClickHouse at the collector's peak {ch_us:.2} us, collector {:.2} us",
+                peak.us(peak.cpu_cores)
+            );
+            println!(
+                "ceiling for any collector in front of ClickHouse on these {cores} cores (generator + parse + ClickHouse): {ceiling:.0} events/s = {:.2}x bare; collector peak = {:.2}x the ceiling",
+                ceiling / bare_phase.eps(),
+                peak.eps() / ceiling
+            );
             for p in &phases[1..] {
                 println!("{}: every acknowledged event queryable: {}", p.name, p.all_queryable.unwrap_or(false));
             }

@@ -167,8 +167,7 @@ impl<'a> Decoder<'a> {
 pub fn row_ends(buf: &[u8], count: usize) -> Result<Vec<usize>, String> {
     // Per row, in column order: 0 = a string, n = n fixed bytes.
     const LAYOUT: [u8; 31] = [
-        0, 0, 0, 0, 4, 2, 4, 0, 0, 0, 0, 0, 0, 0, 4, 4, 2, 2, 4, 4, 0, 0, 1, 1, 4, 0, 0, 0, 0, 0,
-        0,
+        0, 0, 0, 0, 4, 2, 4, 0, 0, 0, 0, 0, 0, 0, 4, 4, 2, 2, 4, 4, 0, 0, 1, 1, 4, 0, 0, 0, 0, 0, 0,
     ];
     let mut ends = Vec::with_capacity(count);
     let mut pos = 0usize;
@@ -263,11 +262,30 @@ mod tests {
         // (x, y, viewport), 2 × 4 (doc), 1 + 1 + 4 (rage, scroll_depth, duration_ms).
         let e = event();
         let strings = [
-            &e.event_id, &e.site, &e.kind, &e.name, &e.url, &e.host, &e.path, &e.referrer,
-            &e.title, &e.session_id, &e.visitor_id, &e.selector, &e.text, &e.props, &e.browser,
-            &e.os, &e.device, &e.user_agent, &e.ip,
+            &e.event_id,
+            &e.site,
+            &e.kind,
+            &e.name,
+            &e.url,
+            &e.host,
+            &e.path,
+            &e.referrer,
+            &e.title,
+            &e.session_id,
+            &e.visitor_id,
+            &e.selector,
+            &e.text,
+            &e.props,
+            &e.browser,
+            &e.os,
+            &e.device,
+            &e.user_agent,
+            &e.ip,
         ];
         let text: usize = strings.iter().map(|s| 1 + s.len()).sum();
-        assert_eq!(buf.len(), text + 4 + 2 + 4 + 4 + 4 + 2 + 2 + 4 + 4 + 1 + 1 + 4);
+        assert_eq!(
+            buf.len(),
+            text + 4 + 2 + 4 + 4 + 4 + 2 + 2 + 4 + 4 + 1 + 1 + 4
+        );
     }
 }

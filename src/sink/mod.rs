@@ -239,10 +239,8 @@ impl Sink {
             let start = body.len();
             let scanned = match crate::spool::payload_parts(payload) {
                 Some((n, StoredRows::RowBinary(rows))) => {
-                    crate::rowbinary::row_ends(rows, n as usize).map(|e| {
-                        body.extend_from_slice(rows);
-                        e
-                    })
+                    crate::rowbinary::row_ends(rows, n as usize)
+                        .inspect(|_| body.extend_from_slice(rows))
                 }
                 // A record of an older version: re-encoded once.
                 Some((_, StoredRows::Json(_))) => crate::spool::decode_events(payload).map(|r| {

@@ -254,7 +254,10 @@ mod tests {
         let e = crate::compactor::tests_support::event();
         let mut old = 1u32.to_le_bytes().to_vec();
         serde_json::to_writer(&mut old, &[&e]).unwrap();
-        assert!(matches!(payload_parts(&old), Some((1, StoredRows::Json(_)))));
+        assert!(matches!(
+            payload_parts(&old),
+            Some((1, StoredRows::Json(_)))
+        ));
         assert_eq!(decode_events(&old).unwrap()[0].to_event(), e);
         let mut unknown = encode_events(std::slice::from_ref(&e));
         unknown[4] = 7;
