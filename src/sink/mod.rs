@@ -4,8 +4,8 @@
 //! Invariants:
 //! - A batch is a fixed range of spool records `[start, end)`. Before its first insert attempt
 //!   the range is stored in the checkpoint as `inflight`; every retry, and the first delivery
-//!   after a crash, resends exactly those records in the same order, so the block is
-//!   byte-identical and current ClickHouse drops the repeat (`non_replicated_deduplication_window`,
+//!   after a crash, resends exactly those records' RowBinary bytes in the same order (the
+//!   records hold the insert body as it is sent), so the block is byte-identical and current ClickHouse drops the repeat (`non_replicated_deduplication_window`,
 //!   or replicated tables' block dedup). On 18.16, which has neither, the table's
 //!   ReplacingMergeTree key (which ends with `event_id`) collapses the repeat at merge time.
 //! - `delivered` advances only after ClickHouse confirmed the insert (or the refused rows are
