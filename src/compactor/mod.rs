@@ -144,11 +144,13 @@ pub fn open_store(
         url: url.to_string(),
         source,
     };
-    if url.is_empty() || !url.contains("://") {
-        let dir = if url.is_empty() {
-            data_dir.join("archive")
-        } else {
-            PathBuf::from(url)
+    // `file://` URLs are local directories too, and need the same fsync.
+    let local = url.strip_prefix("file://");
+    if url.is_empty() || !url.contains("://") || local.is_some() {
+        let dir = match local {
+            _ if url.is_empty() => data_dir.join("archive"),
+            Some(path) => PathBuf::from(path),
+            None => PathBuf::from(url),
         };
         std::fs::create_dir_all(&dir)?;
         // fsync: rows leave ClickHouse once their file is verified, so the file (and the
@@ -782,7 +784,24 @@ pub(crate) mod tests_support {
 
 #[cfg(test)]
 mod tests {
-    use super::day_string;
+    use super::{day_string, open_store};
+    use object_store::ObjectStoreExt;
+
+    #[tokio::test]
+    async fn file_urls_are_local_directories() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("arch");
+        let (store, shown) = open_store(&format!("file://{}", root.display()), d.path()).unwrap();
+        assert_eq!(shown, root.display().to_string());
+        store
+            .put(
+                &"events/x.parquet".into(),
+                bytes::Bytes::from_static(b"x").into(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(std::fs::read(root.join("events/x.parquet")).unwrap(), b"x");
+    }
 
     #[test]
     fn day_strings() {
