@@ -5,8 +5,9 @@
 //! - A batch is a fixed range of spool records `[start, end)`. Before its first insert attempt
 //!   the range is stored in the checkpoint as `inflight`; every retry, and the first delivery
 //!   after a crash, resends exactly those records' RowBinary bytes in the same order (the
-//!   records hold the insert body as it is sent), so the block is byte-identical and current ClickHouse drops the repeat (`non_replicated_deduplication_window`,
-//!   or replicated tables' block dedup). On 18.16, which has neither, the table's
+//!   records hold the insert body as it is sent), so the block is byte-identical and current
+//!   ClickHouse drops the repeat (`non_replicated_deduplication_window`, or replicated tables'
+//!   block dedup). On 18.16, which has neither, the table's
 //!   ReplacingMergeTree key (which ends with `event_id`) collapses the repeat at merge time.
 //! - `delivered` advances only after ClickHouse confirmed the insert (or the refused rows are
 //!   on disk in the dead-letter store). Only then may the spool delete the records.
@@ -187,9 +188,14 @@ impl Sink {
     /// the dead-letter store, where a newer build can replay it.
     fn dead_letter_record(&self, lsn: Lsn, payload: &[u8], why: &str) {
         tracing::error!(lsn, error = %why, "spool record does not decode; dead-lettering it");
+        // A JSON record keeps its JSON (replayable text); anything else is kept as it is.
+        let raw = match crate::spool::payload_parts(payload) {
+            Some((_, StoredRows::Json(json))) => json,
+            _ => payload,
+        };
         let entry = NewEntry {
             raw: Some(crate::dlq::cap(
-                &String::from_utf8_lossy(payload),
+                &String::from_utf8_lossy(raw),
                 crate::dlq::MAX_RAW_BYTES,
             )),
             ..NewEntry::refused(
