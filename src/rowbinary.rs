@@ -20,18 +20,61 @@ pub const COLUMNS: &str = "event_id, site, type, name, ts, ts_ms, received_at, u
      referrer, title, session_id, visitor_id, x, y, viewport_w, viewport_h, doc_w, doc_h, \
      selector, text, rage, scroll_depth, duration_ms, props, browser, os, device, user_agent, ip";
 
-fn string(out: &mut Vec<u8>, s: &str) {
-    let mut len = s.len() as u64;
+/// ClickHouse's unsigned LEB128, as it prefixes strings in RowBinary and Native (and counts in
+/// Native block headers).
+pub(crate) fn write_varuint(out: &mut Vec<u8>, mut v: u64) {
     loop {
-        let byte = (len & 0x7f) as u8;
-        len >>= 7;
-        if len == 0 {
+        let byte = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
             out.push(byte);
-            break;
+            return;
         }
         out.push(byte | 0x80);
     }
-    out.extend_from_slice(s.as_bytes());
+}
+
+/// A length-prefixed byte string.
+pub(crate) fn write_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    write_varuint(out, b.len() as u64);
+    out.extend_from_slice(b);
+}
+
+/// Reads a [`write_varuint`] at `pos`: `Ok(None)` (and `pos` unmoved) if `buf` ends first,
+/// an error if it runs past the 10 bytes a u64 needs.
+pub(crate) fn read_varuint(buf: &[u8], pos: &mut usize) -> Result<Option<u64>, String> {
+    let mut v = 0u64;
+    for i in 0..10 {
+        let Some(&byte) = buf.get(*pos + i) else {
+            return Ok(None);
+        };
+        v |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            *pos += i + 1;
+            return Ok(Some(v));
+        }
+    }
+    Err("malformed length: varuint longer than 10 bytes".into())
+}
+
+/// Reads a [`write_bytes`] at `pos`: `Ok(None)` (and `pos` unmoved) if not all of it is in
+/// `buf`.
+pub(crate) fn read_bytes<'a>(buf: &'a [u8], pos: &mut usize) -> Result<Option<&'a [u8]>, String> {
+    let mut p = *pos;
+    let Some(len) = read_varuint(buf, &mut p)? else {
+        return Ok(None);
+    };
+    match usize::try_from(len) {
+        Ok(len) if buf.len() - p >= len => {
+            *pos = p + len;
+            Ok(Some(&buf[p..p + len]))
+        }
+        _ => Ok(None),
+    }
+}
+
+fn string(out: &mut Vec<u8>, s: &str) {
+    write_bytes(out, s.as_bytes());
 }
 
 /// Appends one row.
@@ -101,27 +144,10 @@ impl<'a> Decoder<'a> {
     }
 
     fn str(&mut self) -> Result<Cow<'a, str>, String> {
-        let mut len = 0u64;
-        let mut shift = 0;
-        loop {
-            let [b] = self.bytes::<1>()?;
-            len |= u64::from(b & 0x7f) << shift;
-            if b & 0x80 == 0 {
-                break;
-            }
-            shift += 7;
-            if shift > 63 {
-                return Err("malformed string length".into());
-            }
-        }
-        let end = usize::try_from(len)
-            .ok()
-            .and_then(|l| self.pos.checked_add(l))
-            .filter(|&e| e <= self.buf.len())
-            .ok_or("row cut short")?;
-        let s = std::str::from_utf8(&self.buf[self.pos..end]).map_err(|e| e.to_string())?;
-        self.pos = end;
-        Ok(Cow::Borrowed(s))
+        let b = read_bytes(self.buf, &mut self.pos)?.ok_or("row cut short")?;
+        Ok(Cow::Borrowed(
+            std::str::from_utf8(b).map_err(|e| e.to_string())?,
+        ))
     }
 
     /// The next row.
@@ -178,21 +204,7 @@ pub fn row_ends(buf: &[u8], count: usize) -> Result<Vec<usize>, String> {
                 pos += usize::from(width);
                 continue;
             }
-            let mut len = 0usize;
-            let mut shift = 0;
-            loop {
-                let b = *buf.get(pos).ok_or_else(short)?;
-                pos += 1;
-                len |= usize::from(b & 0x7f) << shift;
-                if b & 0x80 == 0 {
-                    break;
-                }
-                shift += 7;
-                if shift > 56 {
-                    return Err("malformed string length".into());
-                }
-            }
-            pos = pos.checked_add(len).ok_or_else(short)?;
+            read_bytes(buf, &mut pos)?.ok_or_else(short)?;
         }
         if pos > buf.len() {
             return Err(short());

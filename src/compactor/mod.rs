@@ -383,15 +383,7 @@ impl Compactor {
         let cutoff = self.cutoff().await?;
         let day_s = day_string(day);
         // A cheap look (no FINAL) before recording anything.
-        let present: u64 = self
-            .ch
-            .query(&format!(
-                "SELECT count() FROM {}.events WHERE {}",
-                self.db,
-                self.day_filter(day, cutoff)
-            ))
-            .fetch_one()
-            .await?;
+        let present = self.count(day, cutoff, false).await?;
         if present == 0 {
             return Ok(Outcome {
                 day: day_s,

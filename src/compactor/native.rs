@@ -25,6 +25,7 @@ use arrow_buffer::{Buffer, OffsetBuffer, ScalarBuffer};
 
 use super::checksum::{sql_row_hash, Checksum};
 use super::parquet_io::schema;
+use crate::rowbinary::{read_bytes, read_varuint};
 
 /// The archive's text columns, in the order of the archive schema.
 const STRINGS: [&str; 19] = [
@@ -211,35 +212,6 @@ pub(super) struct NativeDecoder {
     block_hash: u64,
 }
 
-fn varuint(b: &[u8], pos: &mut usize) -> Result<Option<u64>, String> {
-    let mut v = 0u64;
-    for i in 0..10 {
-        let Some(&byte) = b.get(*pos + i) else {
-            return Ok(None);
-        };
-        v |= u64::from(byte & 0x7f) << (7 * i);
-        if byte & 0x80 == 0 {
-            *pos += i + 1;
-            return Ok(Some(v));
-        }
-    }
-    Err("malformed Native stream: varuint longer than 10 bytes".into())
-}
-
-/// A length-prefixed string, or `None` if not all of it is buffered.
-fn string<'a>(b: &'a [u8], pos: &mut usize) -> Result<Option<&'a [u8]>, String> {
-    let mut p = *pos;
-    let Some(len) = varuint(b, &mut p)? else {
-        return Ok(None);
-    };
-    let len = usize::try_from(len).map_err(|_| "malformed Native stream: huge string")?;
-    if b.len() - p < len {
-        return Ok(None);
-    }
-    *pos = p + len;
-    Ok(Some(&b[p..p + len]))
-}
-
 impl NativeDecoder {
     /// `batch_rows`: a record batch is emitted once this many rows of whole blocks are decoded.
     pub(super) fn new(batch_rows: usize) -> Self {
@@ -311,10 +283,10 @@ impl NativeDecoder {
         match self.state {
             State::Header => {
                 let mut p = *pos;
-                let Some(columns) = varuint(buf, &mut p)? else {
+                let Some(columns) = read_varuint(buf, &mut p)? else {
                     return Ok(None);
                 };
-                let Some(rows) = varuint(buf, &mut p)? else {
+                let Some(rows) = read_varuint(buf, &mut p)? else {
                     return Ok(None);
                 };
                 let columns = columns as usize;
@@ -350,10 +322,10 @@ impl NativeDecoder {
                 let (name, slot) = (self.layout[col].0, self.layout[col].2);
                 let Some(done) = done else {
                     let mut p = *pos;
-                    let Some(got_name) = string(buf, &mut p)? else {
+                    let Some(got_name) = read_bytes(buf, &mut p)? else {
                         return Ok(None);
                     };
-                    let Some(got_type) = string(buf, &mut p)? else {
+                    let Some(got_type) = read_bytes(buf, &mut p)? else {
                         return Ok(None);
                     };
                     if got_name != name.as_bytes() || got_type != slot.type_name().as_bytes() {
@@ -407,7 +379,9 @@ impl NativeDecoder {
             let values = &mut self.cols.values[i];
             let mut n = 0;
             while n < want {
-                let Some(s) = string(buf, pos)? else { break };
+                let Some(s) = read_bytes(buf, pos)? else {
+                    break;
+                };
                 values.extend_from_slice(s);
                 let end = i32::try_from(values.len()).map_err(|_| {
                     format!("column {} exceeds 2 GiB in one record batch", STRINGS[i])
@@ -531,19 +505,8 @@ mod tests {
     /// A Native block of the export's layout holding `rows` rows, as ClickHouse would send it.
     fn block(rows: usize, first: usize) -> Vec<u8> {
         let mut out = Vec::new();
-        let var = |out: &mut Vec<u8>, mut v: u64| loop {
-            let b = (v & 0x7f) as u8;
-            v >>= 7;
-            if v == 0 {
-                out.push(b);
-                break;
-            }
-            out.push(b | 0x80);
-        };
-        let s = |out: &mut Vec<u8>, v: &[u8]| {
-            var(out, v.len() as u64);
-            out.extend_from_slice(v);
-        };
+        let var = crate::rowbinary::write_varuint;
+        let s = crate::rowbinary::write_bytes;
         let l = layout();
         var(&mut out, l.len() as u64);
         var(&mut out, rows as u64);

@@ -17,10 +17,7 @@ use arrow_array::types::{Int32Type, TimestampMillisecondType, UInt16Type, UInt32
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use parquet::arrow::arrow_writer::{
-    compute_leaves, ArrowColumnChunk, ArrowColumnWriter, ArrowLeafColumn,
-    ArrowRowGroupWriterFactory,
-};
+use parquet::arrow::arrow_writer::{compute_leaves, ArrowColumnWriter, ArrowRowGroupWriterFactory};
 use parquet::arrow::{add_encoded_arrow_schema_to_metadata, ArrowSchemaConverter};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
@@ -352,6 +349,33 @@ fn pq(e: parquet::errors::ParquetError) -> String {
     e.to_string()
 }
 
+/// Runs `f` on every item, alternate items on this thread and on a scoped helper (columns of a
+/// row group are independent), and returns the results in the items' order.
+fn on_two_threads<T: Send, R: Send>(
+    items: Vec<T>,
+    f: impl Fn(T) -> Result<R, String> + Sync,
+) -> Result<Vec<R>, String> {
+    let (mine, theirs): (Vec<_>, Vec<_>) =
+        items.into_iter().enumerate().partition(|(i, _)| i % 2 == 0);
+    let run = |half: Vec<(usize, T)>| -> Result<Vec<(usize, R)>, String> {
+        half.into_iter()
+            .map(|(i, t)| f(t).map(|r| (i, r)))
+            .collect()
+    };
+    let mut done = std::thread::scope(|s| {
+        let helper = s.spawn(|| run(theirs));
+        let here = run(mine);
+        let there = helper
+            .join()
+            .map_err(|_| "a Parquet encoding thread panicked")?;
+        let mut here = here?;
+        here.extend(there?);
+        Ok::<_, String>(here)
+    })?;
+    done.sort_by_key(|(i, _)| *i);
+    Ok(done.into_iter().map(|(_, r)| r).collect())
+}
+
 impl FileWriter {
     pub fn create(path: &Path, row_group_rows: usize) -> Result<Self, String> {
         let f = File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -410,36 +434,17 @@ impl FileWriter {
         Ok(())
     }
 
-    /// Encodes one batch into the row group's column writers, columns alternating between
-    /// two threads.
+    /// Encodes one batch into the row group's column writers.
     fn encode(&mut self, batch: &RecordBatch) -> Result<(), String> {
         let mut leaves = Vec::with_capacity(batch.num_columns());
         for (field, array) in self.fields.iter().zip(batch.columns()) {
             leaves.extend(compute_leaves(field, array).map_err(pq)?);
         }
-        let mut mine = Vec::new();
-        let mut theirs = Vec::new();
-        for (i, (w, leaf)) in self.columns.iter_mut().zip(&leaves).enumerate() {
-            if i % 2 == 0 {
-                mine.push((w, leaf));
-            } else {
-                theirs.push((w, leaf));
-            }
-        }
-        let run = |cols: Vec<(&mut ArrowColumnWriter, &ArrowLeafColumn)>| -> Result<(), String> {
-            for (w, leaf) in cols {
-                w.write(leaf).map_err(pq)?;
-            }
-            Ok(())
-        };
-        std::thread::scope(|s| {
-            let helper = s.spawn(|| run(theirs));
-            let here = run(mine);
-            let there = helper
-                .join()
-                .map_err(|_| "a Parquet encoding thread panicked")?;
-            here.and(there)
-        })
+        on_two_threads(
+            self.columns.iter_mut().zip(&leaves).collect(),
+            |(w, leaf)| w.write(leaf).map_err(pq),
+        )?;
+        Ok(())
     }
 
     fn flush_row_group(&mut self) -> Result<(), String> {
@@ -453,28 +458,9 @@ impl FileWriter {
             .map_err(pq)?;
         let columns = std::mem::replace(&mut self.columns, next);
         // Closing a column writer flushes its last page and compresses it: also in parallel.
-        let (mine, theirs): (Vec<_>, Vec<_>) = columns
-            .into_iter()
-            .enumerate()
-            .partition(|(i, _)| i % 2 == 0);
-        let close = |cols: Vec<(usize, ArrowColumnWriter)>| -> Result<Vec<(usize, ArrowColumnChunk)>, String> {
-            cols.into_iter()
-                .map(|(i, w)| w.close().map(|c| (i, c)).map_err(pq))
-                .collect()
-        };
-        let mut chunks = std::thread::scope(|s| {
-            let helper = s.spawn(|| close(theirs));
-            let mut here = close(mine)?;
-            here.extend(
-                helper
-                    .join()
-                    .map_err(|_| "a Parquet encoding thread panicked")??,
-            );
-            Ok::<_, String>(here)
-        })?;
-        chunks.sort_by_key(|(i, _)| *i);
+        let chunks = on_two_threads(columns, |w| w.close().map_err(pq))?;
         let mut rg = self.file.next_row_group().map_err(pq)?;
-        for (_, chunk) in chunks {
+        for chunk in chunks {
             chunk.append_to_row_group(&mut rg).map_err(pq)?;
         }
         rg.close().map_err(pq)?;
