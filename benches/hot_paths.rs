@@ -140,7 +140,7 @@ fn sink_decode(c: &mut Criterion) {
             Some((_, clicktrail::spool::StoredRows::RowBinary(r))) => r.to_vec(),
             _ => unreachable!(),
         };
-        b.iter(|| black_box(clicktrail::rowbinary::row_ends(black_box(&rows), 20).unwrap()))
+        b.iter(|| black_box(clicktrail::row::row_ends(black_box(&rows), 20).unwrap()))
     });
     // Off the hot path: only refused rows (dead letters) are decoded.
     g.bench_function(
@@ -155,16 +155,16 @@ fn parquet_write(c: &mut Criterion) {
     let mut g = c.benchmark_group("compactor");
     g.throughput(Throughput::Elements(rows.len() as u64));
     g.sample_size(10);
-    g.bench_function("Arrow batch + Parquet (zstd) write, 65536 rows", |b| {
+    let batches = clicktrail::compactor::record_batches(&rows);
+    g.bench_function("Parquet (zstd) write of Arrow batches, 65536 rows", |b| {
         b.iter_batched(
             || tempfile::NamedTempFile::new().unwrap(),
             |f| {
                 let mut w =
                     clicktrail::compactor::parquet_io::FileWriter::create(f.path(), 262_144)
                         .unwrap();
-                for r in &rows {
-                    w.push(&clicktrail::compactor::parquet_io::EventRef::from(r))
-                        .unwrap();
+                for batch in &batches {
+                    w.write(batch).unwrap();
                 }
                 black_box(w.finish().unwrap())
             },

@@ -567,7 +567,7 @@ async fn clickhouse_bulk(ch: &ClickHouse, rows: u64) -> f64 {
             .unwrap();
         for i in 0..n {
             let mut e = template.clone();
-            e.event_id = format!("bulk-{}", done + i);
+            e.event_id = format!("bulk-{}", done + i).into();
             insert.write(&e).await.unwrap();
         }
         insert.end().await.unwrap();

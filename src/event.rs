@@ -6,16 +6,15 @@
 //!   configured length, numbers are in range, `ts` is within the clock-skew window around
 //!   `received_at`, and enrichment (path, host, user agent, visitor) has been applied.
 //! - Validation is per event: one bad event yields one [`Rejection`] and never fails its batch.
-//! - [`Event`] is also the spool's payload (JSON) and the ClickHouse row (RowBinary, column
-//!   names = field names), so the three cannot drift apart. Its field order is the insert's
-//!   column order.
+//! - [`Event`] is the row of `clicktrail.events` ([`crate::row`], where the columns are
+//!   listed once); the spool stores it as RowBinary, dead letters as JSON.
 
 use std::borrow::Cow;
 use std::net::IpAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::de::{self, Deserializer, Visitor};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::config::{IpMode, LimitsConfig, PrivacyConfig};
@@ -194,182 +193,11 @@ impl Rejection {
     }
 }
 
-/// A validated, enriched event: the row of `clicktrail.events`, field for column.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clickhouse::Row)]
-pub struct Event {
-    pub event_id: String,
-    pub site: String,
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub name: String,
-    /// Client time, seconds since the epoch (UTC), after clamping.
-    pub ts: u32,
-    /// Milliseconds within `ts`, so click sequences keep their order.
-    pub ts_ms: u16,
-    pub received_at: u32,
-    pub url: String,
-    pub host: String,
-    pub path: String,
-    pub referrer: String,
-    pub title: String,
-    pub session_id: String,
-    pub visitor_id: String,
-    pub x: i32,
-    pub y: i32,
-    pub viewport_w: u16,
-    pub viewport_h: u16,
-    pub doc_w: u32,
-    pub doc_h: u32,
-    pub selector: String,
-    pub text: String,
-    pub rage: u8,
-    pub scroll_depth: u8,
-    pub duration_ms: u32,
-    pub props: String,
-    pub browser: String,
-    pub os: String,
-    pub device: String,
-    pub user_agent: String,
-    pub ip: String,
-}
+pub use crate::row::{Event, EventRow};
 
-impl Event {
+impl EventRow<'_> {
     pub fn event_type(&self) -> Option<EventType> {
         EventType::parse(&self.kind)
-    }
-}
-
-/// The same row with borrowed strings, decoded from a spool record without allocating per
-/// field: RowBinary records ([`crate::rowbinary`]) when the sink must look at rows (refused
-/// rows, dead letters), and JSON records written by older versions. `Cow`, because a JSON
-/// string with escapes cannot be borrowed. Field order and names are [`Event`]'s.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clickhouse::Row)]
-pub struct EventRef<'a> {
-    #[serde(borrow)]
-    pub event_id: Cow<'a, str>,
-    #[serde(borrow)]
-    pub site: Cow<'a, str>,
-    #[serde(rename = "type", borrow)]
-    pub kind: Cow<'a, str>,
-    #[serde(borrow)]
-    pub name: Cow<'a, str>,
-    pub ts: u32,
-    pub ts_ms: u16,
-    pub received_at: u32,
-    #[serde(borrow)]
-    pub url: Cow<'a, str>,
-    #[serde(borrow)]
-    pub host: Cow<'a, str>,
-    #[serde(borrow)]
-    pub path: Cow<'a, str>,
-    #[serde(borrow)]
-    pub referrer: Cow<'a, str>,
-    #[serde(borrow)]
-    pub title: Cow<'a, str>,
-    #[serde(borrow)]
-    pub session_id: Cow<'a, str>,
-    #[serde(borrow)]
-    pub visitor_id: Cow<'a, str>,
-    pub x: i32,
-    pub y: i32,
-    pub viewport_w: u16,
-    pub viewport_h: u16,
-    pub doc_w: u32,
-    pub doc_h: u32,
-    #[serde(borrow)]
-    pub selector: Cow<'a, str>,
-    #[serde(borrow)]
-    pub text: Cow<'a, str>,
-    pub rage: u8,
-    pub scroll_depth: u8,
-    pub duration_ms: u32,
-    #[serde(borrow)]
-    pub props: Cow<'a, str>,
-    #[serde(borrow)]
-    pub browser: Cow<'a, str>,
-    #[serde(borrow)]
-    pub os: Cow<'a, str>,
-    #[serde(borrow)]
-    pub device: Cow<'a, str>,
-    #[serde(borrow)]
-    pub user_agent: Cow<'a, str>,
-    #[serde(borrow)]
-    pub ip: Cow<'a, str>,
-}
-
-impl<'a> From<&'a Event> for EventRef<'a> {
-    fn from(e: &'a Event) -> Self {
-        EventRef {
-            event_id: Cow::Borrowed(&e.event_id),
-            site: Cow::Borrowed(&e.site),
-            kind: Cow::Borrowed(&e.kind),
-            name: Cow::Borrowed(&e.name),
-            ts: e.ts,
-            ts_ms: e.ts_ms,
-            received_at: e.received_at,
-            url: Cow::Borrowed(&e.url),
-            host: Cow::Borrowed(&e.host),
-            path: Cow::Borrowed(&e.path),
-            referrer: Cow::Borrowed(&e.referrer),
-            title: Cow::Borrowed(&e.title),
-            session_id: Cow::Borrowed(&e.session_id),
-            visitor_id: Cow::Borrowed(&e.visitor_id),
-            x: e.x,
-            y: e.y,
-            viewport_w: e.viewport_w,
-            viewport_h: e.viewport_h,
-            doc_w: e.doc_w,
-            doc_h: e.doc_h,
-            selector: Cow::Borrowed(&e.selector),
-            text: Cow::Borrowed(&e.text),
-            rage: e.rage,
-            scroll_depth: e.scroll_depth,
-            duration_ms: e.duration_ms,
-            props: Cow::Borrowed(&e.props),
-            browser: Cow::Borrowed(&e.browser),
-            os: Cow::Borrowed(&e.os),
-            device: Cow::Borrowed(&e.device),
-            user_agent: Cow::Borrowed(&e.user_agent),
-            ip: Cow::Borrowed(&e.ip),
-        }
-    }
-}
-
-impl EventRef<'_> {
-    pub fn to_event(&self) -> Event {
-        Event {
-            event_id: self.event_id.to_string(),
-            site: self.site.to_string(),
-            kind: self.kind.to_string(),
-            name: self.name.to_string(),
-            ts: self.ts,
-            ts_ms: self.ts_ms,
-            received_at: self.received_at,
-            url: self.url.to_string(),
-            host: self.host.to_string(),
-            path: self.path.to_string(),
-            referrer: self.referrer.to_string(),
-            title: self.title.to_string(),
-            session_id: self.session_id.to_string(),
-            visitor_id: self.visitor_id.to_string(),
-            x: self.x,
-            y: self.y,
-            viewport_w: self.viewport_w,
-            viewport_h: self.viewport_h,
-            doc_w: self.doc_w,
-            doc_h: self.doc_h,
-            selector: self.selector.to_string(),
-            text: self.text.to_string(),
-            rage: self.rage,
-            scroll_depth: self.scroll_depth,
-            duration_ms: self.duration_ms,
-            props: self.props.to_string(),
-            browser: self.browser.to_string(),
-            os: self.os.to_string(),
-            device: self.device.to_string(),
-            user_agent: self.user_agent.to_string(),
-            ip: self.ip.to_string(),
-        }
     }
 }
 
@@ -555,37 +383,37 @@ impl Validator {
         let text = cut(ev.text.as_deref(), l.max_text_len);
 
         let mut e = Event {
-            event_id,
-            site: ctx.site.clone(),
-            kind: kind.as_str().to_string(),
-            name: String::new(),
+            event_id: event_id.into(),
+            site: ctx.site.clone().into(),
+            kind: kind.as_str().into(),
+            name: Default::default(),
             ts: (ts_ms / 1000) as u32,
             ts_ms: (ts_ms % 1000) as u16,
             received_at: (ctx.received_at_ms / 1000) as u32,
-            url: url.to_string(),
-            host,
-            path,
-            referrer,
-            title,
-            session_id: session.to_string(),
-            visitor_id,
+            url: url.to_string().into(),
+            host: host.into(),
+            path: path.into(),
+            referrer: referrer.into(),
+            title: title.into(),
+            session_id: session.to_string().into(),
+            visitor_id: visitor_id.into(),
             x: 0,
             y: 0,
             viewport_w: int_in("vw", ev.vw, 0, u16::MAX as i64)? as u16,
             viewport_h: int_in("vh", ev.vh, 0, u16::MAX as i64)? as u16,
             doc_w: int_in("dw", ev.dw, 0, u32::MAX as i64)? as u32,
             doc_h: int_in("dh", ev.dh, 0, u32::MAX as i64)? as u32,
-            selector,
-            text,
+            selector: selector.into(),
+            text: text.into(),
             rage: 0,
             scroll_depth: 0,
             duration_ms: 0,
-            props: String::new(),
-            browser: enrich.browser.clone(),
-            os: enrich.os.clone(),
-            device: enrich.device.clone(),
-            user_agent: enrich.user_agent.clone(),
-            ip: enrich.ip.clone(),
+            props: Default::default(),
+            browser: enrich.browser.clone().into(),
+            os: enrich.os.clone().into(),
+            device: enrich.device.clone().into(),
+            user_agent: enrich.user_agent.clone().into(),
+            ip: enrich.ip.clone().into(),
         };
 
         match kind {
@@ -610,7 +438,7 @@ impl Validator {
                     return Err(Rejection::MissingField("name"));
                 }
                 check_len("name", name, l.max_name_len)?;
-                e.name = name.to_string();
+                e.name = name.to_string().into();
                 if let Some(props) = ev.props {
                     let p = props.get();
                     if !p.trim_start().starts_with('{') {
@@ -620,7 +448,7 @@ impl Validator {
                         });
                     }
                     check_len("props", p, l.max_props_bytes)?;
-                    e.props = p.to_string();
+                    e.props = p.to_string().into();
                 }
             }
         }
@@ -1013,23 +841,6 @@ mod tests {
             "2001:db8:abcd::"
         );
         assert_eq!(anonymize_ip("::ffff:10.1.2.3".parse().unwrap()), "10.1.2.0");
-    }
-
-    #[test]
-    fn borrowed_rows_decode_escaped_strings_and_borrow_the_rest() {
-        let e = run(&format!(
-            r#"{{"type":"pageview",{BASE},"title":"Say \"hi\" \u00e9 \n twice"}}"#
-        ))
-        .unwrap();
-        assert_eq!(e.title, "Say \"hi\" é \n twice");
-        let json = serde_json::to_vec(std::slice::from_ref(&e)).unwrap();
-        let rows: Vec<EventRef<'_>> = serde_json::from_slice(&json).unwrap();
-        assert_eq!(rows[0].to_event(), e, "the same row, field for field");
-        assert!(
-            matches!(rows[0].event_id, Cow::Borrowed(_)),
-            "no escape: borrowed"
-        );
-        assert!(matches!(rows[0].title, Cow::Owned(_)), "escapes: owned");
     }
 
     #[test]

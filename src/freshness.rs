@@ -76,7 +76,7 @@ pub const CANARY_SITE: &str = "__canary";
 fn canary_event(id: &str, now_ms: i64) -> crate::event::Event {
     let secs = (now_ms / 1000) as u32;
     crate::event::Event {
-        event_id: id.to_string(),
+        event_id: id.to_string().into(),
         site: CANARY_SITE.into(),
         kind: "custom".into(),
         name: "canary".into(),
@@ -86,27 +86,10 @@ fn canary_event(id: &str, now_ms: i64) -> crate::event::Event {
         url: "http://clicktrail.invalid/canary".into(),
         host: "clicktrail.invalid".into(),
         path: "/canary".into(),
-        referrer: String::new(),
-        title: String::new(),
         session_id: "canary".into(),
         visitor_id: "canary".into(),
-        x: 0,
-        y: 0,
-        viewport_w: 0,
-        viewport_h: 0,
-        doc_w: 0,
-        doc_h: 0,
-        selector: String::new(),
-        text: String::new(),
-        rage: 0,
-        scroll_depth: 0,
-        duration_ms: 0,
-        props: String::new(),
-        browser: String::new(),
-        os: String::new(),
         device: "other".into(),
-        user_agent: String::new(),
-        ip: String::new(),
+        ..Default::default()
     }
 }
 

@@ -38,6 +38,7 @@ pub mod freshness;
 pub mod http;
 pub mod metrics;
 pub mod migrate;
+pub mod row;
 pub mod rowbinary;
 pub mod serve;
 pub mod sink;

@@ -7,93 +7,40 @@
 //! `sipHash64` of the rendered row used before.
 
 use super::cityhash::RowHasher;
+use super::CompactError;
 use crate::event::Event;
+use crate::row::{Cell, Kind, COLUMNS};
 
-/// Columns in checksum order, and whether each is text (`true`) or a number.
-pub(super) const COLUMNS: &[(&str, bool)] = &[
-    ("event_id", true),
-    ("site", true),
-    ("type", true),
-    ("name", true),
-    ("ts", false),
-    ("ts_ms", false),
-    ("received_at", false),
-    ("url", true),
-    ("host", true),
-    ("path", true),
-    ("referrer", true),
-    ("title", true),
-    ("session_id", true),
-    ("visitor_id", true),
-    ("x", false),
-    ("y", false),
-    ("viewport_w", false),
-    ("viewport_h", false),
-    ("doc_w", false),
-    ("doc_h", false),
-    ("selector", true),
-    ("text", true),
-    ("rage", false),
-    ("scroll_depth", false),
-    ("duration_ms", false),
-    ("props", true),
-    ("browser", true),
-    ("os", true),
-    ("device", true),
-    ("user_agent", true),
-    ("ip", true),
-];
-
-/// The SQL expression of one row's hash: `cityHash64` of every column in [`COLUMNS`] order.
+/// The SQL expression of one row's hash: `cityHash64` of every column, in the row's order.
 pub(super) fn sql_row_hash() -> String {
-    let cols: Vec<&str> = COLUMNS.iter().map(|(c, _)| *c).collect();
+    let cols: Vec<&str> = COLUMNS.iter().map(|c| c.name).collect();
     format!("cityHash64({})", cols.join(", "))
+}
+
+fn hash_cell(h: &mut RowHasher, c: &Cell<'_>) {
+    match c {
+        Cell::Str(s) => h.str(s.as_bytes()),
+        Cell::U(v) => h.uint(*v),
+        Cell::I(v) => h.i32(*v),
+    }
 }
 
 /// One row's hash, exactly as ClickHouse's `cityHash64(...)` of the stored columns.
 pub(super) fn row_hash(e: &Event) -> u64 {
     let mut h = RowHasher::default();
-    let s = |h: &mut RowHasher, v: &str| h.str(v.as_bytes());
-    s(&mut h, &e.event_id);
-    s(&mut h, &e.site);
-    s(&mut h, &e.kind);
-    s(&mut h, &e.name);
-    h.uint(e.ts.into());
-    h.uint(e.ts_ms.into());
-    h.uint(e.received_at.into());
-    s(&mut h, &e.url);
-    s(&mut h, &e.host);
-    s(&mut h, &e.path);
-    s(&mut h, &e.referrer);
-    s(&mut h, &e.title);
-    s(&mut h, &e.session_id);
-    s(&mut h, &e.visitor_id);
-    h.i32(e.x);
-    h.i32(e.y);
-    h.uint(e.viewport_w.into());
-    h.uint(e.viewport_h.into());
-    h.uint(e.doc_w.into());
-    h.uint(e.doc_h.into());
-    s(&mut h, &e.selector);
-    s(&mut h, &e.text);
-    h.uint(e.rage.into());
-    h.uint(e.scroll_depth.into());
-    h.uint(e.duration_ms.into());
-    s(&mut h, &e.props);
-    s(&mut h, &e.browser);
-    s(&mut h, &e.os);
-    s(&mut h, &e.device);
-    s(&mut h, &e.user_agent);
-    s(&mut h, &e.ip);
+    for c in &e.cells() {
+        hash_cell(&mut h, c);
+    }
     h.finish()
 }
 
-/// One Arrow column, typed once per batch, hashed per row exactly like [`row_hash`].
+/// One Arrow column of the archive schema, typed once per batch, hashed per row exactly like
+/// [`row_hash`] hashes the row's column.
 enum Col<'a> {
     Str(&'a arrow_array::StringArray),
     /// Millisecond timestamp as whole seconds (ClickHouse's DateTime).
     Secs(&'a arrow_array::TimestampMillisecondArray),
-    /// Millisecond timestamp's 0–999 part (`ts_ms`).
+    /// Millisecond timestamp's 0–999 part (the [`Kind::Millis`] column folded into it).
     Millis(&'a arrow_array::TimestampMillisecondArray),
     Bool(&'a arrow_array::BooleanArray),
     /// Any unsigned integer column, widened.
@@ -103,45 +50,52 @@ enum Col<'a> {
 }
 
 /// Adds every row of a record batch in the archive schema to `sum`.
-pub(super) fn add_batch(sum: &mut Checksum, b: &arrow_array::RecordBatch) -> Result<(), String> {
+pub(super) fn add_batch(
+    sum: &mut Checksum,
+    b: &arrow_array::RecordBatch,
+) -> Result<(), CompactError> {
     use arrow_array::cast::AsArray;
     use arrow_array::types::*;
     let col = |name: &str| {
         b.column_by_name(name)
-            .ok_or_else(|| format!("column {name} missing"))
+            .ok_or_else(|| CompactError::Archive(format!("column {name} missing")))
     };
+    let wrong = |name: &str| CompactError::Archive(format!("column {name} has the wrong type"));
     let mut cols = Vec::with_capacity(COLUMNS.len());
-    for (name, text) in COLUMNS {
-        let c = match *name {
-            "ts" => Col::Secs(col("ts")?.as_primitive::<TimestampMillisecondType>()),
-            "ts_ms" => Col::Millis(col("ts")?.as_primitive::<TimestampMillisecondType>()),
-            "received_at" => {
-                Col::Secs(col("received_at")?.as_primitive::<TimestampMillisecondType>())
+    let mut last_time = "";
+    for c in COLUMNS {
+        let n = c.name;
+        let a = if c.kind == Kind::Millis {
+            col(last_time)?
+        } else {
+            col(n)?
+        };
+        let c = match c.kind {
+            Kind::Str | Kind::LowStr => Col::Str(a.as_string_opt::<i32>().ok_or_else(|| wrong(n))?),
+            Kind::DateTime => {
+                last_time = n;
+                Col::Secs(
+                    a.as_primitive_opt::<TimestampMillisecondType>()
+                        .ok_or_else(|| wrong(n))?,
+                )
             }
-            "rage" => Col::Bool(col("rage")?.as_boolean()),
-            n if *text => Col::Str(col(n)?.as_string::<i32>()),
-            n => {
-                let a = col(n)?;
-                let f: Box<dyn Fn(usize) -> u64> = match a.data_type() {
-                    arrow_schema::DataType::Int32 => {
-                        cols.push(Col::I32(a.as_primitive::<Int32Type>()));
-                        continue;
-                    }
-                    arrow_schema::DataType::UInt8 => {
-                        let a = a.as_primitive::<UInt8Type>();
-                        Box::new(move |i| u64::from(a.value(i)))
-                    }
-                    arrow_schema::DataType::UInt16 => {
-                        let a = a.as_primitive::<UInt16Type>();
-                        Box::new(move |i| u64::from(a.value(i)))
-                    }
-                    arrow_schema::DataType::UInt32 => {
-                        let a = a.as_primitive::<UInt32Type>();
-                        Box::new(move |i| u64::from(a.value(i)))
-                    }
-                    t => return Err(format!("column {n} has unexpected type {t}")),
-                };
-                Col::Num(f)
+            Kind::Millis => Col::Millis(
+                a.as_primitive_opt::<TimestampMillisecondType>()
+                    .ok_or_else(|| wrong(n))?,
+            ),
+            Kind::Flag => Col::Bool(a.as_boolean_opt().ok_or_else(|| wrong(n))?),
+            Kind::I32 => Col::I32(a.as_primitive_opt::<Int32Type>().ok_or_else(|| wrong(n))?),
+            Kind::U8 => {
+                let a = a.as_primitive_opt::<UInt8Type>().ok_or_else(|| wrong(n))?;
+                Col::Num(Box::new(move |i| u64::from(a.value(i))))
+            }
+            Kind::U16 => {
+                let a = a.as_primitive_opt::<UInt16Type>().ok_or_else(|| wrong(n))?;
+                Col::Num(Box::new(move |i| u64::from(a.value(i))))
+            }
+            Kind::U32 => {
+                let a = a.as_primitive_opt::<UInt32Type>().ok_or_else(|| wrong(n))?;
+                Col::Num(Box::new(move |i| u64::from(a.value(i))))
             }
         };
         cols.push(c);
@@ -205,12 +159,21 @@ mod tests {
         assert!(sql.starts_with("cityHash64(event_id, site, type, name, ts, ts_ms,"));
         assert_eq!(sql.matches(", ").count(), COLUMNS.len() - 1);
         // Every column changes the hash.
-        let base = crate::compactor::tests_support::event();
-        let mut other = base.clone();
-        other.x = -5;
-        assert_ne!(row_hash(&base), row_hash(&other));
-        other = base.clone();
-        other.ip.push('1');
-        assert_ne!(row_hash(&base), row_hash(&other));
+        let base = crate::row::tests::distinct_row();
+        let cells = base.cells();
+        for i in 0..COLUMNS.len() {
+            let other = Event::from_cells(|j| {
+                Ok(match (&cells[j], i == j) {
+                    (Cell::Str(s), true) => Cell::Str(format!("{s}!").into()),
+                    (Cell::U(v), true) => Cell::U(v ^ 1),
+                    (Cell::I(v), true) => Cell::I(v ^ 1),
+                    (Cell::Str(s), false) => Cell::Str(s.to_string().into()),
+                    (Cell::U(v), false) => Cell::U(*v),
+                    (Cell::I(v), false) => Cell::I(*v),
+                })
+            })
+            .unwrap();
+            assert_ne!(row_hash(&base), row_hash(&other), "{}", COLUMNS[i].name);
+        }
     }
 }

@@ -27,6 +27,8 @@ mod checksum;
 mod cityhash;
 pub mod manifest;
 mod native;
+#[doc(hidden)]
+pub use native::record_batches;
 pub mod parquet_io;
 
 use std::path::{Path, PathBuf};
@@ -51,8 +53,18 @@ pub enum CompactError {
     },
     #[error("ClickHouse: {0}")]
     ClickHouse(#[from] clickhouse::error::Error),
-    #[error("{0}")]
+    #[error("Parquet: {0}")]
     Parquet(String),
+    #[error("Parquet: {0}")]
+    ParquetLib(#[from] parquet::errors::ParquetError),
+    #[error("Arrow: {0}")]
+    Arrow(#[from] arrow_schema::ArrowError),
+    #[error("ClickHouse's Native answer: {0}")]
+    Native(String),
+    #[error("archive file: {0}")]
+    Archive(String),
+    #[error("ClickHouse's Native answer: {0}")]
+    Row(#[from] crate::rowbinary::RowError),
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
     #[error("verification failed for {partition}: {what}; nothing was deleted")]
@@ -513,8 +525,7 @@ impl Compactor {
             let p = check.clone();
             tokio::task::spawn_blocking(move || parquet_io::checksum_file(&p))
                 .await
-                .map_err(|e| CompactError::Parquet(e.to_string()))?
-                .map_err(CompactError::Parquet)?
+                .map_err(|e| CompactError::Parquet(e.to_string()))??
         };
         let _ = tokio::fs::remove_file(&check).await;
         if reread != expected {
@@ -589,7 +600,7 @@ impl Compactor {
             })?;
         let path_owned = path.to_path_buf();
         let row_group_rows = self.cfg.row_group_rows;
-        let write = tokio::task::spawn_blocking(move || -> Result<u64, String> {
+        let write = tokio::task::spawn_blocking(move || -> Result<u64, CompactError> {
             let mut w = parquet_io::FileWriter::create(&path_owned, row_group_rows)?;
             while let Ok(batch) = batch_rx.recv() {
                 w.write(&batch)?;
@@ -610,8 +621,7 @@ impl Compactor {
         };
         let written = write
             .await
-            .map_err(|e| CompactError::Parquet(e.to_string()))?
-            .map_err(CompactError::Parquet);
+            .map_err(|e| CompactError::Parquet(e.to_string()))?;
         // A writer failure also stops the reader; the writer's error is the one to report.
         let written = written?;
         let seen = read?;
@@ -717,17 +727,15 @@ fn read_native(
         let mut send = |batch| {
             batches
                 .send(batch)
-                .map_err(|_| "the Parquet writer stopped".to_string())
+                .map_err(|_| CompactError::Parquet("the Parquet writer stopped".into()))
         };
         while let Some(chunk) = cursor.next().await? {
-            decoder
-                .feed(&chunk, &mut send)
-                .map_err(CompactError::Parquet)?;
+            decoder.feed(&chunk, &mut send)?;
             decoded_rows.store(decoder.seen().rows, Ordering::Relaxed);
         }
-        let (last, seen) = decoder.finish().map_err(CompactError::Parquet)?;
+        let (last, seen) = decoder.finish()?;
         if let Some(batch) = last {
-            send(batch).map_err(CompactError::Parquet)?;
+            send(batch)?;
         }
         Ok(seen)
     })
@@ -742,14 +750,12 @@ pub(crate) mod tests_support {
             event_id: "id".into(),
             site: "demo".into(),
             kind: "click".into(),
-            name: String::new(),
             ts: 1_700_000_000,
             ts_ms: 5,
             received_at: 1_700_000_001,
             url: "https://a.test/p?q=1".into(),
             host: "a.test".into(),
             path: "/p".into(),
-            referrer: String::new(),
             title: "T".into(),
             session_id: "s".into(),
             visitor_id: "v".into(),
@@ -761,15 +767,11 @@ pub(crate) mod tests_support {
             doc_h: 3000,
             selector: "button#go".into(),
             text: "Go".into(),
-            rage: 0,
-            scroll_depth: 0,
-            duration_ms: 0,
-            props: String::new(),
             browser: "Chrome".into(),
             os: "Linux".into(),
             device: "desktop".into(),
-            user_agent: String::new(),
             ip: "203.0.113.0".into(),
+            ..Event::default()
         }
     }
 }

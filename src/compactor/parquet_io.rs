@@ -8,10 +8,6 @@ use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow_array::builder::{
-    BooleanBuilder, Int32Builder, StringBuilder, TimestampMillisecondBuilder, UInt16Builder,
-    UInt32Builder, UInt8Builder,
-};
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Int32Type, TimestampMillisecondType, UInt16Type, UInt32Type, UInt8Type};
 use arrow_array::{ArrayRef, RecordBatch};
@@ -24,56 +20,38 @@ use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::file::writer::SerializedFileWriter;
 
 use super::checksum::Checksum;
+use super::CompactError;
 use crate::event::Event;
-pub use crate::event::EventRef;
+use crate::row::{Cell, Kind, COLUMNS};
+use crate::rowbinary::RowError;
 
 /// Rows per Arrow batch handed to the writer.
 pub const BATCH_ROWS: usize = 65_536;
 
+/// The archive's type for a column kind; `None` for a [`Kind::Millis`] column, which is folded
+/// into the millisecond timestamp of the column before it.
+fn arrow_type(kind: Kind) -> Option<DataType> {
+    Some(match kind {
+        Kind::Str | Kind::LowStr => DataType::Utf8,
+        // Parquet has no second-precision timestamp; milliseconds keep it a timestamp.
+        Kind::DateTime => DataType::Timestamp(TimeUnit::Millisecond, Some(Arc::from("UTC"))),
+        Kind::Millis => return None,
+        Kind::Flag => DataType::Boolean,
+        Kind::U8 => DataType::UInt8,
+        Kind::U16 => DataType::UInt16,
+        Kind::U32 => DataType::UInt32,
+        Kind::I32 => DataType::Int32,
+    })
+}
+
+/// The archive's schema, derived from the events row (docs/archive.md).
 pub fn schema() -> SchemaRef {
-    let utc = || Some(Arc::<str>::from("UTC"));
-    let s = |n: &str| Field::new(n, DataType::Utf8, false);
-    Arc::new(Schema::new(vec![
-        s("event_id"),
-        s("site"),
-        s("type"),
-        s("name"),
-        Field::new(
-            "ts",
-            DataType::Timestamp(TimeUnit::Millisecond, utc()),
-            false,
-        ),
-        Field::new(
-            "received_at",
-            // Parquet has no second-precision timestamp; milliseconds keep it a timestamp.
-            DataType::Timestamp(TimeUnit::Millisecond, utc()),
-            false,
-        ),
-        s("url"),
-        s("host"),
-        s("path"),
-        s("referrer"),
-        s("title"),
-        s("session_id"),
-        s("visitor_id"),
-        Field::new("x", DataType::Int32, false),
-        Field::new("y", DataType::Int32, false),
-        Field::new("viewport_w", DataType::UInt16, false),
-        Field::new("viewport_h", DataType::UInt16, false),
-        Field::new("doc_w", DataType::UInt32, false),
-        Field::new("doc_h", DataType::UInt32, false),
-        s("selector"),
-        s("text"),
-        Field::new("rage", DataType::Boolean, false),
-        Field::new("scroll_depth", DataType::UInt8, false),
-        Field::new("duration_ms", DataType::UInt32, false),
-        s("props"),
-        s("browser"),
-        s("os"),
-        s("device"),
-        s("user_agent"),
-        s("ip"),
-    ]))
+    Arc::new(Schema::new(
+        COLUMNS
+            .iter()
+            .filter_map(|c| arrow_type(c.kind).map(|t| Field::new(c.name, t, false)))
+            .collect::<Vec<_>>(),
+    ))
 }
 
 /// The table's sort key: rows arrive in runs ordered by it, so each row group and page covers
@@ -107,225 +85,72 @@ pub fn writer_properties(row_group_rows: usize) -> WriterProperties {
     b.build()
 }
 
-/// Column builders for one record batch, filled row by row.
-pub struct BatchBuilder {
-    strings: Vec<StringBuilder>,
-    ts: TimestampMillisecondBuilder,
-    received: TimestampMillisecondBuilder,
-    i32s: [Int32Builder; 2],
-    u16s: [UInt16Builder; 2],
-    u32s: [UInt32Builder; 3],
-    rage: BooleanBuilder,
-    depth: UInt8Builder,
-    len: usize,
+/// One archive column, typed once per batch, read per row.
+enum ArchiveCol<'a> {
+    Str(&'a arrow_array::StringArray),
+    Secs(&'a arrow_array::TimestampMillisecondArray),
+    Millis(&'a arrow_array::TimestampMillisecondArray),
+    Bool(&'a arrow_array::BooleanArray),
+    U8(&'a arrow_array::UInt8Array),
+    U16(&'a arrow_array::UInt16Array),
+    U32(&'a arrow_array::UInt32Array),
+    I32(&'a arrow_array::Int32Array),
 }
 
-impl Default for BatchBuilder {
-    fn default() -> Self {
-        Self {
-            strings: (0..20).map(|_| StringBuilder::new()).collect(),
-            ts: TimestampMillisecondBuilder::new().with_timezone("UTC"),
-            received: TimestampMillisecondBuilder::new().with_timezone("UTC"),
-            i32s: [Int32Builder::new(), Int32Builder::new()],
-            u16s: [UInt16Builder::new(), UInt16Builder::new()],
-            u32s: [
-                UInt32Builder::new(),
-                UInt32Builder::new(),
-                UInt32Builder::new(),
-            ],
-            rage: BooleanBuilder::new(),
-            depth: UInt8Builder::new(),
-            len: 0,
-        }
-    }
-}
-
-impl BatchBuilder {
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    pub fn push(&mut self, r: &EventRef<'_>) {
-        let texts = [
-            &r.event_id,
-            &r.site,
-            &r.kind,
-            &r.name,
-            &r.url,
-            &r.host,
-            &r.path,
-            &r.referrer,
-            &r.title,
-            &r.session_id,
-            &r.visitor_id,
-            &r.selector,
-            &r.text,
-            &r.props,
-            &r.browser,
-            &r.os,
-            &r.device,
-            &r.user_agent,
-            &r.ip,
-        ];
-        for (b, v) in self.strings.iter_mut().zip(texts) {
-            b.append_value(v.as_ref());
-        }
-        self.ts.append_value(r.ts as i64 * 1000 + r.ts_ms as i64);
-        self.received.append_value(r.received_at as i64 * 1000);
-        self.i32s[0].append_value(r.x);
-        self.i32s[1].append_value(r.y);
-        self.u16s[0].append_value(r.viewport_w);
-        self.u16s[1].append_value(r.viewport_h);
-        self.u32s[0].append_value(r.doc_w);
-        self.u32s[1].append_value(r.doc_h);
-        self.u32s[2].append_value(r.duration_ms);
-        self.rage.append_value(r.rage != 0);
-        self.depth.append_value(r.scroll_depth);
-        self.len += 1;
-    }
-
-    /// The rows pushed so far as a record batch; the builder starts over empty.
-    pub fn finish(&mut self) -> RecordBatch {
-        let mut s: Vec<ArrayRef> = self
-            .strings
-            .iter_mut()
-            .map(|b| Arc::new(b.finish()) as ArrayRef)
-            .collect();
-        let mut take =
-            |i: usize| std::mem::replace(&mut s[i], Arc::new(StringBuilder::new().finish()));
-        let columns: Vec<ArrayRef> = vec![
-            take(0),
-            take(1),
-            take(2),
-            take(3),
-            Arc::new(self.ts.finish()),
-            Arc::new(self.received.finish()),
-            take(4),
-            take(5),
-            take(6),
-            take(7),
-            take(8),
-            take(9),
-            take(10),
-            Arc::new(self.i32s[0].finish()),
-            Arc::new(self.i32s[1].finish()),
-            Arc::new(self.u16s[0].finish()),
-            Arc::new(self.u16s[1].finish()),
-            Arc::new(self.u32s[0].finish()),
-            Arc::new(self.u32s[1].finish()),
-            take(11),
-            take(12),
-            Arc::new(self.rage.finish()),
-            Arc::new(self.depth.finish()),
-            Arc::new(self.u32s[2].finish()),
-            take(13),
-            take(14),
-            take(15),
-            take(16),
-            take(17),
-            take(18),
-        ];
-        self.len = 0;
-        RecordBatch::try_new(schema(), columns).expect("columns match the schema")
-    }
-}
-
-/// Events back from one record batch (the project's own reader).
-pub fn from_batch(b: &RecordBatch) -> Result<Vec<Event>, String> {
+/// Rows back from one record batch of the archive schema (the project's own reader), found
+/// column by column by name.
+pub fn from_batch(b: &RecordBatch) -> Result<Vec<Event>, RowError> {
     let col = |name: &str| {
         b.column_by_name(name)
-            .ok_or_else(|| format!("column {name} missing"))
+            .ok_or_else(|| RowError::Missing(name.to_string()))
     };
-    let s = |name: &str| -> Result<Vec<String>, String> {
-        Ok(col(name)?
-            .as_string_opt::<i32>()
-            .ok_or_else(|| format!("column {name} is not a string"))?
-            .iter()
-            .map(|v| v.unwrap_or_default().to_string())
-            .collect())
-    };
-    macro_rules! prim {
-        ($t:ty, $name:expr) => {
-            col($name)?
-                .as_primitive_opt::<$t>()
-                .ok_or_else(|| format!("column {} has the wrong type", $name))?
-                .values()
-                .to_vec()
+    let mut cols = Vec::with_capacity(COLUMNS.len());
+    let mut last_time = "";
+    for c in COLUMNS {
+        let wrong = || RowError::WrongType(c.name);
+        let a: &ArrayRef = if c.kind == Kind::Millis {
+            col(last_time)?
+        } else {
+            col(c.name)?
         };
-    }
-    let (event_id, site, kind, name) = (s("event_id")?, s("site")?, s("type")?, s("name")?);
-    let ts = prim!(TimestampMillisecondType, "ts");
-    let received = prim!(TimestampMillisecondType, "received_at");
-    let (url, host, path, referrer, title) = (
-        s("url")?,
-        s("host")?,
-        s("path")?,
-        s("referrer")?,
-        s("title")?,
-    );
-    let (session_id, visitor_id) = (s("session_id")?, s("visitor_id")?);
-    let (x, y) = (prim!(Int32Type, "x"), prim!(Int32Type, "y"));
-    let (vw, vh) = (
-        prim!(UInt16Type, "viewport_w"),
-        prim!(UInt16Type, "viewport_h"),
-    );
-    let (dw, dh) = (prim!(UInt32Type, "doc_w"), prim!(UInt32Type, "doc_h"));
-    let (selector, text) = (s("selector")?, s("text")?);
-    let rage = col("rage")?
-        .as_boolean_opt()
-        .ok_or("column rage is not a boolean")?
-        .clone();
-    let depth = prim!(UInt8Type, "scroll_depth");
-    let duration = prim!(UInt32Type, "duration_ms");
-    let (props, browser, os, device, ua, ip) = (
-        s("props")?,
-        s("browser")?,
-        s("os")?,
-        s("device")?,
-        s("user_agent")?,
-        s("ip")?,
-    );
-    let mut out = Vec::with_capacity(b.num_rows());
-    for i in 0..b.num_rows() {
-        out.push(Event {
-            event_id: event_id[i].clone(),
-            site: site[i].clone(),
-            kind: kind[i].clone(),
-            name: name[i].clone(),
-            ts: (ts[i].div_euclid(1000)) as u32,
-            ts_ms: (ts[i].rem_euclid(1000)) as u16,
-            received_at: received[i].div_euclid(1000) as u32,
-            url: url[i].clone(),
-            host: host[i].clone(),
-            path: path[i].clone(),
-            referrer: referrer[i].clone(),
-            title: title[i].clone(),
-            session_id: session_id[i].clone(),
-            visitor_id: visitor_id[i].clone(),
-            x: x[i],
-            y: y[i],
-            viewport_w: vw[i],
-            viewport_h: vh[i],
-            doc_w: dw[i],
-            doc_h: dh[i],
-            selector: selector[i].clone(),
-            text: text[i].clone(),
-            rage: u8::from(rage.value(i)),
-            scroll_depth: depth[i],
-            duration_ms: duration[i],
-            props: props[i].clone(),
-            browser: browser[i].clone(),
-            os: os[i].clone(),
-            device: device[i].clone(),
-            user_agent: ua[i].clone(),
-            ip: ip[i].clone(),
+        cols.push(match c.kind {
+            Kind::Str | Kind::LowStr => {
+                ArchiveCol::Str(a.as_string_opt::<i32>().ok_or_else(wrong)?)
+            }
+            Kind::DateTime => {
+                last_time = c.name;
+                ArchiveCol::Secs(
+                    a.as_primitive_opt::<TimestampMillisecondType>()
+                        .ok_or_else(wrong)?,
+                )
+            }
+            Kind::Millis => ArchiveCol::Millis(
+                a.as_primitive_opt::<TimestampMillisecondType>()
+                    .ok_or_else(wrong)?,
+            ),
+            Kind::Flag => ArchiveCol::Bool(a.as_boolean_opt().ok_or_else(wrong)?),
+            Kind::U8 => ArchiveCol::U8(a.as_primitive_opt::<UInt8Type>().ok_or_else(wrong)?),
+            Kind::U16 => ArchiveCol::U16(a.as_primitive_opt::<UInt16Type>().ok_or_else(wrong)?),
+            Kind::U32 => ArchiveCol::U32(a.as_primitive_opt::<UInt32Type>().ok_or_else(wrong)?),
+            Kind::I32 => ArchiveCol::I32(a.as_primitive_opt::<Int32Type>().ok_or_else(wrong)?),
         });
     }
-    Ok(out)
+    (0..b.num_rows())
+        .map(|r| {
+            Event::from_cells(|i| {
+                Ok(match &cols[i] {
+                    ArchiveCol::Str(a) => Cell::Str(a.value(r).to_string().into()),
+                    ArchiveCol::Secs(a) => Cell::U(a.value(r).div_euclid(1000) as u64),
+                    ArchiveCol::Millis(a) => Cell::U(a.value(r).rem_euclid(1000) as u64),
+                    ArchiveCol::Bool(a) => Cell::U(u64::from(a.value(r))),
+                    ArchiveCol::U8(a) => Cell::U(u64::from(a.value(r))),
+                    ArchiveCol::U16(a) => Cell::U(u64::from(a.value(r))),
+                    ArchiveCol::U32(a) => Cell::U(u64::from(a.value(r))),
+                    ArchiveCol::I32(a) => Cell::I(a.value(r)),
+                })
+            })
+        })
+        .collect()
 }
 
 /// A Parquet file being written batch by batch; memory stays bounded by one row group.
@@ -341,23 +166,18 @@ pub struct FileWriter {
     row_group: usize,
     row_group_rows: usize,
     rows_in_group: usize,
-    pending: BatchBuilder,
     rows: u64,
-}
-
-fn pq(e: parquet::errors::ParquetError) -> String {
-    e.to_string()
 }
 
 /// Runs `f` on every item, alternate items on this thread and on a scoped helper (columns of a
 /// row group are independent), and returns the results in the items' order.
 fn on_two_threads<T: Send, R: Send>(
     items: Vec<T>,
-    f: impl Fn(T) -> Result<R, String> + Sync,
-) -> Result<Vec<R>, String> {
+    f: impl Fn(T) -> Result<R, CompactError> + Sync,
+) -> Result<Vec<R>, CompactError> {
     let (mine, theirs): (Vec<_>, Vec<_>) =
         items.into_iter().enumerate().partition(|(i, _)| i % 2 == 0);
-    let run = |half: Vec<(usize, T)>| -> Result<Vec<(usize, R)>, String> {
+    let run = |half: Vec<(usize, T)>| -> Result<Vec<(usize, R)>, CompactError> {
         half.into_iter()
             .map(|(i, t)| f(t).map(|r| (i, r)))
             .collect()
@@ -367,24 +187,23 @@ fn on_two_threads<T: Send, R: Send>(
         let here = run(mine);
         let there = helper
             .join()
-            .map_err(|_| "a Parquet encoding thread panicked")?;
+            .map_err(|_| CompactError::Native("a Parquet encoding thread panicked".into()))?;
         let mut here = here?;
         here.extend(there?);
-        Ok::<_, String>(here)
+        Ok::<_, CompactError>(here)
     })?;
     done.sort_by_key(|(i, _)| *i);
     Ok(done.into_iter().map(|(_, r)| r).collect())
 }
 
 impl FileWriter {
-    pub fn create(path: &Path, row_group_rows: usize) -> Result<Self, String> {
-        let f = File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    pub fn create(path: &Path, row_group_rows: usize) -> Result<Self, CompactError> {
+        let f = File::create(path)?;
         let schema = schema();
         let props = Arc::new(writer_properties(row_group_rows));
         let parquet_schema = ArrowSchemaConverter::new()
             .with_coerce_types(props.coerce_types())
-            .convert(&schema)
-            .map_err(pq)?;
+            .convert(&schema)?;
         // Readers (pyarrow, DuckDB, ClickHouse) take the Arrow schema from the metadata:
         // without it the timestamps' UTC zone would be lost.
         let mut props_with_schema = (*props).clone();
@@ -393,10 +212,9 @@ impl FileWriter {
             f,
             parquet_schema.root_schema_ptr(),
             Arc::new(props_with_schema),
-        )
-        .map_err(pq)?;
+        )?;
         let factory = ArrowRowGroupWriterFactory::new(&file, schema.clone());
-        let columns = factory.create_column_writers(0).map_err(pq)?;
+        let columns = factory.create_column_writers(0)?;
         Ok(Self {
             file,
             factory,
@@ -405,21 +223,11 @@ impl FileWriter {
             row_group: 0,
             row_group_rows,
             rows_in_group: 0,
-            pending: BatchBuilder::default(),
             rows: 0,
         })
     }
 
-    pub fn push(&mut self, e: &EventRef<'_>) -> Result<(), String> {
-        self.pending.push(e);
-        if self.pending.len() >= BATCH_ROWS {
-            let batch = self.pending.finish();
-            self.write(&batch)?;
-        }
-        Ok(())
-    }
-
-    pub fn write(&mut self, batch: &RecordBatch) -> Result<(), String> {
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<(), CompactError> {
         let mut offset = 0;
         while offset < batch.num_rows() {
             let n = (batch.num_rows() - offset).min(self.row_group_rows - self.rows_in_group);
@@ -435,35 +243,32 @@ impl FileWriter {
     }
 
     /// Encodes one batch into the row group's column writers.
-    fn encode(&mut self, batch: &RecordBatch) -> Result<(), String> {
+    fn encode(&mut self, batch: &RecordBatch) -> Result<(), CompactError> {
         let mut leaves = Vec::with_capacity(batch.num_columns());
         for (field, array) in self.fields.iter().zip(batch.columns()) {
-            leaves.extend(compute_leaves(field, array).map_err(pq)?);
+            leaves.extend(compute_leaves(field, array)?);
         }
         on_two_threads(
             self.columns.iter_mut().zip(&leaves).collect(),
-            |(w, leaf)| w.write(leaf).map_err(pq),
+            |(w, leaf)| Ok(w.write(leaf)?),
         )?;
         Ok(())
     }
 
-    fn flush_row_group(&mut self) -> Result<(), String> {
+    fn flush_row_group(&mut self) -> Result<(), CompactError> {
         if self.rows_in_group == 0 {
             return Ok(());
         }
         self.row_group += 1;
-        let next = self
-            .factory
-            .create_column_writers(self.row_group)
-            .map_err(pq)?;
+        let next = self.factory.create_column_writers(self.row_group)?;
         let columns = std::mem::replace(&mut self.columns, next);
         // Closing a column writer flushes its last page and compresses it: also in parallel.
-        let chunks = on_two_threads(columns, |w| w.close().map_err(pq))?;
-        let mut rg = self.file.next_row_group().map_err(pq)?;
+        let chunks = on_two_threads(columns, |w| Ok(w.close()?))?;
+        let mut rg = self.file.next_row_group()?;
         for chunk in chunks {
-            chunk.append_to_row_group(&mut rg).map_err(pq)?;
+            chunk.append_to_row_group(&mut rg)?;
         }
-        rg.close().map_err(pq)?;
+        rg.close()?;
         self.rows_in_group = 0;
         Ok(())
     }
@@ -471,42 +276,38 @@ impl FileWriter {
     /// Finishes the file; returns the rows written. No fsync: this is the staging copy, which
     /// a crash simply makes the compactor write again. The published copy is the one that
     /// must be durable (the archive store syncs it) before any row leaves ClickHouse.
-    pub fn finish(mut self) -> Result<u64, String> {
-        if !self.pending.is_empty() {
-            let batch = self.pending.finish();
-            self.write(&batch)?;
-        }
+    pub fn finish(mut self) -> Result<u64, CompactError> {
         self.flush_row_group()?;
-        self.file.into_inner().map_err(pq)?;
+        self.file.into_inner()?;
         Ok(self.rows)
     }
 }
 
 /// Reads a Parquet file back and checksums every row (verification), straight from the
 /// Arrow arrays: no row is materialised.
-pub fn checksum_file(path: &Path) -> Result<Checksum, String> {
+pub fn checksum_file(path: &Path) -> Result<Checksum, CompactError> {
     let mut sum = Checksum::default();
     for batch in open(path)? {
-        let batch = batch.map_err(|e| e.to_string())?;
+        let batch = batch?;
         super::checksum::add_batch(&mut sum, &batch)?;
     }
     Ok(sum)
 }
 
-fn open(path: &Path) -> Result<parquet::arrow::arrow_reader::ParquetRecordBatchReader, String> {
-    let file = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    ParquetRecordBatchReaderBuilder::try_new(file)
-        .map_err(|e| format!("{}: {e}", path.display()))?
+fn open(
+    path: &Path,
+) -> Result<parquet::arrow::arrow_reader::ParquetRecordBatchReader, CompactError> {
+    let file = File::open(path)?;
+    Ok(ParquetRecordBatchReaderBuilder::try_new(file)?
         .with_batch_size(BATCH_ROWS)
-        .build()
-        .map_err(|e| e.to_string())
+        .build()?)
 }
 
 /// Calls `f` for every row of a Parquet file, one record batch in memory at a time.
-pub fn for_each_row(path: &Path, mut f: impl FnMut(Event)) -> Result<(), String> {
+pub fn for_each_row(path: &Path, mut f: impl FnMut(Event)) -> Result<(), CompactError> {
     for batch in open(path)? {
-        let batch = batch.map_err(|e| e.to_string())?;
-        for e in from_batch(&batch)? {
+        let batch = batch?;
+        for e in from_batch(&batch).map_err(|e| CompactError::Archive(e.to_string()))? {
             f(e);
         }
     }
@@ -516,24 +317,39 @@ pub fn for_each_row(path: &Path, mut f: impl FnMut(Event)) -> Result<(), String>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::compactor::native::{encode_block, NativeDecoder};
 
+    /// Rows → the compactor's export path (Native → Arrow) → Parquet → our reader: every
+    /// column comes back by name with its value (the rows hold a distinct value per column).
     #[test]
     fn events_round_trip_through_parquet() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("t.parquet");
-        let rows: Vec<Event> = (0..70_000)
+        let base = crate::row::tests::distinct_row();
+        let rows: Vec<Event> = (0..70_000u32)
             .map(|i| Event {
-                event_id: format!("e{i}"),
+                event_id: format!("e{i}").into(),
                 ts: 1_700_000_000 + i,
                 ts_ms: (i % 1000) as u16,
                 x: i as i32 - 100,
                 rage: (i % 2) as u8,
-                ..crate::compactor::tests_support::event()
+                ..base.clone()
             })
             .collect();
         let mut w = FileWriter::create(&p, 32_768).unwrap();
-        for r in &rows {
-            w.push(&EventRef::from(r)).unwrap();
+        let mut decoder = NativeDecoder::new(BATCH_ROWS);
+        let mut batches = Vec::new();
+        for chunk in rows.chunks(10_000) {
+            decoder
+                .feed(&encode_block(chunk, |_| 0), &mut |b| {
+                    batches.push(b);
+                    Ok(())
+                })
+                .unwrap();
+        }
+        batches.extend(decoder.finish().unwrap().0);
+        for b in &batches {
+            w.write(b).unwrap();
         }
         assert_eq!(w.finish().unwrap(), 70_000);
         // The fast checksum (from Arrow arrays) equals the one computed from the rows.
@@ -545,6 +361,25 @@ mod tests {
         let mut back = Vec::new();
         for_each_row(&p, |e| back.push(e)).unwrap();
         assert_eq!(back, rows, "row for row");
+        // By name and value, independently of our reader: each text column holds its name.
+        let file = File::open(&p).unwrap();
+        let mut reader = ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap()
+            .build()
+            .unwrap();
+        let first = reader.next().unwrap().unwrap();
+        for c in COLUMNS
+            .iter()
+            .filter(|c| c.kind.is_text() && c.name != "event_id")
+        {
+            let a = first.column_by_name(c.name).unwrap().as_string::<i32>();
+            assert_eq!(a.value(0), format!("{}-value", c.name), "column {}", c.name);
+        }
+        assert_eq!(
+            first.schema().fields().len(),
+            COLUMNS.len() - 1,
+            "every column but ts_ms, which is folded into ts"
+        );
         let meta = ParquetRecordBatchReaderBuilder::try_new(File::open(&p).unwrap()).unwrap();
         assert_eq!(
             meta.metadata().num_row_groups(),

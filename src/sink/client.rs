@@ -23,7 +23,7 @@ pub fn client(cfg: &ClickHouseConfig) -> clickhouse::Client {
     c
 }
 
-/// Inserts `rows`, whole rows in [`crate::rowbinary`] format, as one INSERT (one block). The
+/// Inserts `rows`, whole rows in RowBinary ([`crate::row`]), as one INSERT (one block). The
 /// caller keeps the bytes: a retry must resend exactly the same rows.
 pub async fn insert(
     client: &clickhouse::Client,
@@ -33,7 +33,7 @@ pub async fn insert(
     let mut insert = client
         .insert_formatted_with(format!(
             "INSERT INTO {EVENTS_TABLE} ({}) FORMAT RowBinary",
-            crate::rowbinary::COLUMNS
+            crate::row::insert_columns()
         ))
         .with_timeouts(Some(timeout), Some(timeout));
     // LZ4 frames of 1 MiB: ClickHouse decompresses block by block, so the size of a frame

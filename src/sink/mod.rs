@@ -26,8 +26,8 @@ use tokio::sync::watch;
 
 use crate::config::{ClickHouseConfig, SinkConfig};
 use crate::dlq::{DeadLetters, NewEntry, Origin, Stage};
-use crate::event::EventRef;
 use crate::metrics::{ClassLabel, Metrics};
+use crate::row::EventRow;
 use crate::spool::{Checkpoint, Lsn, SpoolConsumer, SpoolReader, StoredRows};
 use classify::{classify, exception_code, row_specific, ErrorClass};
 
@@ -254,19 +254,20 @@ impl Sink {
         for (lsn, payload) in &batch.payloads {
             let start = body.len();
             let scanned = match crate::spool::payload_parts(payload) {
-                Some((n, StoredRows::RowBinary(rows))) => {
-                    crate::rowbinary::row_ends(rows, n as usize)
-                        .inspect(|_| body.extend_from_slice(rows))
-                }
+                Some((n, StoredRows::RowBinary(rows))) => crate::row::row_ends(rows, n as usize)
+                    .inspect(|_| body.extend_from_slice(rows))
+                    .map_err(|e| e.to_string()),
                 // A record of an older version: re-encoded once.
-                Some((_, StoredRows::Json(_))) => crate::spool::decode_events(payload).map(|r| {
-                    r.iter()
-                        .map(|e| {
-                            crate::rowbinary::encode(&e.to_event(), &mut body);
-                            body.len() - start
-                        })
-                        .collect()
-                }),
+                Some((_, StoredRows::Json(_))) => crate::spool::decode_events(payload)
+                    .map(|r| {
+                        r.iter()
+                            .map(|e| {
+                                e.encode(&mut body);
+                                body.len() - start
+                            })
+                            .collect()
+                    })
+                    .map_err(|e| e.to_string()),
                 None => Err("record without a known header".to_string()),
             };
             match scanned {
@@ -370,7 +371,7 @@ impl Sink {
                                 todo.push((range.start..mid, 1));
                             } else {
                                 // Boundaries were checked when the batch was assembled.
-                                let refused = crate::rowbinary::decode_all(slice, rows)
+                                let refused = crate::row::decode_all(slice, rows)
                                     .map_err(std::io::Error::other)?;
                                 self.dead_letter(&refused, code, msg, first_failed_ms, attempt)
                                     .await?;
@@ -387,7 +388,7 @@ impl Sink {
 
     async fn dead_letter(
         &self,
-        rows: &[EventRef<'_>],
+        rows: &[EventRow<'_>],
         code: Option<u32>,
         reason: String,
         first_failed_ms: i64,
@@ -407,7 +408,7 @@ impl Sink {
             },
             events: Vec::new(),
             errors: Vec::new(),
-            rows: rows.iter().map(EventRef::to_event).collect(),
+            rows: rows.iter().map(|r| r.clone().into_owned()).collect(),
             raw: None,
         };
         let dlq = self.dlq.clone();

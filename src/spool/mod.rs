@@ -52,6 +52,8 @@ pub enum StoredRows<'a> {
     Json(&'a [u8]),
 }
 
+use crate::rowbinary::RowError;
+
 /// The payload of a record: `row count: u32 LE`, a format byte, then the rows in ClickHouse's
 /// RowBinary ([`crate::rowbinary`]). The count lets the sink cut batches without decoding; the
 /// rows are the insert's body as they are.
@@ -60,7 +62,7 @@ pub fn encode_events(events: &[crate::event::Event]) -> Vec<u8> {
     out.extend_from_slice(&(events.len() as u32).to_le_bytes());
     out.push(FORMAT_ROWBINARY);
     for e in events {
-        crate::rowbinary::encode(e, &mut out);
+        e.encode(&mut out);
     }
     out
 }
@@ -76,14 +78,17 @@ pub fn payload_parts(payload: &[u8]) -> Option<(u32, StoredRows<'_>)> {
 }
 
 /// The rows of a record payload, borrowing their strings where the format allows.
-pub fn decode_events(payload: &[u8]) -> Result<Vec<crate::event::EventRef<'_>>, String> {
-    let (count, rows) = payload_parts(payload).ok_or("record without a known header")?;
-    let rows: Vec<crate::event::EventRef<'_>> = match rows {
-        StoredRows::RowBinary(b) => crate::rowbinary::decode_all(b, count as usize)?,
-        StoredRows::Json(json) => serde_json::from_slice(json).map_err(|e| e.to_string())?,
+pub fn decode_events(payload: &[u8]) -> Result<Vec<crate::row::EventRow<'_>>, RowError> {
+    let (count, rows) = payload_parts(payload).ok_or(RowError::CutShort)?;
+    let rows: Vec<crate::row::EventRow<'_>> = match rows {
+        StoredRows::RowBinary(b) => crate::row::decode_all(b, count as usize)?,
+        StoredRows::Json(json) => serde_json::from_slice(json)?,
     };
     if rows.len() != count as usize {
-        return Err(format!("record says {count} rows but holds {}", rows.len()));
+        return Err(RowError::Count {
+            said: count as usize,
+            held: rows.len(),
+        });
     }
     Ok(rows)
 }
@@ -240,10 +245,13 @@ mod tests {
         assert_eq!(payload_parts(&p).unwrap().0, 2);
         let rows = decode_events(&p).unwrap();
         assert_eq!(rows.len(), 2);
-        assert_eq!(rows[1].to_event(), e);
+        assert_eq!(rows[1].clone().into_owned(), e);
         let mut wrong = p.clone();
         wrong[0] = 3;
-        assert!(decode_events(&wrong).unwrap_err().contains("says 3 rows"));
+        assert!(decode_events(&wrong)
+            .unwrap_err()
+            .to_string()
+            .contains("says 3 rows"));
         assert!(decode_events(&p[..2]).is_err());
         assert!(decode_events(&p[..p.len() - 1]).is_err());
     }
@@ -258,7 +266,7 @@ mod tests {
             payload_parts(&old),
             Some((1, StoredRows::Json(_)))
         ));
-        assert_eq!(decode_events(&old).unwrap()[0].to_event(), e);
+        assert_eq!(decode_events(&old).unwrap()[0].clone().into_owned(), e);
         let mut unknown = encode_events(std::slice::from_ref(&e));
         unknown[4] = 7;
         assert!(payload_parts(&unknown).is_none());
