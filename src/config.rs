@@ -208,6 +208,45 @@ impl Default for PrivacyConfig {
     }
 }
 
+/// A credential: printed as `***` by `Debug` and `Display`, serialised as itself only so that a
+/// config can be written back (tests start the binary from a written config). The value is
+/// reached through [`Secret::expose`], which makes every use visible in review.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(s: &str) -> Self {
+        Self(s.to_string())
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"***\"" })
+    }
+}
+
+impl std::fmt::Display for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self, f)
+    }
+}
+
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClickHouseConfig {
@@ -215,7 +254,7 @@ pub struct ClickHouseConfig {
     pub url: String,
     pub database: String,
     pub user: String,
-    pub password: String,
+    pub password: Secret,
     /// Deadline of one insert or query.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
@@ -231,10 +270,7 @@ impl std::fmt::Debug for ClickHouseConfig {
             .field("url", &self.url)
             .field("database", &self.database)
             .field("user", &self.user)
-            .field(
-                "password",
-                &if self.password.is_empty() { "" } else { "***" },
-            )
+            .field("password", &self.password)
             .field("timeout", &self.timeout)
             .finish()
     }
@@ -246,7 +282,7 @@ impl Default for ClickHouseConfig {
             url: "http://127.0.0.1:8123".into(),
             database: "clicktrail".into(),
             user: "default".into(),
-            password: String::new(),
+            password: Secret::default(),
             timeout: Duration::from_secs(30),
             probe_interval: Duration::from_secs(5),
         }

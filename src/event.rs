@@ -59,6 +59,12 @@ pub struct RawEvent<'a> {
     #[serde(borrow)]
     pub text: Option<Cow<'a, str>>,
     pub rage: Option<bool>,
+    pub ex: Option<Number>,
+    pub ey: Option<Number>,
+    pub dead: Option<bool>,
+    pub error: Option<bool>,
+    #[serde(borrow)]
+    pub pv: Option<Cow<'a, str>>,
     pub depth: Option<Number>,
     pub duration_ms: Option<Number>,
     #[serde(borrow)]
@@ -414,7 +420,20 @@ impl Validator {
             device: enrich.device.clone().into(),
             user_agent: enrich.user_agent.clone().into(),
             ip: enrich.ip.clone().into(),
+            device_class: device_class(ev.vw.map_or(0, |v| v.0 as i64)).into(),
+            pageview_id: match (kind, ev.pv.as_deref()) {
+                (EventType::Pageview, _) => Cow::Owned(String::new()),
+                (_, Some(pv)) if !pv.is_empty() => {
+                    check_token("pv", pv, l.max_id_len)?;
+                    Cow::Owned(pv.to_string())
+                }
+                _ => Cow::Owned(String::new()),
+            },
+            ..Event::default()
         };
+        if kind == EventType::Pageview {
+            e.pageview_id = e.event_id.clone();
+        }
 
         match kind {
             EventType::Pageview => {}
@@ -424,6 +443,10 @@ impl Validator {
                 e.x = required_int("x", ev.x, -1_000_000, 10_000_000)? as i32;
                 e.y = required_int("y", ev.y, -1_000_000, 100_000_000)? as i32;
                 e.rage = u8::from(ev.rage.unwrap_or(false));
+                e.dead = u8::from(ev.dead.unwrap_or(false));
+                e.error = u8::from(ev.error.unwrap_or(false));
+                e.elem_x = int_in("ex", ev.ex, 0, u16::MAX as i64)? as u16;
+                e.elem_y = int_in("ey", ev.ey, 0, u16::MAX as i64)? as u16;
             }
             EventType::Scroll => {
                 e.scroll_depth = required_int("depth", ev.depth, 0, 100)? as u8;
@@ -479,6 +502,17 @@ fn describe_parse_error(json: &str) -> Rejection {
         })
         .unwrap_or(problem);
     Rejection::InvalidValue { field, problem }
+}
+
+/// The device class of a viewport width, with the thresholds of docs/schema.md (the same as the
+/// column's DEFAULT in migrations/0002_analytics.sql, which fills rows older than the column).
+pub fn device_class(viewport_w: i64) -> &'static str {
+    match viewport_w {
+        i64::MIN..=0 => "unknown",
+        1..=767 => "mobile",
+        768..=1023 => "tablet",
+        _ => "desktop",
+    }
 }
 
 /// The clock-skew rule: a client time within [received − past, received + future] is kept;
@@ -698,7 +732,7 @@ mod tests {
     #[test]
     fn click_is_enriched() {
         let e = run(&format!(
-            r#"{{"type":"click",{BASE},"x":10.4,"y":2000,"vw":1280,"vh":720,"selector":"button#buy","text":"Buy","rage":true}}"#
+            r#"{{"type":"click",{BASE},"x":10.4,"y":2000,"vw":1280,"vh":720,"selector":"button#buy","text":"Buy","rage":true,"ex":16384,"ey":65535,"error":true,"pv":"p1"}}"#
         ))
         .unwrap();
         assert_eq!(e.kind, "click");
@@ -707,6 +741,9 @@ mod tests {
             (10, 2000, 1280, 720)
         );
         assert_eq!(e.rage, 1);
+        assert_eq!((e.elem_x, e.elem_y, e.dead, e.error), (16384, 65535, 0, 1));
+        assert_eq!(e.device_class, "desktop");
+        assert_eq!(e.pageview_id, "p1");
         assert_eq!(e.host, "shop.example");
         assert_eq!(e.path, "/cart");
         assert_eq!(e.ts, 1_700_000_000);
@@ -802,6 +839,25 @@ mod tests {
         assert_eq!(ok.len(), 2);
         assert_eq!(rejected.len(), 1);
         assert_eq!(rejected[0].0, 1);
+    }
+
+    #[test]
+    fn page_views_are_their_own_page_view_and_widths_have_classes() {
+        let e = run(&format!(
+            r#"{{"type":"pageview",{BASE},"vw":500,"pv":"other"}}"#
+        ))
+        .unwrap();
+        assert_eq!(e.pageview_id, "e1");
+        assert_eq!(e.device_class, "mobile");
+        let err = run(&format!(
+            r#"{{"type":"click",{BASE},"x":1,"y":1,"ex":70000}}"#
+        ))
+        .unwrap_err();
+        assert_eq!(err.to_string(), "field ex: must be between 0 and 65535");
+        assert_eq!(
+            [0, 767, 768, 1023, 1024].map(device_class),
+            ["unknown", "mobile", "tablet", "tablet", "desktop"]
+        );
     }
 
     #[test]

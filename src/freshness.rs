@@ -58,7 +58,7 @@ pub async fn run_probe(
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
-        let r = crate::sink::client::ping(&client, timeout).await;
+        let r = crate::clickhouse::ping(&client, timeout).await;
         metrics.clickhouse_up.set(i64::from(r.is_ok()));
         if let Err(e) = &r {
             tracing::debug!(error = %e, "clickhouse probe failed");
@@ -89,6 +89,7 @@ fn canary_event(id: &str, now_ms: i64) -> crate::event::Event {
         session_id: "canary".into(),
         visitor_id: "canary".into(),
         device: "other".into(),
+        device_class: "unknown".into(),
         ..Default::default()
     }
 }

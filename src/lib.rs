@@ -30,6 +30,7 @@
 //! - [`metrics`]: every Prometheus metric, defined once.
 //! - [`serve`]: wires the above together and shuts them down in order.
 
+pub mod clickhouse;
 pub mod compactor;
 pub mod config;
 pub mod dlq;

@@ -227,12 +227,9 @@ async fn check(config: Config) -> anyhow::Result<ExitCode> {
         }
     }
 
-    let client = clickhouse::Client::default()
-        .with_url(&config.clickhouse.url)
-        .with_user(&config.clickhouse.user)
-        .with_password(&config.clickhouse.password)
-        .with_validation(false);
-    match migrate::server_version(&client).await {
+    // The database may not exist yet: ask the server about it from `default`.
+    let client = clicktrail::clickhouse::client(&config.clickhouse).with_database("default");
+    match clicktrail::clickhouse::server_version(&client).await {
         Ok((_, v)) => {
             println!(
                 "clickhouse: ok ({} answers, version {v})",

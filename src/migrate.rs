@@ -4,26 +4,33 @@
 //! record is harmless on the next run.
 //!
 //! One set of files serves every supported server: they use `{{...}}` placeholders that
-//! [`Dialect`] fills in per server version (ClickHouse 18.16 lacks LowCardinality without an
-//! experimental setting that current releases reject, and lacks
-//! `non_replicated_deduplication_window`). `clicktrail migrate --print-sql --server-version X.Y`
+//! [`Dialect`] (in [`crate::clickhouse`], with every other server difference) fills in per
+//! server version. `clicktrail migrate --print-sql --server-version X.Y`
 //! prints exactly what would run.
 
 use std::fmt::Write as _;
 
+pub use crate::clickhouse::{Dialect, ServerVersion};
 use crate::config::ClickHouseConfig;
 
 /// (version, file name, contents), in order. A unit test checks this lists every file.
-pub const MIGRATIONS: &[(u32, &str, &str)] = &[(
-    1,
-    "0001_create_events.sql",
-    include_str!("../migrations/0001_create_events.sql"),
-)];
+pub const MIGRATIONS: &[(u32, &str, &str)] = &[
+    (
+        1,
+        "0001_create_events.sql",
+        include_str!("../migrations/0001_create_events.sql"),
+    ),
+    (
+        2,
+        "0002_analytics.sql",
+        include_str!("../migrations/0002_analytics.sql"),
+    ),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
-    #[error("`{0}` is not a ClickHouse version: write MAJOR.MINOR, e.g. 18.16 or 26.1")]
-    BadVersion(String),
+    #[error(transparent)]
+    BadVersion(#[from] crate::clickhouse::BadVersion),
     #[error("ClickHouse at {url} did not answer: {source}")]
     Connect {
         url: String,
@@ -37,62 +44,6 @@ pub enum MigrateError {
     },
     #[error("recording migrations failed: {0}")]
     Record(clickhouse::error::Error),
-}
-
-/// Server version as (major, minor).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct ServerVersion(pub u32, pub u32);
-
-impl std::str::FromStr for ServerVersion {
-    type Err = MigrateError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let mut it = s.trim().split('.');
-        let major = it.next().and_then(|p| p.parse().ok());
-        let minor = it.next().and_then(|p| p.parse().ok());
-        match (major, minor) {
-            (Some(a), Some(b)) => Ok(ServerVersion(a, b)),
-            _ => Err(MigrateError::BadVersion(s.to_string())),
-        }
-    }
-}
-
-/// What the SQL may use on a given server.
-#[derive(Debug, Clone, Copy)]
-pub struct Dialect {
-    pub version: ServerVersion,
-}
-
-impl Dialect {
-    /// LowCardinality is production-ready (no experimental flag) from 19.x on; 20.1 is the
-    /// first release where every tool around it handles it, so we start there.
-    pub fn low_cardinality(&self) -> bool {
-        self.version >= ServerVersion(20, 1)
-    }
-
-    /// Block deduplication for plain MergeTree (`non_replicated_deduplication_window`).
-    pub fn non_replicated_dedup(&self) -> bool {
-        self.version >= ServerVersion(21, 3)
-    }
-
-    pub fn render(&self, sql: &str, db: &str) -> String {
-        sql.replace("{{db}}", db)
-            .replace(
-                "{{lowcard_string}}",
-                if self.low_cardinality() {
-                    "LowCardinality(String)"
-                } else {
-                    "String"
-                },
-            )
-            .replace(
-                "{{dedup_settings}}",
-                if self.non_replicated_dedup() {
-                    ", non_replicated_deduplication_window = 1000"
-                } else {
-                    ""
-                },
-            )
-    }
 }
 
 /// Statements of a rendered file: split at `;` line ends, comments and blanks dropped.
@@ -151,31 +102,18 @@ pub fn plan_sql(dialect: Dialect, db: &str) -> String {
     out
 }
 
-pub async fn server_version(
-    client: &clickhouse::Client,
-) -> Result<(ServerVersion, String), clickhouse::error::Error> {
-    let v: String = client.query("SELECT version()").fetch_one().await?;
-    let parsed = v.parse().unwrap_or(ServerVersion(0, 0));
-    Ok((parsed, v))
-}
-
 /// Applies pending migrations; returns the names applied.
 pub async fn run(cfg: &ClickHouseConfig) -> Result<Vec<String>, MigrateError> {
     // No default database: it may not exist yet.
-    let mut client = clickhouse::Client::default()
-        .with_url(&cfg.url)
-        .with_user(&cfg.user)
-        .with_validation(false);
-    if !cfg.password.is_empty() {
-        client = client.with_password(&cfg.password);
-    }
-    let (version, full) =
-        server_version(&client)
-            .await
-            .map_err(|source| MigrateError::Connect {
-                url: cfg.url.clone(),
-                source,
-            })?;
+    let client = crate::clickhouse::client(cfg)
+        .with_database("default")
+        .with_compression(::clickhouse::Compression::None);
+    let (version, full) = crate::clickhouse::server_version(&client)
+        .await
+        .map_err(|source| MigrateError::Connect {
+            url: cfg.url.clone(),
+            source,
+        })?;
     tracing::info!(server = %full, "migrating");
     let dialect = Dialect { version };
     let db = &cfg.database;
@@ -201,15 +139,26 @@ pub async fn run(cfg: &ClickHouseConfig) -> Result<Vec<String>, MigrateError> {
             continue;
         }
         for s in statements(&dialect.render(sql, db)) {
-            client
-                .query(&s)
-                .execute()
-                .await
-                .map_err(|source| MigrateError::Statement {
-                    file: name.to_string(),
-                    statement: s.clone(),
-                    source,
-                })?;
+            match client.query(&s).execute().await {
+                Ok(()) => {}
+                // Only where the dialect has no `ADD COLUMN IF NOT EXISTS`: the columns of
+                // this statement were added by an earlier run that crashed before its record
+                // (one ALTER with several ADD COLUMN is all or nothing).
+                Err(e)
+                    if !dialect.add_column_if_not_exists()
+                        && s.trim_start().starts_with("ALTER TABLE")
+                        && crate::clickhouse::codes::is_column_exists(&e) =>
+                {
+                    tracing::info!(migration = name, "columns already there, continuing");
+                }
+                Err(source) => {
+                    return Err(MigrateError::Statement {
+                        file: name.to_string(),
+                        statement: s.clone(),
+                        source,
+                    })
+                }
+            }
         }
         client
             .query(&record_sql(db, *version, name, sql))
@@ -265,15 +214,6 @@ mod tests {
         assert!(
             !old.contains("{{") && !new.contains("{{"),
             "all placeholders filled"
-        );
-    }
-
-    #[test]
-    fn bad_versions_are_refused() {
-        assert!("eighteen".parse::<ServerVersion>().is_err());
-        assert_eq!(
-            "18.16.1".parse::<ServerVersion>().unwrap(),
-            ServerVersion(18, 16)
         );
     }
 }

@@ -305,6 +305,18 @@ events_row! { <'a>
     user_agent "user_agent": Cow<'a, str> = Str,
     /// the client address as privacy.ip stores it
     ip "ip": Cow<'a, str> = Str,
+    /// client `ex` (clicks): where inside the clicked element, 0 = left edge, 65535 = right
+    elem_x "elem_x": u16 = U16,
+    /// client `ey` (clicks): 0 = top edge, 65535 = bottom edge
+    elem_y "elem_y": u16 = U16,
+    /// client `dead` (clicks): nothing happened within 1 s
+    dead "dead": u8 = Flag,
+    /// client `error` (clicks): an uncaught error within 1 s
+    error "error": u8 = Flag,
+    /// from `vw`: unknown (0), mobile (< 768), tablet (< 1024), desktop
+    device_class "device_class": Cow<'a, str> = LowStr,
+    /// client `pv`: the event id of the page view this event belongs to (its own id on a page view)
+    pageview_id "pageview_id": Cow<'a, str> = Str,
 }
 
 /// A validated row that owns its strings: what validation produces.

@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::dlq::DeadLetters;
 use crate::http::{router, AppState};
 use crate::metrics::Metrics;
-use crate::sink::{client, Sink};
+use crate::sink::Sink;
 use crate::spool::Spool;
 
 #[derive(Debug, thiserror::Error)]
@@ -69,9 +69,9 @@ pub async fn run(
     let mut sink_task = tokio::spawn(sink.run());
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (probe_tx, probe_rx) = watch::channel(Err("not probed yet".to_string()));
+    let (probe_tx, probe_rx) = watch::channel(Err(crate::clickhouse::PingError::NotYet));
     let probe = tokio::spawn(crate::freshness::run_probe(
-        client::client(&config.clickhouse),
+        crate::clickhouse::client(&config.clickhouse),
         config.clickhouse.probe_interval,
         config.clickhouse.timeout,
         metrics.clone(),
@@ -121,7 +121,7 @@ pub async fn run(
     let canary = (!config.freshness.canary_interval.is_zero()).then(|| {
         tokio::spawn(crate::freshness::run_canary(
             spool.handle.clone(),
-            client::client(&config.clickhouse),
+            crate::clickhouse::client(&config.clickhouse),
             config.clickhouse.database.clone(),
             config.freshness.canary_interval,
             metrics.clone(),

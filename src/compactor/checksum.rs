@@ -17,6 +17,29 @@ pub(super) fn sql_row_hash() -> String {
     format!("cityHash64({})", cols.join(", "))
 }
 
+/// The same hash as SQL over an archive file's columns (`FROM file('…', Parquet)`): the
+/// timestamps split back into the DateTime and its milliseconds, booleans back to UInt8. Lets
+/// any ClickHouse check a published part by hand (docs/archive.md) and the tests check ours.
+pub fn archive_sql_row_hash() -> String {
+    let mut last_time = "";
+    let cols: Vec<String> = COLUMNS
+        .iter()
+        .map(|c| match c.kind {
+            Kind::DateTime => {
+                last_time = c.name;
+                format!(
+                    "toDateTime(intDiv(toUnixTimestamp64Milli({}), 1000))",
+                    c.name
+                )
+            }
+            Kind::Millis => format!("toUInt16(toUnixTimestamp64Milli({last_time}) % 1000)"),
+            Kind::Flag => format!("toUInt8({})", c.name),
+            _ => c.name.to_string(),
+        })
+        .collect();
+    format!("cityHash64({})", cols.join(", "))
+}
+
 fn hash_cell(h: &mut RowHasher, c: &Cell<'_>) {
     match c {
         Cell::Str(s) => h.str(s.as_bytes()),

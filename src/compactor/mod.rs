@@ -27,6 +27,7 @@ mod checksum;
 mod cityhash;
 pub mod manifest;
 mod native;
+pub use checksum::archive_sql_row_hash;
 #[doc(hidden)]
 pub use native::record_batches;
 pub mod parquet_io;
@@ -218,7 +219,7 @@ impl Compactor {
         let (store, store_url) = open_store(&cfg.archive_url, data_dir)?;
         let staging = data_dir.join("compactor-staging");
         std::fs::create_dir_all(&staging)?;
-        let client = crate::sink::client::client(ch)
+        let client = crate::clickhouse::client(ch)
             // Archiving a large day sorts on disk rather than failing on memory.
             .with_setting("max_bytes_before_external_sort", "2000000000")
             .with_setting("max_execution_time", "3600");
@@ -586,7 +587,7 @@ impl Compactor {
             if final_ { " FINAL" } else { "" },
             self.day_filter(day, cutoff)
         );
-        let client = crate::sink::client::client(&self.ch_cfg)
+        let client = crate::clickhouse::client(&self.ch_cfg)
             .with_compression(clickhouse::Compression::None)
             .with_setting("max_execution_time", "3600");
         let (batch_tx, batch_rx) = std::sync::mpsc::sync_channel::<arrow_array::RecordBatch>(2);
@@ -719,7 +720,7 @@ fn read_native(
         .build()?;
     rt.block_on(async move {
         let mut query = client.query(&sql);
-        for (k, v) in native::EXPORT_SETTINGS {
+        for (k, v) in crate::clickhouse::EXPORT_SETTINGS {
             query = query.with_setting(*k, *v);
         }
         let mut cursor = query.fetch_bytes("Native")?;

@@ -90,10 +90,6 @@ pub(super) fn export_columns() -> String {
         .join(", ")
 }
 
-/// Settings the export query needs for [`NativeDecoder`] to understand the answer.
-pub(super) const EXPORT_SETTINGS: &[(&str, &str)] =
-    &[("low_cardinality_allow_in_native_format", "0")];
-
 /// The decoded values of one column of the pending batch.
 enum Buf {
     Str { offsets: Vec<i32>, values: Vec<u8> },

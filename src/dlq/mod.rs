@@ -331,14 +331,7 @@ impl DeadLetters {
 
     /// Bounded label for a ClickHouse exception code.
     pub fn reason_class_for_code(code: Option<u32>) -> &'static str {
-        match code {
-            Some(16) | Some(10) | Some(47) => "no_such_column",
-            Some(53) | Some(70) | Some(33) => "type_mismatch",
-            Some(469) => "constraint",
-            Some(6) | Some(26) | Some(27) | Some(38) | Some(41) | Some(69) | Some(72)
-            | Some(117) | Some(131) | Some(321) => "invalid_value",
-            _ => "other",
-        }
+        crate::clickhouse::codes::label(code)
     }
 }
 

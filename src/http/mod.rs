@@ -44,7 +44,7 @@ const SNIPPET: &str = include_str!("../../snippet/dist/clicktrail.min.js");
 const DEMO_PAGE: &str = include_str!("../../snippet/demo.html");
 
 /// Health of ClickHouse as seen by the periodic probe: `Ok` or the last error.
-pub type ProbeStatus = Result<(), String>;
+pub type ProbeStatus = Result<(), crate::clickhouse::PingError>;
 
 /// Everything handlers share, built once per server.
 #[derive(Clone)]

@@ -11,11 +11,10 @@
 //!   ReplacingMergeTree key (which ends with `event_id`) collapses the repeat at merge time.
 //! - `delivered` advances only after ClickHouse confirmed the insert (or the refused rows are
 //!   on disk in the dead-letter store). Only then may the spool delete the records.
-//! - Error class decides the path (see [`classify`]): retryable and destination errors retry
+//! - Error class decides the path (see [`crate::clickhouse::codes`]): retryable and destination errors retry
 //!   forever with capped exponential backoff and jitter; permanent errors split the batch to
 //!   isolate the refused rows, which go to [`DeadLetters`]; the good rows still land.
 
-pub mod classify;
 pub mod client;
 
 use std::ops::Range;
@@ -24,12 +23,12 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+use crate::clickhouse::codes::{classify, exception_code, row_specific, ErrorClass};
 use crate::config::{ClickHouseConfig, SinkConfig};
 use crate::dlq::{DeadLetters, NewEntry, Origin, Stage};
 use crate::metrics::{ClassLabel, Metrics};
 use crate::row::EventRow;
 use crate::spool::{Checkpoint, Lsn, SpoolConsumer, SpoolReader, StoredRows};
-use classify::{classify, exception_code, row_specific, ErrorClass};
 
 /// What the rest of the process may know about the sink (readiness, freshness).
 #[derive(Debug, Clone, Default)]
@@ -93,7 +92,7 @@ impl Sink {
         });
         (
             Self {
-                client: client::client(ch),
+                client: crate::clickhouse::client(ch),
                 cfg,
                 insert_timeout: ch.timeout,
                 reader,
@@ -359,7 +358,7 @@ impl Sink {
                     ErrorClass::Destination => {
                         tracing::error!(error = %msg, rows, attempt, "insert destination missing or forbidden; holding the batch until it is fixed");
                     }
-                    ErrorClass::Permanent => {
+                    ErrorClass::SchemaWide | ErrorClass::RowLevel => {
                         permanent_failures += 1;
                         tracing::warn!(error = %msg, rows, attempt, "insert refused by ClickHouse");
                         if permanent_failures >= permanent_attempts {

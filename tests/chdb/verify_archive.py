@@ -8,11 +8,9 @@ import sys
 
 import chdb
 
-HASH = """cityHash64(event_id, site, type, name,
-    toDateTime(intDiv(toUnixTimestamp64Milli(ts), 1000)), toUInt16(toUnixTimestamp64Milli(ts) % 1000),
-    toDateTime(intDiv(toUnixTimestamp64Milli(received_at), 1000)),
-    url, host, path, referrer, title, session_id, visitor_id, x, y, viewport_w, viewport_h, doc_w, doc_h,
-    selector, text, toUInt8(rage), scroll_depth, duration_ms, props, browser, os, device, user_agent, ip)"""
+# The row hash over the file's columns, from the row table (clicktrail's
+# compactor::archive_sql_row_hash(), the query docs/archive.md shows).
+HASH = sys.argv[2]
 
 root = pathlib.Path(sys.argv[1])
 bad = 0

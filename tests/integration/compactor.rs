@@ -56,6 +56,9 @@ fn expected(n: u64) -> Event {
         device: "desktop".into(),
         user_agent: Default::default(),
         ip: "203.0.113.0".into(),
+        // Columns the seed leaves to the table's defaults.
+        device_class: "desktop".into(),
+        ..Event::default()
     }
 }
 
@@ -210,6 +213,7 @@ async fn cold_days_become_verified_parquet_and_leave_clickhouse() {
     let out = Command::new("python3")
         .arg(script)
         .arg(s.data.path().join("archive"))
+        .arg(clicktrail::compactor::archive_sql_row_hash())
         .stderr(Stdio::inherit())
         .output()
         .expect("python3");
@@ -254,6 +258,7 @@ async fn cold_days_become_verified_parquet_and_leave_clickhouse() {
     let out = Command::new("python3")
         .arg(script)
         .arg(s.data.path().join("archive"))
+        .arg(clicktrail::compactor::archive_sql_row_hash())
         .output()
         .expect("python3");
     let text = String::from_utf8_lossy(&out.stdout);

@@ -4,7 +4,37 @@ use std::process::Command;
 
 use crate::harness::*;
 
-const EVENT_COLUMNS: &str = "event_id, site, type, name, ts, ts_ms, received_at, url, host, path, referrer, title, session_id, visitor_id, x, y, viewport_w, viewport_h, doc_w, doc_h, selector, text, rage, scroll_depth, duration_ms, props, browser, os, device, user_agent, ip";
+use clicktrail::row::{COLUMNS, SERVER_COLUMNS};
+
+/// What `DESCRIBE TABLE events` must show after every migration: the row's columns with their
+/// types for the dialect, then the columns the server fills. A column missing from the table
+/// or from the row table, a changed type, or two columns swapped in the row table (their
+/// types differ, or the insert's names no longer match the values) all fail here.
+fn expected_columns(low_cardinality: bool) -> Vec<(String, String)> {
+    COLUMNS
+        .iter()
+        .map(|c| {
+            (
+                c.name.to_string(),
+                c.kind.clickhouse_type(low_cardinality).to_string(),
+            )
+        })
+        .chain(
+            SERVER_COLUMNS
+                .iter()
+                .map(|(n, t)| (n.to_string(), t.to_string())),
+        )
+        .collect()
+}
+
+fn described(tsv: &str) -> Vec<(String, String)> {
+    tsv.lines()
+        .map(|l| {
+            let mut f = l.split('\t');
+            (f.next().unwrap().to_string(), f.next().unwrap().to_string())
+        })
+        .collect()
+}
 
 fn print_sql(version: &str) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_clicktrail"))
@@ -26,24 +56,30 @@ async fn migrations_run_once_on_clickhouse_18_16_and_rerun_is_a_no_op() {
     let data = tempfile::tempdir().unwrap();
     let cfg = test_config(&ch, data.path());
     let applied = clicktrail::migrate::run(&cfg.clickhouse).await.unwrap();
-    assert_eq!(applied, vec!["0001_create_events.sql"]);
+    let files: Vec<&str> = clicktrail::migrate::MIGRATIONS
+        .iter()
+        .map(|m| m.1)
+        .collect();
+    assert_eq!(applied, files);
     let again = clicktrail::migrate::run(&cfg.clickhouse).await.unwrap();
     assert!(again.is_empty(), "rerun applies nothing");
     assert_eq!(
         ch.count("SELECT count() FROM clicktrail.schema_migrations"),
-        1
+        files.len() as u64
     );
     let engine = ch.query("SELECT engine, partition_key, sorting_key FROM system.tables WHERE database = 'clicktrail' AND name = 'events' FORMAT TSV");
     assert_eq!(
         engine.trim(),
         "ReplacingMergeTree\ttoDate(ts)\tsite, type, path, ts, event_id"
     );
-    // The insert's column list is exactly the table's columns, in order.
-    let cols = ch.query("SELECT name FROM system.columns WHERE database = 'clicktrail' AND table = 'events' FORMAT TSV");
+    let cols = described(
+        ch.query("DESCRIBE TABLE clicktrail.events FORMAT TabSeparatedRaw")
+            .trim(),
+    );
     assert_eq!(
-        cols.trim().replace('\n', ", "),
-        format!("{EVENT_COLUMNS}, inserted_at"),
-        "the sink's columns, then the server-side insert time"
+        cols,
+        expected_columns(false),
+        "the row table against the server"
     );
 }
 
@@ -63,7 +99,7 @@ async fn printed_sql_for_18_16_runs_on_the_real_server() {
     }
     assert_eq!(
         ch.count("SELECT count() FROM clicktrail.schema_migrations"),
-        1
+        clicktrail::migrate::MIGRATIONS.len() as u64
     );
 }
 
@@ -71,10 +107,11 @@ async fn printed_sql_for_18_16_runs_on_the_real_server() {
 fn printed_sql_for_current_clickhouse_runs_on_chdb() {
     let sql = print_sql("26.9");
     assert!(sql.contains("LowCardinality(String)"));
-    let types = "event_id String, site String, type String, name String, ts DateTime, ts_ms UInt16, received_at DateTime, url String, host String, path String, referrer String, title String, session_id String, visitor_id String, x Int32, y Int32, viewport_w UInt16, viewport_h UInt16, doc_w UInt32, doc_h UInt32, selector String, text String, rage UInt8, scroll_depth UInt8, duration_ms UInt32, props String, browser String, os String, device String, user_agent String, ip String";
+    let expected = serde_json::to_string(&expected_columns(true)).unwrap();
+    let insert = clicktrail::row::insert_columns();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/chdb/apply.py");
     let mut child = Command::new("python3")
-        .args([script, EVENT_COLUMNS, types])
+        .args([script, &insert, &expected])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -94,7 +131,11 @@ fn printed_sql_for_current_clickhouse_runs_on_chdb() {
         "chDB run failed (pip install chdb-core):\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("migrations=1 rows=5"), "{stdout}");
+    let want = format!(
+        "migrations={} rows=5",
+        clicktrail::migrate::MIGRATIONS.len()
+    );
+    assert!(stdout.contains(&want), "{stdout}");
     assert!(
         stdout.contains("chdb version=2"),
         "a current release: {stdout}"
