@@ -1,15 +1,23 @@
 # Quick start: `make run` (collector + demo page on http://127.0.0.1:8080) and `make test`.
-# Both install what is missing (Debian/Ubuntu; root or sudo).
+# Both install what is missing (Debian 12/13, Ubuntu 22.04/24.04; root or sudo).
 
-.PHONY: run test lint unit-and-integration test-browser test-prometheus snippet deps deps-test bench clean
+.PHONY: run test lint unit-and-integration test-browser test-prometheus test-deploy test-analytics deb snippet deps deps-test bench clean
+
+# The Python test tools live in var/venv (scripts/deps.sh --test); putting it first in PATH
+# makes it the `python3` of every script and of the Rust tests that spawn python3.
+export PATH := $(CURDIR)/var/venv/bin:$(PATH)
+# The server the Rust tests start: an installed clickhouse-server, or a link to a `clickhouse`
+# multi-binary (scripts/clickhouse.sh locate). Resolved when a recipe runs, after deps.
+CH_SERVER = CLICKHOUSE_SERVER="$$(scripts/clickhouse.sh locate)"
 
 run: deps
 	cargo build --release --locked
 	scripts/run.sh
 
 # Every test: lint, unit + integration (real ClickHouse 18.16, chDB 26.x, pyarrow), browser
-# tests of the snippet (Debian Chromium), Prometheus rule tests (promtool).
-test: deps-test lint unit-and-integration test-browser test-prometheus
+# tests of the snippet (Debian Chromium), Prometheus rule tests (promtool), the deployment
+# files (compose, Kubernetes, the Debian package).
+test: deps-test lint unit-and-integration test-analytics test-browser test-prometheus test-deploy
 	@echo "make test: all checks passed"
 
 lint:
@@ -18,7 +26,7 @@ lint:
 
 # Not --all-targets: that would also run the minutes-long load and archive benchmarks.
 unit-and-integration:
-	cargo test --locked
+	$(CH_SERVER) cargo test --locked
 
 test-browser:
 	cargo build --locked
@@ -26,6 +34,20 @@ test-browser:
 
 test-prometheus:
 	scripts/test-prometheus.sh
+
+# The analyst rollups (migrations/0002) and every report query of docs/queries.md, checked cell
+# by cell on a real ClickHouse 18.16 and on chDB 26.x.
+test-analytics:
+	scripts/test-analytics.sh
+
+# docker-compose config, kubectl kustomize + kubernetes-validate, the .deb's contents and its
+# systemd unit (builds the release binary through cargo deb).
+test-deploy:
+	scripts/test-deploy.sh
+
+# target/debian/clicktrail_*.deb: binary, /etc/clicktrail/clicktrail.toml, systemd unit, rules.
+deb:
+	scripts/test-deploy.sh --deb-only
 
 # After editing snippet/src: rebuild the committed snippet/dist and check its size budget.
 snippet:

@@ -31,12 +31,14 @@
 //! - [`serve`]: wires the above together and shuts them down in order.
 
 pub mod clickhouse;
+pub mod clock;
 pub mod compactor;
 pub mod config;
 pub mod dlq;
 pub mod event;
 pub mod freshness;
 pub mod http;
+pub mod ingest;
 pub mod metrics;
 pub mod migrate;
 pub mod row;

@@ -23,6 +23,8 @@ use crate::spool::Spool;
 pub enum ServeError {
     #[error("cannot open the spool in {dir}: {source}")]
     Spool { dir: String, source: std::io::Error },
+    #[error("cannot open the dead-letter store in {dir}: {source}")]
+    DeadLetters { dir: String, source: std::io::Error },
     #[error("cannot start the HTTP server: {0}")]
     Http(std::io::Error),
     #[error("the sink stopped: {0}")]
@@ -36,6 +38,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let metrics = Metrics::new();
+    let clock = crate::clock::Clock::system();
     let spool_dir = config.spool_dir();
     let spool =
         Spool::open(&spool_dir, &config.spool, &metrics).map_err(|source| ServeError::Spool {
@@ -53,7 +56,7 @@ pub async fn run(
     );
 
     let dlq = DeadLetters::open(config.dlq_dir(), config.dlq.max_bytes, metrics.clone()).map_err(
-        |source| ServeError::Spool {
+        |source| ServeError::DeadLetters {
             dir: config.dlq_dir().display().to_string(),
             source,
         },
@@ -128,13 +131,13 @@ pub async fn run(
             canary_stop_rx,
         ))
     });
+    let ingest = crate::ingest::Ingest::new(&config, spool.handle, dlq, metrics.clone());
     let state = AppState::new(
         &config,
-        spool.handle,
-        dlq,
+        ingest,
+        clock,
         metrics,
-        sink_status,
-        probe_rx,
+        (sink_status, probe_rx),
         Some(admin_token),
     )
     .map_err(ServeError::Http)?;

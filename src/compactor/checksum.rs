@@ -184,7 +184,7 @@ mod tests {
         // Every column changes the hash.
         let base = crate::row::tests::distinct_row();
         let cells = base.cells();
-        for i in 0..COLUMNS.len() {
+        for (i, column) in COLUMNS.iter().enumerate() {
             let other = Event::from_cells(|j| {
                 Ok(match (&cells[j], i == j) {
                     (Cell::Str(s), true) => Cell::Str(format!("{s}!").into()),
@@ -196,7 +196,7 @@ mod tests {
                 })
             })
             .unwrap();
-            assert_ne!(row_hash(&base), row_hash(&other), "{}", COLUMNS[i].name);
+            assert_ne!(row_hash(&base), row_hash(&other), "{}", column.name);
         }
     }
 }

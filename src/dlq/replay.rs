@@ -11,9 +11,11 @@ use std::io;
 
 use serde::Serialize;
 
-use super::{read, remove, rewrite, DeadLetters, Entry, Stage};
-use crate::event::{Event, RawBatch, ReplayContext, RequestContext, Validator};
-use crate::spool::{Lsn, SpoolError, SpoolHandle};
+use super::{read, remove, rewrite, Entry, Stage};
+use crate::clock::Clock;
+use crate::event::{Event, RawBatch, ReplayContext, RequestContext};
+use crate::ingest::{Ingest, Source};
+use crate::spool::{Lsn, SpoolError};
 
 #[derive(Debug, Serialize)]
 pub struct ReplayOutcome {
@@ -38,12 +40,13 @@ pub enum ReplayError {
     Spool(#[from] SpoolError),
 }
 
+/// Replays one entry through `ingest` (validation and the spool, as a client's batch).
 pub async fn replay_entry(
-    store: &DeadLetters,
+    ingest: &Ingest,
     id: u64,
-    validator: &Validator,
-    spool: &SpoolHandle,
+    clock: &Clock,
 ) -> Result<ReplayOutcome, ReplayError> {
+    let store = ingest.dead_letters();
     let dir = store.dir().to_path_buf();
     let mut entry = match tokio::task::spawn_blocking({
         let dir = dir.clone();
@@ -114,44 +117,35 @@ pub async fn replay_entry(
             } else {
                 let refs: Vec<&serde_json::value::RawValue> =
                     parsed_events.iter().map(|b| b.as_ref()).collect();
-                let (ok, rejected) = validator.validate_batch(&ctx, &refs);
-                let still = if rejected.is_empty() {
-                    None
-                } else {
-                    let mut e = entry.clone();
-                    e.stage = Stage::Validation;
-                    e.raw = None;
-                    e.events = rejected
-                        .iter()
-                        .map(|(i, _)| parsed_events[*i].clone())
-                        .collect();
-                    e.errors = rejected.iter().map(|(_, r)| r.to_string()).collect();
-                    e.reason_class = rejected[0].1.class().to_string();
-                    e.reason = format!(
-                        "{} event(s) failed validation: {}",
-                        rejected.len(),
-                        rejected[0].1
-                    );
-                    for r in &e.errors {
-                        if !out.errors.contains(r) {
-                            out.errors.push(r.clone());
+                let v = ingest.validate(&ctx, &refs);
+                let still = match v.failure() {
+                    None => None,
+                    Some((reason, class)) => {
+                        let mut e = entry.clone();
+                        e.stage = Stage::Validation;
+                        e.raw = None;
+                        e.events = v
+                            .rejected
+                            .iter()
+                            .map(|(i, _)| parsed_events[*i].clone())
+                            .collect();
+                        e.errors = v.rejected.iter().map(|(_, r)| r.to_string()).collect();
+                        e.reason_class = class.to_string();
+                        e.reason = reason;
+                        for r in &e.errors {
+                            if !out.errors.contains(r) {
+                                out.errors.push(r.clone());
+                            }
                         }
+                        Some(e)
                     }
-                    Some(e)
                 };
-                (ok, still)
+                (v.accepted, still)
             }
         }
     };
     out.replayed = accepted.len();
-    if !accepted.is_empty() {
-        let payload = crate::spool::encode_events(&accepted);
-        out.lsn = Some(spool.append(payload).await?);
-        store
-            .metrics()
-            .dlq_replayed_events
-            .inc_by(accepted.len() as u64);
-    }
+    out.lsn = ingest.commit(&accepted, Source::Replay).await?;
     match still {
         None => {
             tokio::task::spawn_blocking(move || remove(&dir, id))
@@ -162,7 +156,7 @@ pub async fn replay_entry(
         Some(mut e) => {
             out.still_failing = e.event_count();
             e.attempts += 1;
-            e.last_failed_ms = RequestContext::now_ms();
+            e.last_failed_ms = clock.now_ms();
             tokio::task::spawn_blocking(move || rewrite(&dir, &e))
                 .await
                 .map_err(io::Error::other)??;

@@ -95,7 +95,7 @@ pub async fn replay(
     let mut results = Vec::with_capacity(req.ids.len());
     let mut missing = Vec::new();
     for id in req.ids {
-        match replay_entry(&st.inner.dlq, id, &st.inner.validator, &st.inner.spool).await {
+        match replay_entry(&st.inner.ingest, id, &st.inner.clock).await {
             Ok(o) => results.push(o),
             Err(ReplayError::NotFound(id)) => missing.push(id),
             Err(ReplayError::Spool(e)) => {
@@ -121,7 +121,7 @@ pub async fn status(State(st): State<AppState>, headers: HeaderMap) -> Response 
         return unauthorized();
     }
     let sink = st.inner.sink.borrow().clone();
-    let spool = st.inner.spool.status();
+    let spool = st.inner.ingest.spool().status();
     Json(json!({
         "committed": spool.committed,
         "delivered": sink.delivered,

@@ -6,6 +6,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
+use crate::ingest::IngestError;
 use crate::spool::SpoolError;
 
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +109,21 @@ impl ApiError {
                 .insert(header::RETRY_AFTER, HeaderValue::from(retry_after.0));
         }
         resp
+    }
+}
+
+impl From<IngestError> for ApiError {
+    fn from(e: IngestError) -> Self {
+        match e {
+            IngestError::MalformedJson(m) => ApiError::MalformedJson(m),
+            IngestError::MissingEnvelopeField(f) => ApiError::MissingEnvelopeField(f),
+            IngestError::UnknownSite(s) => ApiError::UnknownSite(s),
+            IngestError::OriginNotAllowed { origin, site } => {
+                ApiError::OriginNotAllowed { origin, site }
+            }
+            IngestError::TooManyEvents { count, limit } => ApiError::TooManyEvents { count, limit },
+            IngestError::Spool(e) => ApiError::Spool(e),
+        }
     }
 }
 

@@ -1,4 +1,6 @@
-//! The collector's HTTP face: router, handlers, CORS, request ids, request metrics.
+//! The collector's HTTP face: router, handlers, CORS, request ids, request metrics. What a
+//! batch of events means (policy, validation, dead letters, the spool) is [`crate::ingest`]'s;
+//! this module only reads bodies and headers and maps answers to statuses.
 //!
 //! Invariants:
 //! - `POST /v1/events` answers 200 only after every accepted event of the request is committed
@@ -10,7 +12,6 @@ pub mod admin;
 mod decode;
 mod error;
 
-use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
@@ -22,7 +23,6 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
-use serde::Serialize;
 use serde_json::json;
 use tokio::sync::watch;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -31,12 +31,11 @@ use tower_http::trace::TraceLayer;
 pub use error::ApiError;
 use error::RetryAfter;
 
+use crate::clock::Clock;
 use crate::config::{Config, HttpConfig};
-use crate::dlq::{DeadLetters, NewEntry, Origin, Stage};
-use crate::event::{EventType, RawBatch, RequestContext, Validator};
-use crate::metrics::{Metrics, ReasonLabel, RouteLabel, RouteStatus, TypeLabel};
+use crate::ingest::{Answer, Ingest, Meta};
+use crate::metrics::{Metrics, ReasonLabel, RouteLabel, RouteStatus};
 use crate::sink::SinkStatus;
-use crate::spool::SpoolHandle;
 
 /// The tracker served at `/v1/snippet.js` (built from `snippet/src`, committed so the Rust
 /// build needs no Node).
@@ -53,49 +52,28 @@ pub struct AppState {
 }
 
 struct Inner {
-    sites: HashMap<String, SiteOrigins>,
-    all_origins: HashSet<String>,
-    any_origin: bool,
+    ingest: Ingest,
     http: HttpConfig,
-    validator: Validator,
-    spool: SpoolHandle,
+    clock: Clock,
     metrics: Metrics,
     sink: watch::Receiver<SinkStatus>,
     probe: watch::Receiver<ProbeStatus>,
     snippet: Bytes,
     snippet_etag: String,
-    dlq: DeadLetters,
-    keep_unparseable: bool,
     admin_token: Option<String>,
 }
 
-struct SiteOrigins {
-    any: bool,
-    origins: HashSet<String>,
-}
-
 impl AppState {
-    #[allow(clippy::too_many_arguments)]
+    /// `ingest` is the use case the events route calls; the rest is what the other routes
+    /// report on.
     pub fn new(
         config: &Config,
-        spool: SpoolHandle,
-        dlq: DeadLetters,
+        ingest: Ingest,
+        clock: Clock,
         metrics: Metrics,
-        sink: watch::Receiver<SinkStatus>,
-        probe: watch::Receiver<ProbeStatus>,
+        status: (watch::Receiver<SinkStatus>, watch::Receiver<ProbeStatus>),
         admin_token: Option<String>,
     ) -> std::io::Result<Self> {
-        let mut sites = HashMap::new();
-        let mut all_origins = HashSet::new();
-        let mut any_origin = false;
-        for s in &config.sites {
-            let any = s.origins.iter().any(|o| o == "*");
-            any_origin |= any;
-            let origins: HashSet<String> =
-                s.origins.iter().filter(|o| *o != "*").cloned().collect();
-            all_origins.extend(origins.iter().cloned());
-            sites.insert(s.key.clone(), SiteOrigins { any, origins });
-        }
         let snippet = match &config.http.snippet_file {
             Some(p) => Bytes::from(std::fs::read(p).map_err(|e| {
                 std::io::Error::new(e.kind(), format!("http.snippet_file {}: {e}", p.display()))
@@ -105,26 +83,17 @@ impl AppState {
         let snippet_etag = format!("\"{}\"", &blake3::hash(&snippet).to_hex()[..16]);
         Ok(Self {
             inner: Arc::new(Inner {
-                sites,
-                all_origins,
-                any_origin,
+                ingest,
                 http: config.http.clone(),
-                validator: Validator::new(config.limits.clone(), config.privacy.clone()),
-                spool,
+                clock,
                 metrics,
-                sink,
-                probe,
+                sink: status.0,
+                probe: status.1,
                 snippet,
                 snippet_etag,
-                dlq,
-                keep_unparseable: config.dlq.keep_unparseable_bodies,
                 admin_token,
             }),
         })
-    }
-
-    fn origin_allowed_anywhere(&self, origin: &str) -> bool {
-        self.inner.any_origin || self.inner.all_origins.contains(origin)
     }
 }
 
@@ -198,7 +167,7 @@ async fn cors(State(st): State<AppState>, req: Request, next: Next) -> Response 
         .map(str::to_string);
     let allowed = origin
         .as_deref()
-        .filter(|o| st.origin_allowed_anywhere(o))
+        .filter(|o| st.inner.ingest.origin_allowed_anywhere(o))
         .map(str::to_string);
     let mut resp = if req.method() == Method::OPTIONS {
         let mut r = StatusCode::NO_CONTENT.into_response();
@@ -234,30 +203,32 @@ async fn cors(State(st): State<AppState>, req: Request, next: Next) -> Response 
     resp
 }
 
-#[derive(Serialize)]
-struct Rejected {
-    index: usize,
-    error: String,
-}
-
-#[derive(Serialize)]
-struct Answer {
-    accepted: usize,
-    rejected: Vec<Rejected>,
-}
-
 async fn post_events(State(st): State<AppState>, req: Request) -> Response {
     let retry = RetryAfter(st.inner.http.retry_after_secs);
     let timeout = st.inner.http.request_timeout;
-    match tokio::time::timeout(timeout, ingest(&st, req)).await {
+    match tokio::time::timeout(timeout, receive(&st, req)).await {
         Ok(Ok(answer)) => Json(answer).into_response(),
         Ok(Err(e)) => {
-            if matches!(
-                e,
-                ApiError::MalformedJson(_)
-                    | ApiError::EmptyBody
-                    | ApiError::MissingEnvelopeField(_)
-            ) {
+            tracing::debug!(error = %e, status = %e.status(), "request refused");
+            e.into_response_with(retry)
+        }
+        Err(_) => ApiError::Timeout.into_response_with(retry),
+    }
+}
+
+/// The HTTP part of taking a batch: the body and what the request says about its sender.
+async fn receive(st: &AppState, req: Request) -> Result<Answer, ApiError> {
+    let received_at_ms = st.inner.clock.now_ms();
+    let (parts, body) = req.into_parts();
+    let client_ip = client_ip(
+        &parts.headers,
+        parts.extensions.get::<ConnectInfo<SocketAddr>>(),
+        st.inner.http.trust_forwarded_for,
+    );
+    let bytes = match decode::read_body(&parts.headers, body, &st.inner.http).await {
+        Ok(b) => b,
+        Err(e) => {
+            if matches!(e, ApiError::EmptyBody) {
                 st.inner
                     .metrics
                     .events_rejected
@@ -266,156 +237,21 @@ async fn post_events(State(st): State<AppState>, req: Request) -> Response {
                     })
                     .inc();
             }
-            tracing::debug!(error = %e, status = %e.status(), "request refused");
-            e.into_response_with(retry)
-        }
-        Err(_) => ApiError::Timeout.into_response_with(retry),
-    }
-}
-
-async fn ingest(st: &AppState, req: Request) -> Result<Answer, ApiError> {
-    let received_at_ms = RequestContext::now_ms();
-    let (parts, body) = req.into_parts();
-    let client_ip = client_ip(
-        &parts.headers,
-        parts.extensions.get::<ConnectInfo<SocketAddr>>(),
-        st.inner.http.trust_forwarded_for,
-    );
-    let bytes = decode::read_body(&parts.headers, body, &st.inner.http).await?;
-
-    let parsed = serde_json::from_slice::<RawBatch<'_>>(&bytes)
-        // serde's message says where; clients need that to find their bug.
-        .map_err(|e| ApiError::MalformedJson(e.to_string()))
-        .and_then(|b| match (b.site, b.events) {
-            (None, _) => Err(ApiError::MissingEnvelopeField("site")),
-            (_, None) => Err(ApiError::MissingEnvelopeField("events")),
-            (Some(s), Some(e)) => Ok((s, e)),
-        });
-    let (site, events) = match parsed {
-        Ok(p) => p,
-        Err(e) => {
-            if st.inner.keep_unparseable {
-                let origin = Origin {
-                    site: String::new(),
-                    received_at_ms,
-                    user_agent: user_agent(&parts.headers).to_string(),
-                    ip: st.inner.validator.stored_ip(client_ip),
-                };
-                let raw =
-                    crate::dlq::cap(&String::from_utf8_lossy(&bytes), crate::dlq::MAX_RAW_BYTES);
-                let entry = NewEntry::refused(Stage::Parse, "malformed", e.to_string(), origin);
-                dead_letter(
-                    st,
-                    NewEntry {
-                        raw: Some(raw),
-                        ..entry
-                    },
-                )
-                .await;
-            }
             return Err(e);
         }
     };
-    let Some(site_cfg) = st.inner.sites.get(site.as_ref()) else {
-        return Err(ApiError::UnknownSite(site.chars().take(64).collect()));
-    };
-    if let Some(origin) = parts
+    let origin = parts
         .headers
         .get(header::ORIGIN)
-        .and_then(|o| o.to_str().ok())
-    {
-        if !site_cfg.any
-            && !site_cfg.origins.contains(origin)
-            && !same_origin(origin, &parts.headers)
-        {
-            return Err(ApiError::OriginNotAllowed {
-                origin: origin.chars().take(200).collect(),
-                site: site.to_string(),
-            });
-        }
-    }
-    let limit = st.inner.http.max_events_per_batch;
-    if events.len() > limit {
-        return Err(ApiError::TooManyEvents {
-            count: events.len(),
-            limit,
-        });
-    }
-
-    let ctx = RequestContext {
-        site: site.into_owned(),
+        .and_then(|o| o.to_str().ok());
+    let meta = Meta {
         received_at_ms,
         user_agent: user_agent(&parts.headers).to_string(),
         client_ip,
-        replay: None,
+        same_origin: origin.is_some_and(|o| same_origin(o, &parts.headers)),
+        origin: origin.map(str::to_string),
     };
-    let (accepted, rejected) = st.inner.validator.validate_batch(&ctx, &events);
-    let m = &st.inner.metrics;
-    for (_, r) in &rejected {
-        m.events_rejected
-            .get_or_create(&ReasonLabel { reason: r.class() })
-            .inc();
-    }
-    if let Some((_, first)) = rejected.first() {
-        let origin = Origin {
-            site: ctx.site.clone(),
-            received_at_ms,
-            user_agent: ctx.user_agent.clone(),
-            ip: st.inner.validator.stored_ip(client_ip),
-        };
-        let reason = format!("{} event(s) failed validation: {first}", rejected.len());
-        let entry = NewEntry::refused(Stage::Validation, first.class(), reason, origin);
-        dead_letter(
-            st,
-            NewEntry {
-                events: rejected
-                    .iter()
-                    .map(|(i, _)| events[*i].to_owned())
-                    .collect(),
-                errors: rejected.iter().map(|(_, r)| r.to_string()).collect(),
-                ..entry
-            },
-        )
-        .await;
-    }
-    let n = accepted.len();
-    if n > 0 {
-        let mut per_type = [0u64; EventType::ALL.len()];
-        for e in &accepted {
-            if let Some(i) = EventType::ALL
-                .iter()
-                .position(|t| Some(*t) == e.event_type())
-            {
-                per_type[i] += 1;
-            }
-        }
-        let payload = crate::spool::encode_events(&accepted);
-        if let Err(e) = st.inner.spool.append(payload).await {
-            m.events_rejected
-                .get_or_create(&ReasonLabel {
-                    reason: "spool_full",
-                })
-                .inc_by(n as u64);
-            return Err(e.into());
-        }
-        for (t, c) in EventType::ALL.iter().zip(per_type) {
-            if c > 0 {
-                m.events_accepted
-                    .get_or_create(&TypeLabel { r#type: t.as_str() })
-                    .inc_by(c);
-            }
-        }
-    }
-    Ok(Answer {
-        accepted: n,
-        rejected: rejected
-            .into_iter()
-            .map(|(index, r)| Rejected {
-                index,
-                error: r.to_string(),
-            })
-            .collect(),
-    })
+    Ok(st.inner.ingest.accept(&bytes, meta).await?)
 }
 
 /// A page the collector served itself (the demo page) posts from the collector's own origin,
@@ -434,17 +270,6 @@ fn user_agent(headers: &HeaderMap) -> &str {
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
-}
-
-/// Stores refused input before the answer goes out. A failure to store is logged, not
-/// returned: the client already learns the refusal from the answer itself.
-async fn dead_letter(st: &AppState, entry: NewEntry) {
-    let dlq = st.inner.dlq.clone();
-    match tokio::task::spawn_blocking(move || dlq.put(entry)).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => tracing::error!(error = %e, "cannot store dead letter"),
-        Err(e) => tracing::error!(error = %e, "dead-letter task failed"),
-    }
 }
 
 fn client_ip(
@@ -511,7 +336,7 @@ async fn healthz() -> Json<serde_json::Value> {
 async fn readyz(State(st): State<AppState>) -> Response {
     let probe = st.inner.probe.borrow().clone();
     let sink = st.inner.sink.borrow().clone();
-    let spool = st.inner.spool.status();
+    let spool = st.inner.ingest.spool().status();
     let mut problems = Vec::new();
     if let Err(e) = &probe {
         problems.push(format!("clickhouse: {e}"));

@@ -1,0 +1,351 @@
+//! # ingest: the use case "accept a batch of events for a site"
+//!
+//! The transports call it: the HTTP handler of `POST /v1/events` ([`Ingest::accept`]) with a
+//! decoded body and what it knows of the request ([`Meta`]), and the dead-letter replay
+//! ([`Ingest::validate`] + [`Ingest::commit`]). Here live, once: the envelope parse, the site
+//! and origin policy, the batch limit, per-event validation, dead letters for refused input,
+//! the metrics of accepted and rejected events, and the spool append.
+//!
+//! Invariants:
+//! - [`Ingest::accept`] returns only after every accepted event is committed to the spool: its
+//!   `Ok` is the acknowledgement.
+//! - One bad event never fails its batch: it is listed in [`Answer::rejected`] with its index,
+//!   and dead-lettered (before the answer) with the reason the client saw.
+//!
+//! Architecture invariant: this module knows nothing of HTTP (no status codes, headers or
+//! bodies); `http::error` maps [`IngestError`] to answers.
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::config::Config;
+use crate::dlq::{DeadLetters, NewEntry, Origin, Stage};
+use crate::event::{Event, EventType, RawBatch, Rejection, RequestContext, Validator};
+use crate::metrics::{Metrics, ReasonLabel, TypeLabel};
+use crate::spool::{Lsn, SpoolError, SpoolHandle};
+
+/// What a transport knows about one request besides its body.
+#[derive(Debug, Clone)]
+pub struct Meta {
+    pub received_at_ms: i64,
+    pub user_agent: String,
+    pub client_ip: Option<IpAddr>,
+    /// The `Origin` the browser declared, if any.
+    pub origin: Option<String>,
+    /// The request comes from a page the collector served itself (the demo page).
+    pub same_origin: bool,
+}
+
+/// Why a whole batch is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("malformed JSON: {0}")]
+    MalformedJson(String),
+    #[error("field {0}: required in the batch envelope {{\"site\": KEY, \"events\": [...]}}")]
+    MissingEnvelopeField(&'static str),
+    #[error("unknown site key `{0}`")]
+    UnknownSite(String),
+    #[error("origin `{origin}` is not allowed to send events for site `{site}`")]
+    OriginNotAllowed { origin: String, site: String },
+    #[error("too many events: {count} in one batch, at most {limit}")]
+    TooManyEvents { count: usize, limit: usize },
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+}
+
+impl IngestError {
+    /// The body could not be read as a batch at all (counted as `malformed`).
+    pub fn is_malformed(&self) -> bool {
+        matches!(
+            self,
+            IngestError::MalformedJson(_) | IngestError::MissingEnvelopeField(_)
+        )
+    }
+}
+
+/// One refused event of an accepted batch, as the client sees it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Rejected {
+    pub index: usize,
+    pub error: String,
+}
+
+/// The answer to a batch: how many events are now durable, and which were refused.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Answer {
+    pub accepted: usize,
+    pub rejected: Vec<Rejected>,
+}
+
+/// A batch after validation.
+pub struct Validated {
+    pub accepted: Vec<Event>,
+    pub rejected: Vec<(usize, Rejection)>,
+}
+
+impl Validated {
+    /// The reason recorded with the dead letter of the rejected events, and its class.
+    pub fn failure(&self) -> Option<(String, &'static str)> {
+        let (_, first) = self.rejected.first()?;
+        Some((
+            format!(
+                "{} event(s) failed validation: {first}",
+                self.rejected.len()
+            ),
+            first.class(),
+        ))
+    }
+}
+
+/// Who hands events to [`Ingest::commit`]; decides which counter they add to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Client,
+    Replay,
+}
+
+struct SiteOrigins {
+    any: bool,
+    origins: HashSet<String>,
+}
+
+/// The use case, cheap to clone and shared by all handlers.
+#[derive(Clone)]
+pub struct Ingest {
+    inner: std::sync::Arc<Inner>,
+}
+
+struct Inner {
+    sites: HashMap<String, SiteOrigins>,
+    all_origins: HashSet<String>,
+    any_origin: bool,
+    max_events: usize,
+    keep_unparseable: bool,
+    validator: Validator,
+    spool: SpoolHandle,
+    dlq: DeadLetters,
+    metrics: Metrics,
+}
+
+impl Ingest {
+    pub fn new(config: &Config, spool: SpoolHandle, dlq: DeadLetters, metrics: Metrics) -> Self {
+        let mut sites = HashMap::new();
+        let mut all_origins = HashSet::new();
+        let mut any_origin = false;
+        for s in &config.sites {
+            let any = s.origins.iter().any(|o| o == "*");
+            any_origin |= any;
+            let origins: HashSet<String> =
+                s.origins.iter().filter(|o| *o != "*").cloned().collect();
+            all_origins.extend(origins.iter().cloned());
+            sites.insert(s.key.clone(), SiteOrigins { any, origins });
+        }
+        Self {
+            inner: std::sync::Arc::new(Inner {
+                sites,
+                all_origins,
+                any_origin,
+                max_events: config.http.max_events_per_batch,
+                keep_unparseable: config.dlq.keep_unparseable_bodies,
+                validator: Validator::new(config.limits.clone(), config.privacy.clone()),
+                spool,
+                dlq,
+                metrics,
+            }),
+        }
+    }
+
+    /// Some configured site accepts this origin (CORS headers may name it).
+    pub fn origin_allowed_anywhere(&self, origin: &str) -> bool {
+        self.inner.any_origin || self.inner.all_origins.contains(origin)
+    }
+
+    pub fn validator(&self) -> &Validator {
+        &self.inner.validator
+    }
+
+    pub fn dead_letters(&self) -> &DeadLetters {
+        &self.inner.dlq
+    }
+
+    pub fn spool(&self) -> &SpoolHandle {
+        &self.inner.spool
+    }
+
+    /// Accepts a batch posted by a client: `Ok` once its valid events are durable.
+    pub async fn accept(&self, body: &[u8], meta: Meta) -> Result<Answer, IngestError> {
+        let parsed = serde_json::from_slice::<RawBatch<'_>>(body)
+            // serde's message says where; clients need that to find their bug.
+            .map_err(|e| IngestError::MalformedJson(e.to_string()))
+            .and_then(|b| match (b.site, b.events) {
+                (None, _) => Err(IngestError::MissingEnvelopeField("site")),
+                (_, None) => Err(IngestError::MissingEnvelopeField("events")),
+                (Some(s), Some(e)) => Ok((s, e)),
+            });
+        let (site, events) = match parsed {
+            Ok(p) => p,
+            Err(e) => {
+                self.count_rejected("malformed", 1);
+                if self.inner.keep_unparseable {
+                    let raw =
+                        crate::dlq::cap(&String::from_utf8_lossy(body), crate::dlq::MAX_RAW_BYTES);
+                    let entry = NewEntry::refused(
+                        Stage::Parse,
+                        "malformed",
+                        e.to_string(),
+                        self.origin_of("", &meta),
+                    );
+                    self.dead_letter(NewEntry {
+                        raw: Some(raw),
+                        ..entry
+                    })
+                    .await;
+                }
+                return Err(e);
+            }
+        };
+        self.check_site(&site, &meta)?;
+        if events.len() > self.inner.max_events {
+            return Err(IngestError::TooManyEvents {
+                count: events.len(),
+                limit: self.inner.max_events,
+            });
+        }
+        let ctx = RequestContext {
+            site: site.into_owned(),
+            received_at_ms: meta.received_at_ms,
+            user_agent: meta.user_agent.clone(),
+            client_ip: meta.client_ip,
+            replay: None,
+        };
+        let v = self.validate(&ctx, &events);
+        for (_, r) in &v.rejected {
+            self.count_rejected(r.class(), 1);
+        }
+        if let Some((reason, class)) = v.failure() {
+            let entry = NewEntry::refused(
+                Stage::Validation,
+                class,
+                reason,
+                self.origin_of(&ctx.site, &meta),
+            );
+            self.dead_letter(NewEntry {
+                events: v
+                    .rejected
+                    .iter()
+                    .map(|(i, _)| events[*i].to_owned())
+                    .collect(),
+                errors: v.rejected.iter().map(|(_, r)| r.to_string()).collect(),
+                ..entry
+            })
+            .await;
+        }
+        let accepted = v.accepted.len();
+        if let Err(e) = self.commit(&v.accepted, Source::Client).await {
+            self.count_rejected("spool_full", accepted as u64);
+            return Err(e.into());
+        }
+        Ok(Answer {
+            accepted,
+            rejected: v
+                .rejected
+                .into_iter()
+                .map(|(index, r)| Rejected {
+                    index,
+                    error: r.to_string(),
+                })
+                .collect(),
+        })
+    }
+
+    /// Validates events of one request context; accepted events keep their order.
+    pub fn validate(&self, ctx: &RequestContext, events: &[&RawValue]) -> Validated {
+        let (accepted, rejected) = self.inner.validator.validate_batch(ctx, events);
+        Validated { accepted, rejected }
+    }
+
+    /// Appends events to the spool as one record and counts them; returns its LSN once it is
+    /// committed (`None` for no events).
+    pub async fn commit(
+        &self,
+        events: &[Event],
+        source: Source,
+    ) -> Result<Option<Lsn>, SpoolError> {
+        if events.is_empty() {
+            return Ok(None);
+        }
+        let payload = crate::spool::encode_events(events);
+        let lsn = self.inner.spool.append(payload).await?;
+        let m = &self.inner.metrics;
+        match source {
+            Source::Replay => {
+                m.dlq_replayed_events.inc_by(events.len() as u64);
+            }
+            Source::Client => {
+                let mut per_type = [0u64; EventType::ALL.len()];
+                for e in events {
+                    if let Some(i) = EventType::ALL
+                        .iter()
+                        .position(|t| Some(*t) == e.event_type())
+                    {
+                        per_type[i] += 1;
+                    }
+                }
+                for (t, c) in EventType::ALL.iter().zip(per_type) {
+                    if c > 0 {
+                        m.events_accepted
+                            .get_or_create(&TypeLabel { r#type: t.as_str() })
+                            .inc_by(c);
+                    }
+                }
+            }
+        }
+        Ok(Some(lsn))
+    }
+
+    fn check_site(&self, site: &str, meta: &Meta) -> Result<(), IngestError> {
+        let Some(site_cfg) = self.inner.sites.get(site) else {
+            return Err(IngestError::UnknownSite(site.chars().take(64).collect()));
+        };
+        if let Some(origin) = &meta.origin {
+            if !site_cfg.any && !site_cfg.origins.contains(origin) && !meta.same_origin {
+                return Err(IngestError::OriginNotAllowed {
+                    origin: origin.chars().take(200).collect(),
+                    site: site.to_string(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn origin_of(&self, site: &str, meta: &Meta) -> Origin {
+        Origin {
+            site: site.to_string(),
+            received_at_ms: meta.received_at_ms,
+            user_agent: meta.user_agent.clone(),
+            ip: self.inner.validator.stored_ip(meta.client_ip),
+        }
+    }
+
+    fn count_rejected(&self, reason: &'static str, n: u64) {
+        self.inner
+            .metrics
+            .events_rejected
+            .get_or_create(&ReasonLabel { reason })
+            .inc_by(n);
+    }
+
+    /// Stores refused input before the answer goes out. A failure to store is logged, not
+    /// returned: the client already learns the refusal from the answer itself.
+    async fn dead_letter(&self, entry: NewEntry) {
+        let dlq = self.inner.dlq.clone();
+        match tokio::task::spawn_blocking(move || dlq.put(entry)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "cannot store dead letter"),
+            Err(e) => tracing::error!(error = %e, "dead-letter task failed"),
+        }
+    }
+}
