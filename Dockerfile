@@ -6,11 +6,14 @@ RUN cargo build --release --locked && strip target/release/clicktrail
 
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl \
-    && rm -rf /var/lib/apt/lists/* && useradd --system --home /var/lib/clicktrail clicktrail \
-    && mkdir -p /var/lib/clicktrail && chown clicktrail /var/lib/clicktrail
+    && rm -rf /var/lib/apt/lists/* \
+    && groupadd --system --gid 10001 clicktrail \
+    && useradd --system --uid 10001 --gid 10001 --home /var/lib/clicktrail clicktrail \
+    && mkdir -p /var/lib/clicktrail && chown clicktrail:clicktrail /var/lib/clicktrail
 COPY --from=build /src/target/release/clicktrail /usr/local/bin/clicktrail
 COPY config/clicktrail.toml /etc/clicktrail/clicktrail.toml
-USER clicktrail
+# Numeric, so Kubernetes can verify runAsNonRoot (deploy/k8s runs as 10001).
+USER 10001:10001
 ENV CLICKTRAIL_CONFIG=/etc/clicktrail/clicktrail.toml \
     CLICKTRAIL_DATA_DIR=/var/lib/clicktrail \
     CLICKTRAIL_LISTEN=0.0.0.0:8080

@@ -2,19 +2,56 @@
 # Run a private ClickHouse server for local use and tests.
 #   scripts/clickhouse.sh start DIR HTTP_PORT TCP_PORT   # returns once /ping answers
 #   scripts/clickhouse.sh stop DIR
+#   scripts/clickhouse.sh locate                         # prints the server to run, or says what to install
 # Everything (data, logs, pid) lives under DIR, so several servers can run side by side.
+#
+# Which server: $CLICKHOUSE_SERVER if set, else an installed clickhouse-server (official
+# packages put it in /usr/bin, Debian's in /usr/sbin), else a `clickhouse` multi-binary (in
+# PATH, /usr/local/bin, or ./clickhouse as its one-line installer leaves it). Any release from
+# 18.16 on works with config/clickhouse/.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
-server="${CLICKHOUSE_SERVER:-/usr/sbin/clickhouse-server}"
 
-cmd="${1:-}"; dir="${2:-}"
-[ -n "$cmd" ] && [ -n "$dir" ] || { echo "usage: $0 start DIR HTTP_PORT TCP_PORT | stop DIR" >&2; exit 2; }
+# The multi-binary picks its tool from the name it is started by, so a link named
+# clickhouse-server to it is a server; the Rust tests take that one path in CLICKHOUSE_SERVER.
+locate() {
+  if [ -n "${CLICKHOUSE_SERVER:-}" ]; then
+    [ -x "$CLICKHOUSE_SERVER" ] || { echo "CLICKHOUSE_SERVER=$CLICKHOUSE_SERVER is not an executable" >&2; return 1; }
+    echo "$CLICKHOUSE_SERVER"; return 0
+  fi
+  local c
+  for c in "$(command -v clickhouse-server 2>/dev/null || true)" /usr/bin/clickhouse-server \
+           /usr/sbin/clickhouse-server /usr/local/bin/clickhouse-server; do
+    if [ -n "$c" ] && [ -x "$c" ]; then echo "$c"; return 0; fi
+  done
+  for c in "$(command -v clickhouse 2>/dev/null || true)" /usr/bin/clickhouse /usr/local/bin/clickhouse \
+           "$here/clickhouse" "$here/var/bin/clickhouse"; do
+    if [ -n "$c" ] && [ -x "$c" ] && [ ! -d "$c" ]; then
+      mkdir -p "$here/var/bin"
+      ln -sfn "$(cd "$(dirname "$c")" && pwd)/$(basename "$c")" "$here/var/bin/clickhouse-server"
+      echo "$here/var/bin/clickhouse-server"; return 0
+    fi
+  done
+  cat >&2 <<'MSG'
+No ClickHouse server found. Install one of (any release from 18.16 on):
+  - the official packages: clickhouse-server (https://clickhouse.com/docs/install, "Debian/Ubuntu")
+  - the single binary: `curl https://clickhouse.com/ | sh` in this directory, or put `clickhouse` in PATH
+  - Debian's package, where the release still has it: apt-get install clickhouse-server
+or point CLICKHOUSE_SERVER at a clickhouse-server executable.
+MSG
+  return 1
+}
+
+cmd="${1:-}"
+if [ "$cmd" = locate ]; then locate; exit; fi
+dir="${2:-}"
+[ -n "$cmd" ] && [ -n "$dir" ] || { echo "usage: $0 start DIR HTTP_PORT TCP_PORT | stop DIR | locate" >&2; exit 2; }
 mkdir -p "$dir"; dir="$(cd "$dir" && pwd)"
 
 case "$cmd" in
   start)
     http="${3:?HTTP_PORT missing}"; tcp="${4:?TCP_PORT missing}"
-    [ -x "$server" ] || { echo "clickhouse-server not found at $server; run: apt-get install -y clickhouse-server" >&2; exit 1; }
+    server="$(locate)" || exit 1
     if [ -f "$dir/pid" ] && kill -0 "$(cat "$dir/pid")" 2>/dev/null; then
       echo "ClickHouse already running in $dir (pid $(cat "$dir/pid"))"; exit 0
     fi

@@ -174,6 +174,8 @@ check "promtool check rules deploy/prometheus/rules.yml" \
   "$PROMTOOL" check rules deploy/prometheus/rules.yml
 check "promtool check config deploy/prometheus/prometheus.yml" \
   "$PROMTOOL" check config deploy/prometheus/prometheus.yml
+check "promtool check config deploy/prometheus/prometheus-compose.yml" \
+  "$PROMTOOL" check config deploy/prometheus/prometheus-compose.yml
 check "promtool test rules deploy/prometheus/rules_test.yml" \
   "$PROMTOOL" test rules deploy/prometheus/rules_test.yml
 check "python3 -m json.tool deploy/grafana/clicktrail.json" \
