@@ -14,10 +14,10 @@ mod error;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -25,6 +25,7 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use serde_json::json;
 use tokio::sync::watch;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
@@ -109,7 +110,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/admin/status", get(admin::status))
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .fallback(|| async { ApiError::NotFound })
-        .layer(middleware::from_fn_with_state(state.clone(), cors))
+        .layer(cors_layer(state.inner.ingest.clone()))
+        .layer(middleware::from_fn(refusals_readable_anywhere))
         .layer(middleware::from_fn_with_state(state.clone(), record_metrics))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(
@@ -156,49 +158,36 @@ async fn record_metrics(State(st): State<AppState>, req: Request, next: Next) ->
     resp
 }
 
-/// CORS for every answer. Preflights are answered here; other responses get the headers added
-/// on the way out. Per-site origin rules are enforced by the events handler, which can then
-/// explain a refusal in a body the browser is allowed to read.
-async fn cors(State(st): State<AppState>, req: Request, next: Next) -> Response {
-    let origin = req
-        .headers()
-        .get(header::ORIGIN)
-        .and_then(|o| o.to_str().ok())
-        .map(str::to_string);
-    let allowed = origin
-        .as_deref()
-        .filter(|o| st.inner.ingest.origin_allowed_anywhere(o))
-        .map(str::to_string);
-    let mut resp = if req.method() == Method::OPTIONS {
-        let mut r = StatusCode::NO_CONTENT.into_response();
-        let h = r.headers_mut();
-        h.insert(
-            header::ACCESS_CONTROL_ALLOW_METHODS,
-            HeaderValue::from_static("POST, GET, OPTIONS"),
-        );
-        h.insert(
-            header::ACCESS_CONTROL_ALLOW_HEADERS,
-            HeaderValue::from_static("Content-Type, Content-Encoding"),
-        );
-        h.insert(
-            header::ACCESS_CONTROL_MAX_AGE,
-            HeaderValue::from_static("86400"),
-        );
-        r
-    } else {
-        next.run(req).await
-    };
-    // A refusal is readable by any origin: it carries no data, and a snippet installed on a
-    // page that is not allowed can then drop its batch instead of retrying for minutes.
-    let allowed = allowed.or_else(|| origin.filter(|_| resp.status() == StatusCode::FORBIDDEN));
-    let h = resp.headers_mut();
-    h.append(header::VARY, HeaderValue::from_static("Origin"));
-    if let Some(o) = allowed.and_then(|o| HeaderValue::from_str(&o).ok()) {
-        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o);
-        h.insert(
-            header::ACCESS_CONTROL_EXPOSE_HEADERS,
-            HeaderValue::from_static("Retry-After, X-Request-Id"),
-        );
+/// CORS for every answer, errors and 404/405 included, for any origin that some configured
+/// site accepts; preflights are answered by the layer. Per-site rules are the events
+/// handler's, which can then explain a refusal in a body the browser may read.
+fn cors_layer(ingest: Ingest) -> CorsLayer {
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::predicate(move |origin: &HeaderValue, _| {
+            origin
+                .to_str()
+                .is_ok_and(|o| ingest.origin_allowed_anywhere(o))
+        }))
+        .allow_methods([Method::POST, Method::GET, Method::OPTIONS])
+        .allow_headers([header::CONTENT_TYPE, header::CONTENT_ENCODING])
+        .expose_headers([header::RETRY_AFTER, HeaderName::from_static("x-request-id")])
+        .max_age(Duration::from_secs(86_400))
+}
+
+/// A refusal is readable by any origin: it carries no data, and a snippet installed on a page
+/// that is not allowed can then drop its batch instead of retrying for minutes.
+async fn refusals_readable_anywhere(req: Request, next: Next) -> Response {
+    let origin = req.headers().get(header::ORIGIN).cloned();
+    let mut resp = next.run(req).await;
+    if resp.status() == StatusCode::FORBIDDEN {
+        let h = resp.headers_mut();
+        if let (Some(o), false) = (origin, h.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN)) {
+            h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o);
+            h.insert(
+                header::ACCESS_CONTROL_EXPOSE_HEADERS,
+                HeaderValue::from_static("retry-after,x-request-id"),
+            );
+        }
     }
     resp
 }

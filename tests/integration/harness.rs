@@ -78,7 +78,7 @@ impl ClickHouse {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if let Ok(r) = ureq_get(&format!("{}/ping", self.url())) {
+            if let Ok(r) = http_get(&format!("{}/ping", self.url())) {
                 if r.trim() == "Ok." {
                     return;
                 }
@@ -156,7 +156,7 @@ fn blocking_http(url: &str, body: Option<Vec<u8>>, timeout: Duration) -> Result<
     .unwrap()
 }
 
-fn ureq_get(url: &str) -> Result<String, String> {
+fn http_get(url: &str) -> Result<String, String> {
     blocking_http(url, None, Duration::from_secs(2))
 }
 
@@ -319,7 +319,7 @@ impl Binary {
         let base = format!("http://127.0.0.1:{port}");
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if ureq_get(&format!("{base}/healthz")).is_ok() {
+            if http_get(&format!("{base}/healthz")).is_ok() {
                 return Binary { child, base };
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -341,7 +341,7 @@ impl Binary {
     }
 
     pub fn metrics(&self) -> String {
-        ureq_get(&format!("{}/metrics", self.base)).unwrap_or_default()
+        http_get(&format!("{}/metrics", self.base)).unwrap_or_default()
     }
 }
 
@@ -353,49 +353,7 @@ impl Drop for Binary {
 }
 
 /// A TOML rendering of the config (serde → JSON → TOML keeps the field names).
+/// The config as the TOML file an operator would write.
 pub fn toml_of(c: &Config) -> String {
-    let v: serde_json::Value = serde_json::to_value(c).unwrap();
-    let mut top = String::new();
-    let mut sections = String::new();
-    let obj = v.as_object().unwrap();
-    for (k, v) in obj {
-        match v {
-            serde_json::Value::Object(m) => {
-                sections.push_str(&format!("[{k}]\n"));
-                for (k2, v2) in m {
-                    if let Some(s) = toml_value(v2) {
-                        sections.push_str(&format!("{k2} = {s}\n"));
-                    }
-                }
-            }
-            serde_json::Value::Array(a) if k == "sites" => {
-                for site in a {
-                    sections.push_str("[[sites]]\n");
-                    for (k2, v2) in site.as_object().unwrap() {
-                        sections.push_str(&format!("{k2} = {}\n", toml_value(v2).unwrap()));
-                    }
-                }
-            }
-            other => {
-                if let Some(s) = toml_value(other) {
-                    top.push_str(&format!("{k} = {s}\n"));
-                }
-            }
-        }
-    }
-    top + &sections
-}
-
-fn toml_value(v: &serde_json::Value) -> Option<String> {
-    match v {
-        serde_json::Value::Null => None,
-        serde_json::Value::Array(a) => Some(format!(
-            "[{}]",
-            a.iter()
-                .filter_map(toml_value)
-                .collect::<Vec<_>>()
-                .join(", ")
-        )),
-        other => Some(other.to_string()),
-    }
+    toml::to_string(c).expect("the config serialises to TOML")
 }
