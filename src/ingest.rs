@@ -17,11 +17,12 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
+use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::config::Config;
+use crate::config::{Config, SiteConfig};
 use crate::dlq::{DeadLetters, NewEntry, Origin, Stage};
 use crate::event::{Event, EventType, RawBatch, Rejection, RequestContext, Validator};
 use crate::metrics::{Metrics, ReasonLabel, TypeLabel};
@@ -112,16 +113,43 @@ struct SiteOrigins {
     origins: HashSet<String>,
 }
 
-/// The use case, cheap to clone and shared by all handlers.
-#[derive(Clone)]
-pub struct Ingest {
-    inner: std::sync::Arc<Inner>,
-}
-
-struct Inner {
+/// The `[[sites]]` of the running config: which keys exist and which origins may post.
+/// Replaced whole on a config reload (SIGHUP); a request sees either the old or the new one.
+struct SitePolicy {
     sites: HashMap<String, SiteOrigins>,
     all_origins: HashSet<String>,
     any_origin: bool,
+}
+
+impl SitePolicy {
+    fn new(sites: &[SiteConfig]) -> Self {
+        let mut map = HashMap::new();
+        let mut all_origins = HashSet::new();
+        let mut any_origin = false;
+        for s in sites {
+            let any = s.origins.iter().any(|o| o == "*");
+            any_origin |= any;
+            let origins: HashSet<String> =
+                s.origins.iter().filter(|o| *o != "*").cloned().collect();
+            all_origins.extend(origins.iter().cloned());
+            map.insert(s.key.clone(), SiteOrigins { any, origins });
+        }
+        Self {
+            sites: map,
+            all_origins,
+            any_origin,
+        }
+    }
+}
+
+/// The use case, cheap to clone and shared by all handlers.
+#[derive(Clone)]
+pub struct Ingest {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    sites: RwLock<Arc<SitePolicy>>,
     max_events: usize,
     keep_unparseable: bool,
     validator: Validator,
@@ -132,22 +160,9 @@ struct Inner {
 
 impl Ingest {
     pub fn new(config: &Config, spool: SpoolHandle, dlq: DeadLetters, metrics: Metrics) -> Self {
-        let mut sites = HashMap::new();
-        let mut all_origins = HashSet::new();
-        let mut any_origin = false;
-        for s in &config.sites {
-            let any = s.origins.iter().any(|o| o == "*");
-            any_origin |= any;
-            let origins: HashSet<String> =
-                s.origins.iter().filter(|o| *o != "*").cloned().collect();
-            all_origins.extend(origins.iter().cloned());
-            sites.insert(s.key.clone(), SiteOrigins { any, origins });
-        }
         Self {
-            inner: std::sync::Arc::new(Inner {
-                sites,
-                all_origins,
-                any_origin,
+            inner: Arc::new(Inner {
+                sites: RwLock::new(Arc::new(SitePolicy::new(&config.sites))),
                 max_events: config.http.max_events_per_batch,
                 keep_unparseable: config.dlq.keep_unparseable_bodies,
                 validator: Validator::new(config.limits.clone(), config.privacy.clone()),
@@ -160,7 +175,22 @@ impl Ingest {
 
     /// Some configured site accepts this origin (CORS headers may name it).
     pub fn origin_allowed_anywhere(&self, origin: &str) -> bool {
-        self.inner.any_origin || self.inner.all_origins.contains(origin)
+        let p = self.policy();
+        p.any_origin || p.all_origins.contains(origin)
+    }
+
+    /// Puts a reloaded `[[sites]]` in force for every request that starts from now on.
+    pub fn replace_sites(&self, sites: &[SiteConfig]) {
+        let new = Arc::new(SitePolicy::new(sites));
+        *self.inner.sites.write().unwrap_or_else(|p| p.into_inner()) = new;
+    }
+
+    fn policy(&self) -> Arc<SitePolicy> {
+        self.inner
+            .sites
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn validator(&self) -> &Validator {
@@ -307,7 +337,8 @@ impl Ingest {
     }
 
     fn check_site(&self, site: &str, meta: &Meta) -> Result<(), IngestError> {
-        let Some(site_cfg) = self.inner.sites.get(site) else {
+        let policy = self.policy();
+        let Some(site_cfg) = policy.sites.get(site) else {
             return Err(IngestError::UnknownSite(site.chars().take(64).collect()));
         };
         if let Some(origin) = &meta.origin {

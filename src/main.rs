@@ -162,7 +162,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let listener = tokio::net::TcpListener::bind(config.listen)
                 .await
                 .with_context(|| format!("cannot listen on {} (key `listen`)", config.listen))?;
-            clicktrail::serve::run(config, listener, clicktrail::serve::shutdown_signal()).await?;
+            let path = cli.config.clone();
+            let explicit = path != Path::new("config/clicktrail.toml");
+            let reload: clicktrail::serve::Reload = Box::new(move || Config::load(&path, explicit));
+            clicktrail::serve::run_with_reload(
+                config,
+                listener,
+                clicktrail::serve::shutdown_signal(),
+                Some(reload),
+            )
+            .await?;
             Ok(ExitCode::SUCCESS)
         }),
         Command::Migrate { .. } => rt.block_on(async {

@@ -109,6 +109,13 @@ pub struct Metrics {
     pub compactor_run_duration: Histogram,
     pub compactor_failures: Counter,
     pub compactor_last_success: FGauge,
+
+    pub config_reloads: Family<ResultLabel, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
 }
 
 impl Metrics {
@@ -290,6 +297,13 @@ impl Metrics {
             dlq_replayed_events.clone(),
         );
 
+        let config_reloads = Family::<ResultLabel, Counter>::default();
+        r.register(
+            "config_reloads",
+            "Configuration reloads on SIGHUP: result = applied or refused (the old config stays)",
+            config_reloads.clone(),
+        );
+
         let compactor_partitions_archived = Counter::default();
         r.register(
             "compactor_partitions_archived",
@@ -407,6 +421,7 @@ impl Metrics {
             compactor_run_duration,
             compactor_failures,
             compactor_last_success,
+            config_reloads,
         }
     }
 

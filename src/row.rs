@@ -435,6 +435,21 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn every_column_is_documented() {
+        let doc = include_str!("../docs/schema.md");
+        for c in COLUMNS
+            .iter()
+            .map(|c| c.name)
+            .chain(SERVER_COLUMNS.iter().map(|c| c.0))
+        {
+            assert!(
+                doc.contains(&format!("`{c}`")),
+                "docs/schema.md does not describe column `{c}`"
+            );
+        }
+    }
+
+    #[test]
     fn cells_follow_the_column_table() {
         let r = distinct_row();
         let cells = r.cells();

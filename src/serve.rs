@@ -31,11 +31,26 @@ pub enum ServeError {
     Sink(std::io::Error),
 }
 
+/// Reads the configuration again, as at start (file + `CLICKTRAIL_*` environment, validated).
+pub type Reload = Box<dyn Fn() -> Result<Config, crate::config::ConfigError> + Send + Sync>;
+
 /// Serves on an already-bound listener until `shutdown` resolves, then drains.
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    run_with_reload(config, listener, shutdown, None).await
+}
+
+/// [`run`], and on SIGHUP (when `reload` is given) re-reads the config and applies its
+/// `[[sites]]` (keys, origins) without dropping a connection or an event. An invalid new
+/// config is refused with the key named in the log, and the running one stays in force.
+pub async fn run_with_reload(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    reload: Option<Reload>,
 ) -> Result<(), ServeError> {
     let metrics = Metrics::new();
     let clock = crate::clock::Clock::system();
@@ -132,6 +147,16 @@ pub async fn run(
         ))
     });
     let ingest = crate::ingest::Ingest::new(&config, spool.handle, dlq, metrics.clone());
+    let reloader = reload.map(|r| {
+        tokio::spawn(reload_on_sighup(
+            r,
+            config.clone(),
+            ingest.clone(),
+            metrics.clone(),
+            canary_stop_tx.subscribe(),
+        ))
+    });
+
     let state = AppState::new(
         &config,
         ingest,
@@ -174,6 +199,10 @@ pub async fn run(
     if let Some(c) = canary {
         let _ = c.await;
     }
+    // The reloader holds the use case and with it a spool handle: it stops before the writer.
+    if let Some(r) = reloader {
+        let _ = r.await;
+    }
     // Every handle is gone with the router and the canary: the writer commits what it has and
     // stops.
     let writer = spool.writer;
@@ -200,6 +229,82 @@ pub async fn run(
     }
     tracing::info!("stopped");
     result
+}
+
+/// On every SIGHUP: reload, validate, apply `[[sites]]`; an invalid config changes nothing.
+async fn reload_on_sighup(
+    reload: Reload,
+    mut current: Config,
+    ingest: crate::ingest::Ingest,
+    metrics: Metrics,
+    mut stop: watch::Receiver<bool>,
+) {
+    use crate::metrics::ResultLabel;
+    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; config reload is off");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            r = hup.recv() => if r.is_none() { return },
+            _ = stop.changed() => return,
+        }
+        // A small file read: cheap enough for the async worker, and rare.
+        let result = reload();
+        match result {
+            Ok(new) => {
+                let needs_restart = restart_only_changes(&current, &new);
+                ingest.replace_sites(&new.sites);
+                metrics
+                    .config_reloads
+                    .get_or_create(&ResultLabel { result: "applied" })
+                    .inc();
+                tracing::info!(
+                    sites = new.sites.len(),
+                    ?needs_restart,
+                    "config reloaded: [[sites]] applied"
+                );
+                current = new;
+            }
+            Err(e) => {
+                metrics
+                    .config_reloads
+                    .get_or_create(&ResultLabel { result: "refused" })
+                    .inc();
+                tracing::error!(error = %e, "config reload refused; the running config stays in force");
+            }
+        }
+    }
+}
+
+/// Top-level keys whose change a reload does not apply (only `[[sites]]` is reloaded).
+fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    let (Ok(a), Ok(b)) = (serde_json::to_value(old), serde_json::to_value(new)) else {
+        return Vec::new();
+    };
+    let mut changed = Vec::new();
+    for key in [
+        "listen",
+        "data_dir",
+        "log",
+        "http",
+        "limits",
+        "privacy",
+        "clickhouse",
+        "spool",
+        "sink",
+        "dlq",
+        "compactor",
+        "freshness",
+    ] {
+        if a.get(key) != b.get(key) {
+            changed.push(key);
+        }
+    }
+    changed
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -293,6 +293,25 @@ pub async fn eventually(what: &str, timeout: Duration, mut f: impl FnMut() -> bo
     }
 }
 
+/// Awaits `check` until it yields `Some`, or panics naming `what` after `timeout`: the one
+/// polling loop of the tests.
+pub async fn eventually_some<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The real `clicktrail` binary, for crash tests.
 pub struct Binary {
     pub child: Child,
@@ -305,7 +324,7 @@ impl Binary {
     pub fn start(config: &Config, port: u16) -> Binary {
         let mut c = config.clone();
         c.listen = format!("127.0.0.1:{port}").parse().unwrap();
-        let config_path = c.data_dir.join("clicktrail-test.toml");
+        let config_path = Binary::config_path(&c);
         std::fs::create_dir_all(&c.data_dir).unwrap();
         std::fs::write(&config_path, toml_of(&c)).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_clicktrail"))
@@ -332,6 +351,21 @@ impl Binary {
     pub fn kill9(&mut self) {
         let _ = self.child.kill(); // SIGKILL
         let _ = self.child.wait();
+    }
+
+    /// Sends a signal by name (`HUP`, `TERM`, ...).
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status()
+            .unwrap()
+            .success());
+    }
+
+    /// The path of the config file the binary was started with.
+    pub fn config_path(config: &Config) -> std::path::PathBuf {
+        config.data_dir.join("clicktrail-test.toml")
     }
 
     pub fn sigterm(&mut self) -> std::process::ExitStatus {
