@@ -5,6 +5,8 @@
  *   <script src="https://COLLECTOR/v1/snippet.js" data-site="KEY" defer></script>
  * Options, as attributes on that tag:
  *   data-site         site key configured in the collector (required)
+ *   data-api          where to post events instead of {script origin}/v1/events: an absolute URL
+ *                     or a path resolved against the page (a first-party proxy, e.g. /ct/events)
  *   data-no-text      never send the text of clicked elements
  *   data-cookieless   store nothing in the browser; send visitor "" (the collector derives one)
  *   data-respect-dnt  send nothing when Do-Not-Track or Global Privacy Control is on
@@ -13,27 +15,40 @@
  * Calls made before the snippet has loaded are kept by this stub and replayed:
  *   <script>window.clicktrail=window.clicktrail||function(){(clicktrail.q=clicktrail.q||[]).push(arguments)}</script>
  *
- * What it sends, as POST {collector}/v1/events with body {"site": KEY, "events": [...]}
+ * The tag is document.currentScript; where that is null or has no data-site (module scripts,
+ * code run by a tag manager's loader), the first <script data-site> whose src contains
+ * "clicktrail" or "snippet.js", else the first <script data-site> of the document.
+ *
+ * What it sends, as POST {collector}/v1/events (or data-api) with body {"site": KEY, "events": [...]}
  * (Content-Type text/plain, so browsers make no CORS preflight):
  *   pageview    initial load and each SPA navigation (pushState, replaceState, popstate,
  *               hashchange) that changes location.href; title, referrer (the previous URL on
  *               SPA navigation). The title is read at the navigation: an SPA should set
  *               document.title before calling pushState.
  *   click       page x/y, a short CSS selector and the trimmed text of the clicked element;
- *               rage: true on the click that completes a burst (3 clicks within 1 s and 30 px)
+ *               ex/ey: where in that element's box the click fell, 0..65535 from its left/top
+ *               edge to its right/bottom edge; rage: true on the click that completes a burst
+ *               (3 clicks within 1 s and 30 px); dead: true when nothing followed within 1 s (no
+ *               DOM mutation, navigation, scroll or focus change; never on form fields); error:
+ *               true when an uncaught error or unhandled rejection followed within 1 s. A click
+ *               is held that second before it is queued (hidden or unloaded page: at once, not
+ *               dead); its url, page view and time are those of the moment of the click.
  *   scroll      depth: the deepest percent of the document seen in this page view. Sent when
  *               the page view ends or the page is hidden, and only if it grew since the last
  *               one: take max(depth) per page view
- *   engagement  duration_ms: active time (page visible and an input in the last 30 s) since the
- *               previous engagement event, sent at the same moments: take sum(duration_ms)
+ *   engagement  duration_ms: the page view's engaged time so far, in ms (time between inputs
+ *               while the page is visible, each gap counted up to 30 s). Sent at the same
+ *               moments as scroll, and only if it grew since the last one: cumulative per page
+ *               view, take max(duration_ms) per page view (like depth), never the sum
  *   custom      name and a flat props object (at most 2 KiB)
- * Every event carries id, ts, url, session, visitor and the viewport / document size.
+ * Every event carries id, ts, url, session, visitor, pv (the id of the page view it belongs to; a
+ * page view's own id) and the viewport / document size.
  *
  * Rules this file keeps: no dependencies, no cookies, one global (window.clicktrail), no console
  * output, no exception ever reaches the page (every entry point goes through safe()), nothing
  * that blocks the main thread (network is async; unload uses sendBeacon).
  * The served file is dist/clicktrail.min.js, built by build.mjs (npm run build), and must stay
- * under 2 KiB gzipped (check-size.sh).
+ * within 2560 bytes gzipped (check-size.sh).
  */
 ((w, d) => {
   const BATCH_SIZE = 20;           // flush when this many events are queued...
@@ -44,6 +59,7 @@
   const SESSION_IDLE = 30 * 60000; // a session ends after 30 minutes without events or input
   const ACTIVE_IDLE = 30000;       // engagement: the user counts as active for 30 s after an input
   const RAGE_CLICKS = 3, RAGE_MS = 1000, RAGE_PX = 30;
+  const HOLD_MS = 1000;            // a click waits this long for what it caused (dead, error)
   const nav = navigator, loc = location, now = Date.now, root = d.documentElement;
 
   // Wrap a function so that nothing it throws reaches the page.
@@ -107,26 +123,29 @@
 
   // ---------------------------------------------------------------- events
 
-  // Queue an event: the common fields plus `fields`. url defaults to the current location;
+  // An event as of now: the common fields plus `fields`. url defaults to the current location;
   // events that close a page view pass that page view's url (after pushState the location
-  // already shows the next one).
-  const send = (type, fields, url) => {
+  // already shows the next one). pv is the current page view's id.
+  const event = (type, fields, url) => {
     const t = now();
-    push({
-      type, id: rid(), ts: t, url: cut(url || loc.href, 2048), session: session(t), visitor,
+    return {
+      type, id: rid(), ts: t, url: cut(url || loc.href, 2048), session: session(t), visitor, pv,
       vw: w.innerWidth, vh: w.innerHeight, dw: root.scrollWidth, dh: root.scrollHeight, ...fields
-    });
+    };
   };
+  const send = (type, fields, url) => push(event(type, fields, url));
 
   // --- page views, scroll depth and engagement
 
-  let pageUrl, depth, depthSent;   // the current page view
-  let lastInput = 0, activeMs = 0; // engagement: time of the last input (0: hidden)
+  // The current page view: its url, its id, its scroll depth and engaged time (ms) so far, and
+  // the depth and time last sent (each is sent again only when it grew).
+  let pageUrl, pv, depth, depthSent, activeMs, activeSent;
+  let lastInput = 0; // engagement: time of the last input (0: hidden)
 
   const startPage = (referrer) => {
     pageUrl = loc.href;
-    depth = depthSent = 0;
-    send('pageview', { title: cut(d.title, 512), referrer: cut(referrer, 2048) });
+    depth = depthSent = activeMs = activeSent = 0;
+    send('pageview', { id: pv = rid(), title: cut(d.title, 512), referrer: cut(referrer, 2048) });
     measure();
   };
 
@@ -134,16 +153,16 @@
   const endPage = () => {
     measure();
     if (depth > depthSent) send('scroll', { depth: depthSent = depth }, pageUrl);
-    input(); // count the active time up to now
-    const ms = Math.round(activeMs);
-    activeMs = 0;
-    if (ms > 0) send('engagement', { duration_ms: ms }, pageUrl);
+    input(); // count the active time up to now (whole ms: differences of Date.now())
+    if (activeMs > activeSent) send('engagement', { duration_ms: activeSent = activeMs }, pageUrl);
   };
 
-  // Called after anything that may change the URL; a new URL is a new page view.
+  // Called after anything that may change the URL; a new URL is a new page view (and the clicks
+  // held are not dead).
   const navigated = () => {
     const from = pageUrl;
     if (loc.href != from) {
+      alive();
       endPage();
       startPage(from);
     }
@@ -166,11 +185,33 @@
   // --- clicks
 
   let recent = []; // [time, x, y] of recent clicks, for rage detection
+  let held = [];   // click events waiting HOLD_MS for what they cause
+
+  // Something happened (DOM mutation, navigation, scroll, focus): the clicks held are not dead.
+  const alive = () => held.map((c) => c.dead = false);
+
+  // Mutations are watched only while clicks are held (a busy page pays nothing otherwise).
+  const observer = new MutationObserver(alive);
+
+  // Queue a held click (once: the timer, or the page leaving first).
+  const release = (c) => {
+    if (held.includes(c)) {
+      held = held.filter((h) => h != c);
+      held[0] || observer.disconnect();
+      push(c);
+    }
+  };
+
+  // 0..65535 from an element's start to its end (a box of size 0 gives 0 or 65535).
+  const rel = (v, start, size) => Math.max(0, Math.min(65535, Math.round((v - start) / size * 65535))) || 0;
 
   const onClick = (e) => {
-    // an icon inside a button or link counts as the button or link
-    const el = e.target.closest('a,button,[role=button]') || e.target;
+    navigated(); // a URL change no hook saw (history methods saved before we wrapped them)
+    // an icon inside a button or link counts as the button or link; a click below <body> is on it
+    let el = e.target.closest('a,button,[role=button]') || e.target;
+    if (el == root) el = d.body;
     const x = Math.round(e.pageX), y = Math.round(e.pageY); // clientX/Y + scroll
+    const box = el.getBoundingClientRect();
 
     // Rage click: this click and RAGE_CLICKS-1 others within RAGE_MS and RAGE_PX of it. Only the
     // click completing the burst is marked; the next burst starts from scratch.
@@ -179,7 +220,17 @@
     const rage = recent.length + 1 >= RAGE_CLICKS;
     recent = rage ? [] : recent.concat([[t, x, y]]);
 
-    send('click', { x, y, selector: cut(selector(el), 512), text: text(el), rage });
+    // The event is made now (url, page view, time of the click) and queued HOLD_MS later, dead
+    // unless something happened meanwhile (another click is not something). Form fields and
+    // media answer by themselves (caret, toggle, list, controls), with no mutation: never dead.
+    const c = event('click', {
+      x, y, ex: rel(e.clientX, box.left, box.width), ey: rel(e.clientY, box.top, box.height),
+      selector: cut(selector(el), 512), text: text(el), rage,
+      dead: !/^(INPUT|SELECT|TEXTAREA|LABEL|OPTION|VIDEO|AUDIO)$/.test(el.tagName) && !el.isContentEditable, error: false
+    });
+    held.push(c);
+    observer.observe(root, { childList: true, attributes: true, characterData: true, subtree: true });
+    setTimeout(safe(() => release(c)), HOLD_MS);
   };
 
   // A short CSS selector that survives restyling: up to 5 levels of tag names, with
@@ -270,6 +321,8 @@
   // Hidden (tab or app switch, close) and pagehide (navigation away, close): report the page
   // view so far and send everything now; the browser may never run this page again.
   const leave = () => {
+    alive();           // clicks held leave now, with what is known: not dead
+    held.map(release);
     endPage();
     lastInput = 0; // the engagement clock stops until the page is shown or used again
     beacon();
@@ -278,11 +331,18 @@
   // ---------------------------------------------------------------- start
 
   safe(() => {
-    const script = d.currentScript, data = script.dataset;
+    // Our tag. No currentScript: a module script, or code a tag manager's loader runs.
+    let script = d.currentScript;
+    if (!script || !script.dataset.site) {
+      script = d.querySelector('script[data-site][src*=clicktrail],script[data-site][src*="snippet.js"]') ||
+        d.querySelector('script[data-site]');
+    }
+    const data = script.dataset;
     const dnt = nav.doNotTrack == 1 || nav.globalPrivacyControl;
     site = data.site;
     if (!site || (dnt && 'respectDnt' in data)) return;
-    endpoint = new URL('/v1/events', script.src);
+    // data-api: a URL or a path, resolved against the page by fetch / sendBeacon
+    endpoint = data.api || new URL('/v1/events', script.src);
     noText = 'noText' in data;
     cookieless = 'cookieless' in data;
     visitor = visitorId();
@@ -304,7 +364,12 @@
     on(w, 'hashchange', navigated);
 
     on(d, 'click', onClick);
-    on(w, 'scroll', () => { measure(); input(); });
+    on(w, 'scroll', () => { measure(); input(); alive(); });
+    on(d, 'focusin', alive);
+    // Uncaught errors (not a resource's load error, which targets its element) and rejections.
+    ['error', 'unhandledrejection'].map((t) => on(w, t, (e) => e.target == w && held.map((c) => c.error = true)));
+    // Navigation API (where there is one): a link's navigation has started, however slow the next page.
+    w.navigation && on(w.navigation, 'navigate', alive);
     ['pointerdown', 'pointermove', 'keydown'].map((t) => on(d, t, input));
     on(d, 'visibilitychange', () => d.hidden ? leave() : input());
     on(w, 'pagehide', leave);

@@ -36,8 +36,9 @@ export async function cleanup() {
   }
 }
 
-export function runDir() {
-  const dir = process.env.CT_BROWSER_TMP || mkdtempSync(join(tmpdir(), 'clicktrail-browser-'));
+/** The run directory, or its subdirectory `sub` (a test file's own servers, apart from another's). */
+export function runDir(sub = '') {
+  const dir = join(process.env.CT_BROWSER_TMP || mkdtempSync(join(tmpdir(), 'clicktrail-browser-')), sub);
   mkdirSync(dir, { recursive: true });
   return dir;
 }
@@ -225,4 +226,26 @@ export async function sessionOf(page) {
 /** Wait until the snippet has started on the page. */
 export async function snippetLoaded(page) {
   await page.waitForFunction(() => window.clicktrail && window.clicktrail.on === 1, null, { timeout: 10000 });
+}
+
+/**
+ * Record every POST the pages of a browser context make to a URL ending in `path` (fetch and
+ * sendBeacon alike), as the browser sent it: request interception reads the body, it does not
+ * alter or hold the request. Returns {posts, events(), answers}: posts are {url, json}; events()
+ * flattens their events; answers are the statuses and bodies of the responses read back.
+ */
+export function capturePosts(context, path = '/v1/events') {
+  const posts = [], answers = [];
+  context.on('request', (r) => {
+    if (r.method() === 'POST' && new URL(r.url()).pathname.endsWith(path)) {
+      posts.push({ url: r.url(), json: JSON.parse(r.postData()) });
+    }
+  });
+  context.on('response', async (r) => {
+    const req = r.request();
+    if (req.method() === 'POST' && new URL(r.url()).pathname.endsWith(path)) {
+      answers.push({ status: r.status(), body: await r.text().catch(() => '') });
+    }
+  });
+  return { posts, answers, events: () => posts.flatMap((p) => p.json.events) };
 }

@@ -56,3 +56,48 @@ export function shopPage({ snippetSrc, site = 'test', attrs = '', title = 'Shop'
 </html>
 `;
 }
+
+// A page for the click tests: elements at known places, each with a known effect (or none).
+// `tag` is the snippet's <script> tag, or whatever loads it; `head` goes before it.
+export function clicksPage({ tag, head = '', title = 'Clicks' }) {
+  return `<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>${title}</title>
+<link rel="icon" href="data:,">
+<style>
+  body { margin: 0; font: 16px/1.4 sans-serif; }
+  #box { position: absolute; left: 100px; top: 150px; width: 200px; height: 100px;
+         margin: 0; padding: 0; border: 0; box-sizing: border-box; background: #cde; }
+  #box b { position: absolute; left: 140px; top: 60px; width: 40px; height: 30px; background: #89a; }
+  #row { position: absolute; left: 400px; top: 150px; }
+  #row > * { display: block; width: 160px; height: 40px; margin: 0 0 10px; }
+  #noop { background: #eee; }
+</style>
+${head}
+${tag}
+</head>
+<body>
+<button id="box"><b>icon</b></button>
+<div id="row">
+  <div id="noop">does nothing</div>
+  <button id="change">change</button> <span id="out">0</span>
+  <button id="boom">throws</button>
+  <button id="reject">rejects</button>
+  <button id="go">go on</button>
+  <input id="field" type="text">
+  <a id="slow" href="/slow">a slow next page</a>
+</div>
+<script>
+  var n = 0;
+  function on(id, fn) { document.getElementById(id).addEventListener('click', fn); }
+  on('change', function () { document.getElementById('out').textContent = String(++n); });
+  on('boom', function () { throw new Error('boom'); });
+  on('reject', function () { Promise.reject(new Error('rejected')); });
+  on('go', function () { history.pushState({}, '', '/other/page'); });
+</script>
+</body>
+</html>
+`;
+}
