@@ -101,6 +101,8 @@ enum DlqCommand {
 }
 
 fn main() -> ExitCode {
+    // Reads FAILPOINTS in test builds (feature `failpoints`); does nothing otherwise.
+    let _failpoints = fail::FailScenario::setup();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,

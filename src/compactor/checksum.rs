@@ -57,83 +57,17 @@ pub(super) fn row_hash(e: &Event) -> u64 {
     h.finish()
 }
 
-/// One Arrow column of the archive schema, typed once per batch, hashed per row exactly like
-/// [`row_hash`] hashes the row's column.
-enum Col<'a> {
-    Str(&'a arrow_array::StringArray),
-    /// Millisecond timestamp as whole seconds (ClickHouse's DateTime).
-    Secs(&'a arrow_array::TimestampMillisecondArray),
-    /// Millisecond timestamp's 0–999 part (the [`Kind::Millis`] column folded into it).
-    Millis(&'a arrow_array::TimestampMillisecondArray),
-    Bool(&'a arrow_array::BooleanArray),
-    /// Any unsigned integer column, widened.
-    Num(Box<dyn Fn(usize) -> u64 + 'a>),
-    /// Int32: ClickHouse hashes its four bytes zero-extended.
-    I32(&'a arrow_array::Int32Array),
-}
-
-/// Adds every row of a record batch in the archive schema to `sum`.
+/// Adds every row of a record batch in the archive schema to `sum`, hashed from the Arrow
+/// arrays exactly like [`row_hash`] hashes the row (no row is materialised).
 pub(super) fn add_batch(
     sum: &mut Checksum,
     b: &arrow_array::RecordBatch,
 ) -> Result<(), CompactError> {
-    use arrow_array::cast::AsArray;
-    use arrow_array::types::*;
-    let col = |name: &str| {
-        b.column_by_name(name)
-            .ok_or_else(|| CompactError::Archive(format!("column {name} missing")))
-    };
-    let wrong = |name: &str| CompactError::Archive(format!("column {name} has the wrong type"));
-    let mut cols = Vec::with_capacity(COLUMNS.len());
-    let mut last_time = "";
-    for c in COLUMNS {
-        let n = c.name;
-        let a = if c.kind == Kind::Millis {
-            col(last_time)?
-        } else {
-            col(n)?
-        };
-        let c = match c.kind {
-            Kind::Str | Kind::LowStr => Col::Str(a.as_string_opt::<i32>().ok_or_else(|| wrong(n))?),
-            Kind::DateTime => {
-                last_time = n;
-                Col::Secs(
-                    a.as_primitive_opt::<TimestampMillisecondType>()
-                        .ok_or_else(|| wrong(n))?,
-                )
-            }
-            Kind::Millis => Col::Millis(
-                a.as_primitive_opt::<TimestampMillisecondType>()
-                    .ok_or_else(|| wrong(n))?,
-            ),
-            Kind::Flag => Col::Bool(a.as_boolean_opt().ok_or_else(|| wrong(n))?),
-            Kind::I32 => Col::I32(a.as_primitive_opt::<Int32Type>().ok_or_else(|| wrong(n))?),
-            Kind::U8 => {
-                let a = a.as_primitive_opt::<UInt8Type>().ok_or_else(|| wrong(n))?;
-                Col::Num(Box::new(move |i| u64::from(a.value(i))))
-            }
-            Kind::U16 => {
-                let a = a.as_primitive_opt::<UInt16Type>().ok_or_else(|| wrong(n))?;
-                Col::Num(Box::new(move |i| u64::from(a.value(i))))
-            }
-            Kind::U32 => {
-                let a = a.as_primitive_opt::<UInt32Type>().ok_or_else(|| wrong(n))?;
-                Col::Num(Box::new(move |i| u64::from(a.value(i))))
-            }
-        };
-        cols.push(c);
-    }
-    for i in 0..b.num_rows() {
+    let cols = super::parquet_io::archive_columns(b)?;
+    for r in 0..b.num_rows() {
         let mut h = RowHasher::default();
         for c in &cols {
-            match c {
-                Col::Str(a) => h.str(a.value(i).as_bytes()),
-                Col::Secs(a) => h.uint(a.value(i).div_euclid(1000) as u64),
-                Col::Millis(a) => h.uint(a.value(i).rem_euclid(1000) as u64),
-                Col::Bool(a) => h.uint(u64::from(a.value(i))),
-                Col::Num(f) => h.uint(f(i)),
-                Col::I32(a) => h.i32(a.value(i)),
-            }
+            hash_cell(&mut h, &c.cell(r));
         }
         sum.add_hash(h.finish());
     }

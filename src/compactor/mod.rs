@@ -136,16 +136,6 @@ pub struct Compactor {
     metrics: Metrics,
 }
 
-/// Test hook for crash tests: `CT_TEST_COMPACT_PAUSE_AT=<step>` makes the compactor print
-/// `paused at <step>` to stderr and sleep there, so a test can `kill -9` it at a known point.
-/// Steps: `after_publish` (file written, not verified), `after_verify` (verified, not deleted).
-fn pause_point(step: &str) {
-    if std::env::var("CT_TEST_COMPACT_PAUSE_AT").as_deref() == Ok(step) {
-        eprintln!("paused at {step}");
-        std::thread::sleep(Duration::from_secs(3600));
-    }
-}
-
 /// Opens the archive: a local directory (the default `<data_dir>/archive`, or a path), or an
 /// object store URL (`s3://`, `gs://`, `az://`, `file://`) configured from the environment
 /// (`AWS_*`, `GOOGLE_*`, `AZURE_*`).
@@ -490,7 +480,9 @@ impl Compactor {
             .put(&target, bytes.into())
             .await
             .map_err(store_err)?;
-        pause_point("after_publish");
+        // Crash tests stop here (FAILPOINTS=compactor::after_publish=pause, feature
+        // `failpoints`): the file is published, nothing is verified or deleted.
+        fail::fail_point!("compactor::after_publish");
 
         // Verify what readers will read, not what we meant to write: download the published
         // file, compare it byte-wise (size, CRC32C) with the staged one, then read every row of
@@ -541,7 +533,8 @@ impl Compactor {
         entry.crc32c = format!("{crc:08x}");
         manifest::store(self.store.as_ref(), &entry).await?;
         let _ = tokio::fs::remove_file(&staged).await;
-        pause_point("after_verify");
+        // ... and here: verified, recorded, nothing deleted.
+        fail::fail_point!("compactor::after_verify");
         let mut outcome = self.delete_archived(entry, action).await?;
         outcome.export = Some((mode.as_str(), export_time));
         Ok(outcome)

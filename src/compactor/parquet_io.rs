@@ -22,7 +22,7 @@ use parquet::file::writer::SerializedFileWriter;
 use super::checksum::Checksum;
 use super::CompactError;
 use crate::event::Event;
-use crate::row::{Cell, Kind, COLUMNS};
+use crate::row::{Cell, EventRow, Kind, COLUMNS};
 use crate::rowbinary::RowError;
 
 /// Rows per Arrow batch handed to the writer.
@@ -85,10 +85,12 @@ pub fn writer_properties(row_group_rows: usize) -> WriterProperties {
     b.build()
 }
 
-/// One archive column, typed once per batch, read per row.
-enum ArchiveCol<'a> {
+/// One archive column, typed once per batch, read per row as the row's value ([`Cell`]).
+pub(super) enum ArchiveCol<'a> {
     Str(&'a arrow_array::StringArray),
+    /// A millisecond timestamp as the whole seconds of ClickHouse's DateTime.
     Secs(&'a arrow_array::TimestampMillisecondArray),
+    /// The 0–999 part of the timestamp before it (the [`Kind::Millis`] column folded into it).
     Millis(&'a arrow_array::TimestampMillisecondArray),
     Bool(&'a arrow_array::BooleanArray),
     U8(&'a arrow_array::UInt8Array),
@@ -97,9 +99,25 @@ enum ArchiveCol<'a> {
     I32(&'a arrow_array::Int32Array),
 }
 
-/// Rows back from one record batch of the archive schema (the project's own reader), found
-/// column by column by name.
-pub fn from_batch(b: &RecordBatch) -> Result<Vec<Event>, RowError> {
+impl ArchiveCol<'_> {
+    /// Row `r`'s value, as the events row holds it.
+    pub(super) fn cell(&self, r: usize) -> Cell<'_> {
+        match self {
+            ArchiveCol::Str(a) => Cell::Str(a.value(r).into()),
+            ArchiveCol::Secs(a) => Cell::U(a.value(r).div_euclid(1000) as u64),
+            ArchiveCol::Millis(a) => Cell::U(a.value(r).rem_euclid(1000) as u64),
+            ArchiveCol::Bool(a) => Cell::U(u64::from(a.value(r))),
+            ArchiveCol::U8(a) => Cell::U(u64::from(a.value(r))),
+            ArchiveCol::U16(a) => Cell::U(u64::from(a.value(r))),
+            ArchiveCol::U32(a) => Cell::U(u64::from(a.value(r))),
+            ArchiveCol::I32(a) => Cell::I(a.value(r)),
+        }
+    }
+}
+
+/// The columns of a record batch of the archive schema in the row's column order, found by
+/// name, each checked for its type.
+pub(super) fn archive_columns(b: &RecordBatch) -> Result<Vec<ArchiveCol<'_>>, RowError> {
     let col = |name: &str| {
         b.column_by_name(name)
             .ok_or_else(|| RowError::Missing(name.to_string()))
@@ -135,21 +153,14 @@ pub fn from_batch(b: &RecordBatch) -> Result<Vec<Event>, RowError> {
             Kind::I32 => ArchiveCol::I32(a.as_primitive_opt::<Int32Type>().ok_or_else(wrong)?),
         });
     }
+    Ok(cols)
+}
+
+/// Rows back from one record batch of the archive schema (the project's own reader).
+pub fn from_batch(b: &RecordBatch) -> Result<Vec<Event>, RowError> {
+    let cols = archive_columns(b)?;
     (0..b.num_rows())
-        .map(|r| {
-            Event::from_cells(|i| {
-                Ok(match &cols[i] {
-                    ArchiveCol::Str(a) => Cell::Str(a.value(r).to_string().into()),
-                    ArchiveCol::Secs(a) => Cell::U(a.value(r).div_euclid(1000) as u64),
-                    ArchiveCol::Millis(a) => Cell::U(a.value(r).rem_euclid(1000) as u64),
-                    ArchiveCol::Bool(a) => Cell::U(u64::from(a.value(r))),
-                    ArchiveCol::U8(a) => Cell::U(u64::from(a.value(r))),
-                    ArchiveCol::U16(a) => Cell::U(u64::from(a.value(r))),
-                    ArchiveCol::U32(a) => Cell::U(u64::from(a.value(r))),
-                    ArchiveCol::I32(a) => Cell::I(a.value(r)),
-                })
-            })
-        })
+        .map(|r| EventRow::from_cells(|i| Ok(cols[i].cell(r))).map(EventRow::into_owned))
         .collect()
 }
 

@@ -366,37 +366,45 @@ async fn kill_9_between_steps_then_rerun_keeps_counts_exact() {
             .args(["compact", "--once", "--config"])
             .arg(&s.config_path)
             .env("RUST_LOG", "warn")
-            .env("CT_TEST_COMPACT_PAUSE_AT", step)
+            .env("FAILPOINTS", format!("compactor::{step}=pause"))
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        // Wait for the pause line, then kill -9 right there.
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            let mut seen = String::new();
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if line.starts_with("paused at") {
-                    let _ = tx.send(Ok(line));
-                    return;
-                }
-                seen.push_str(&line);
-                seen.push('\n');
+        // The step is reached when its effect is on disk: a published part file, or a
+        // manifest entry recorded as verified. The failpoint holds the process there.
+        let archive = s.data.path().join("archive");
+        let under = |d: &str| {
+            let d = archive.join(d);
+            if d.exists() {
+                walk(&d)
+            } else {
+                Vec::new()
             }
-            let _ = tx.send(Err(seen));
-        });
-        let line = match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(Ok(line)) => line,
-            Ok(Err(stderr)) => panic!("{step}: compactor exited before the pause point:\n{stderr}"),
-            Err(e) => panic!("{step}: no pause within 60 s: {e}"),
         };
-        assert_eq!(line, format!("paused at {step}"));
-        child.kill().unwrap();
+        let reached = || match step {
+            "after_publish" => under("events").iter().any(|(p, _)| p.ends_with(".parquet")),
+            _ => under("manifest")
+                .iter()
+                .any(|(p, _)| std::fs::read_to_string(p).is_ok_and(|t| t.contains("\"verified\""))),
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !reached() {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("{step}: the compactor finished ({status}) instead of stopping at its failpoint: build with --features failpoints (make test does)");
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{step}: not reached within 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "{step}: the compactor must be held at its failpoint (build with --features failpoints)"
+        );
+        child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         if step == "after_publish" {
             assert_eq!(
