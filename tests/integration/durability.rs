@@ -38,8 +38,7 @@ async fn kill_9_under_load_loses_no_acknowledged_event_and_counts_none_twice() {
     migrate(&cfg).await;
     // Merges would collapse resent rows (ReplacingMergeTree) and hide what the collector did.
     ch.query("SYSTEM STOP MERGES clicktrail.events");
-    let port = free_port();
-    let mut bin = Binary::start(&cfg, port);
+    let mut bin = Binary::start(&cfg);
 
     let acked: Arc<Mutex<Vec<String>>> = Arc::default();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -91,7 +90,7 @@ async fn kill_9_under_load_loses_no_acknowledged_event_and_counts_none_twice() {
     let acked: Vec<String> = acked.lock().unwrap().clone();
     assert!(acked.len() >= 1000, "load ran: {} acked", acked.len());
 
-    let bin2 = Binary::start(&cfg, port);
+    let bin2 = Binary::start(&cfg);
     eventually(
         "every acknowledged event is in ClickHouse",
         Duration::from_secs(60),
@@ -272,8 +271,7 @@ async fn a_torn_or_corrupt_tail_loses_only_that_record_and_is_reported() {
         let cfg = test_config(&ch, data.path());
         migrate(&cfg).await;
         ch.stop(); // keep everything in the spool
-        let port = free_port();
-        let mut bin = Binary::start(&cfg, port);
+        let mut bin = Binary::start(&cfg);
         let http = reqwest::Client::new();
         for b in 0..5 {
             let (status, _) =
@@ -302,7 +300,7 @@ async fn a_torn_or_corrupt_tail_loses_only_that_record_and_is_reported() {
         std::fs::write(tail, &bytes).unwrap();
 
         ch.resume();
-        let bin2 = Binary::start(&cfg, port);
+        let bin2 = Binary::start(&cfg);
         eventually("the intact records arrive", Duration::from_secs(30), || {
             ch.count("SELECT count() FROM clicktrail.events") == 16
         })
@@ -343,7 +341,7 @@ async fn sigterm_flushes_what_is_buffered_and_exits_zero() {
     let mut cfg = test_config(&ch, data.path());
     cfg.sink.batch_age = Duration::from_secs(30); // only shutdown can flush in time
     migrate(&cfg).await;
-    let mut bin = Binary::start(&cfg, free_port());
+    let mut bin = Binary::start(&cfg);
     let (status, _) = post_json(
         &reqwest::Client::new(),
         &bin.base,

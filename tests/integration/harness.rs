@@ -10,7 +10,10 @@ use clicktrail::config::{Config, SiteConfig};
 
 pub const ORIGIN: &str = "http://site.test:3000";
 
-pub fn free_port() -> u16 {
+/// A port that was free a moment ago: only for servers that bind their own (ClickHouse),
+/// whose start is retried on other ports when one was taken in between. The collector itself
+/// binds port 0 and reports its address (see [`Binary::start`]).
+fn free_port() -> u16 {
     StdListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -35,9 +38,20 @@ impl ClickHouse {
             dir,
             child: None,
         };
-        ch.write_config();
-        ch.resume();
-        ch
+        // Another process may take a port between our probe and the server's bind: the
+        // server then exits at once, and we try other ports.
+        for _ in 0..5 {
+            ch.write_config();
+            if ch.try_resume() {
+                return ch;
+            }
+            ch.http_port = free_port();
+            ch.tcp_port = free_port();
+        }
+        panic!(
+            "ClickHouse did not start; see {}/log",
+            ch.dir.path().display()
+        );
     }
 
     fn write_config(&self) {
@@ -61,6 +75,15 @@ impl ClickHouse {
 
     /// Starts (again) on the same ports and data.
     pub fn resume(&mut self) {
+        assert!(
+            self.try_resume(),
+            "ClickHouse did not start; see {}/log",
+            self.dir.path().display()
+        );
+    }
+
+    /// Starts the server; `false` if it exited or did not answer within 30 s.
+    fn try_resume(&mut self) -> bool {
         assert!(self.child.is_none());
         let server =
             std::env::var("CLICKHOUSE_SERVER").unwrap_or("/usr/sbin/clickhouse-server".into());
@@ -80,15 +103,19 @@ impl ClickHouse {
         while Instant::now() < deadline {
             if let Ok(r) = http_get(&format!("{}/ping", self.url())) {
                 if r.trim() == "Ok." {
-                    return;
+                    return true;
+                }
+            }
+            if let Some(c) = self.child.as_mut() {
+                if c.try_wait().ok().flatten().is_some() {
+                    self.child = None;
+                    return false;
                 }
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!(
-            "ClickHouse did not start; see {}/log",
-            self.dir.path().display()
-        );
+        self.stop();
+        false
     }
 
     /// Stops the server (SIGKILL: an outage, not a maintenance window).
@@ -319,14 +346,16 @@ pub struct Binary {
 }
 
 impl Binary {
-    /// Writes `config` as TOML next to the data dir and starts `clicktrail serve` on a fixed
-    /// free port, waiting for /healthz.
-    pub fn start(config: &Config, port: u16) -> Binary {
+    /// Writes `config` as TOML next to the data dir and starts `clicktrail serve` on port 0;
+    /// its address comes from the admin file it writes once it listens (no port race).
+    pub fn start(config: &Config) -> Binary {
         let mut c = config.clone();
-        c.listen = format!("127.0.0.1:{port}").parse().unwrap();
+        c.listen = "127.0.0.1:0".parse().unwrap();
         let config_path = Binary::config_path(&c);
         std::fs::create_dir_all(&c.data_dir).unwrap();
         std::fs::write(&config_path, toml_of(&c)).unwrap();
+        let admin = clicktrail::http::admin::admin_file_path(&c.data_dir);
+        let _ = std::fs::remove_file(&admin);
         let mut child = Command::new(env!("CARGO_BIN_EXE_clicktrail"))
             .args(["serve", "--config"])
             .arg(&config_path)
@@ -335,11 +364,16 @@ impl Binary {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
-        let base = format!("http://127.0.0.1:{port}");
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if http_get(&format!("{base}/healthz")).is_ok() {
-                return Binary { child, base };
+            let base = std::fs::read(&admin)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<clicktrail::http::admin::AdminFile>(&b).ok())
+                .map(|a| a.url);
+            if let Some(base) = base {
+                if http_get(&format!("{base}/healthz")).is_ok() {
+                    return Binary { child, base };
+                }
             }
             std::thread::sleep(Duration::from_millis(50));
         }

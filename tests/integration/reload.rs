@@ -29,9 +29,7 @@ async fn sighup_applies_new_sites_and_refuses_an_invalid_file() {
     let data = tempfile::tempdir().unwrap();
     let mut config = test_config(&ch, data.path());
     migrate(&config).await;
-    let port = free_port();
-    config.listen = format!("127.0.0.1:{port}").parse().unwrap();
-    let bin = Binary::start(&config, port);
+    let bin = Binary::start(&config);
     // One pooled connection for the whole test: reloads must not drop it.
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(1)
