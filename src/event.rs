@@ -11,7 +11,6 @@
 
 use std::borrow::Cow;
 use std::net::IpAddr;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
@@ -224,15 +223,6 @@ pub struct RequestContext {
 pub struct ReplayContext {
     pub stored_ip: String,
     pub id_seed: String,
-}
-
-impl RequestContext {
-    pub fn now_ms() -> i64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0)
-    }
 }
 
 /// Per-request enrichment computed once: parsing the user agent and hashing the visitor are

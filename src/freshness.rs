@@ -24,6 +24,7 @@ use crate::sink::SinkStatus;
 pub async fn run_lag(
     metrics: Metrics,
     sink: watch::Receiver<SinkStatus>,
+    clock: crate::clock::Clock,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -32,10 +33,7 @@ pub async fn run_lag(
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
-        let lag = lag_seconds(
-            sink.borrow().oldest_pending_ms,
-            crate::event::RequestContext::now_ms(),
-        );
+        let lag = lag_seconds(sink.borrow().oldest_pending_ms, clock.now_ms());
         metrics.freshness_lag.set(lag);
         metrics.spool_oldest_pending_age.set(lag);
     }
@@ -101,6 +99,7 @@ pub async fn run_canary(
     database: String,
     interval: Duration,
     metrics: Metrics,
+    clock: crate::clock::Clock,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut send = tokio::time::interval(interval);
@@ -115,7 +114,7 @@ pub async fn run_canary(
         tokio::select! {
             _ = stop.changed() => return,
             _ = send.tick(), if pending.is_none() => {
-                let now = crate::event::RequestContext::now_ms();
+                let now = clock.now_ms();
                 let id = format!("canary-{now}");
                 let payload = crate::spool::encode_events(&[canary_event(&id, now)]);
                 match spool.append(payload).await {

@@ -55,8 +55,8 @@ pub async fn run_with_reload(
     let metrics = Metrics::new();
     let clock = crate::clock::Clock::system();
     let spool_dir = config.spool_dir();
-    let spool =
-        Spool::open(&spool_dir, &config.spool, &metrics).map_err(|source| ServeError::Spool {
+    let spool = Spool::open_with_clock(&spool_dir, &config.spool, &metrics, clock.clone())
+        .map_err(|source| ServeError::Spool {
             dir: spool_dir.display().to_string(),
             source,
         })?;
@@ -70,12 +70,12 @@ pub async fn run_with_reload(
         "spool recovered"
     );
 
-    let dlq = DeadLetters::open(config.dlq_dir(), config.dlq.max_bytes, metrics.clone()).map_err(
-        |source| ServeError::DeadLetters {
+    let dlq = DeadLetters::open(config.dlq_dir(), config.dlq.max_bytes, metrics.clone())
+        .map_err(|source| ServeError::DeadLetters {
             dir: config.dlq_dir().display().to_string(),
             source,
-        },
-    )?;
+        })?
+        .with_clock(clock.clone());
     let (sink, sink_status) = Sink::new(
         &config.clickhouse,
         config.sink.clone(),
@@ -99,6 +99,7 @@ pub async fn run_with_reload(
     let lag = tokio::spawn(crate::freshness::run_lag(
         metrics.clone(),
         sink_status.clone(),
+        clock.clone(),
         stop_rx.clone(),
     ));
     let compactor = if config.compactor.enabled {
@@ -107,7 +108,9 @@ pub async fn run_with_reload(
             config.compactor.clone(),
             &config.data_dir,
             metrics.clone(),
-        ) {
+        )
+        .map(|c| c.with_clock(clock.clone()))
+        {
             Ok(c) => {
                 tracing::info!(archive = %c.archive_url(), hot_days = config.compactor.hot_days, "compactor enabled");
                 Some(tokio::spawn(c.run(stop_rx)))
@@ -143,6 +146,7 @@ pub async fn run_with_reload(
             config.clickhouse.database.clone(),
             config.freshness.canary_interval,
             metrics.clone(),
+            clock.clone(),
             canary_stop_rx,
         ))
     });

@@ -29,7 +29,8 @@ pub struct ManifestEntry {
     /// Rows with `inserted_at <= cutoff` (unix seconds) belong to this part.
     pub cutoff: u32,
     pub rows: u64,
-    /// `sum(sipHash64(row))`, as a decimal string (JSON numbers lose u64 precision).
+    /// `sum(cityHash64(every column))` with wrapping addition (see `checksum.rs`), as a decimal
+    /// string (JSON numbers lose u64 precision).
     pub checksum: String,
     pub bytes: u64,
     pub crc32c: String,

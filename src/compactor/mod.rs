@@ -134,6 +134,7 @@ pub struct Compactor {
     staging: PathBuf,
     cfg: CompactorConfig,
     metrics: Metrics,
+    clock: crate::clock::Clock,
 }
 
 /// Opens the archive: a local directory (the default `<data_dir>/archive`, or a path), or an
@@ -192,6 +193,12 @@ pub fn day_string(days: i64) -> String {
 }
 
 impl Compactor {
+    /// The clock that says which days are cold (default: the system's).
+    pub fn with_clock(mut self, clock: crate::clock::Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
     pub fn new(
         ch: &ClickHouseConfig,
         cfg: CompactorConfig,
@@ -214,6 +221,7 @@ impl Compactor {
             staging,
             cfg,
             metrics,
+            clock: crate::clock::Clock::system(),
         })
     }
 
@@ -223,7 +231,7 @@ impl Compactor {
 
     /// Cold days present in ClickHouse, oldest first, as day numbers.
     async fn cold_days(&self, hot_days: u32) -> Result<Vec<i64>, CompactError> {
-        let today = crate::event::RequestContext::now_ms().div_euclid(86_400_000);
+        let today = self.clock.today();
         // A day is cold when all of it is older than the hot window.
         let first_hot_day = today - i64::from(hot_days);
         let sql = format!(
@@ -345,7 +353,7 @@ impl Compactor {
                 if !dry_run {
                     self.metrics
                         .compactor_last_success
-                        .set(crate::event::RequestContext::now_ms() as f64 / 1000.0);
+                        .set(self.clock.now_ms() as f64 / 1000.0);
                 }
                 Ok(outcomes)
             }

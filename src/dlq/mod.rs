@@ -144,6 +144,7 @@ pub struct DeadLetters {
     dir: PathBuf,
     max_bytes: u64,
     metrics: Metrics,
+    clock: crate::clock::Clock,
     // The id counter and the quota accounting; held only for blocking file work, never across
     // an await.
     state: Arc<Mutex<StoreState>>,
@@ -231,6 +232,16 @@ impl DeadLetters {
         &self.metrics
     }
 
+    pub fn clock(&self) -> &crate::clock::Clock {
+        &self.clock
+    }
+
+    /// The clock that stamps entries (default: the system's).
+    pub fn with_clock(mut self, clock: crate::clock::Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
     pub fn open(dir: PathBuf, max_bytes: u64, metrics: Metrics) -> io::Result<Self> {
         fs::create_dir_all(entries_dir(&dir))?;
         // Leftovers of a crash between write and rename were never acknowledged as stored.
@@ -247,6 +258,7 @@ impl DeadLetters {
             dir,
             max_bytes,
             metrics,
+            clock: crate::clock::Clock::system(),
             state: Arc::new(Mutex::new(StoreState { next_id, entries })),
         };
         store.publish(&store.lock());
@@ -269,7 +281,7 @@ impl DeadLetters {
 
     /// Stores an entry durably; returns its id. Blocking: call from a blocking context.
     pub fn put(&self, new: NewEntry) -> io::Result<u64> {
-        let now = crate::event::RequestContext::now_ms();
+        let now = self.clock.now_ms();
         let count = new.events.len() + new.rows.len() + usize::from(new.raw.is_some());
         let mut st = self.lock();
         let id = st.next_id;

@@ -65,6 +65,8 @@ pub struct Sink {
     delivered_tx: watch::Sender<Lsn>,
     dlq: DeadLetters,
     metrics: Metrics,
+    /// The dead-letter store's: an entry's times and the sink's agree.
+    clock: crate::clock::Clock,
     status: watch::Sender<SinkStatus>,
     /// The insert body and its row ends, kept between batches: a fresh multi-megabyte buffer
     /// per batch cost a page fault (and the kernel zeroing a page) every 4 KiB.
@@ -99,6 +101,7 @@ impl Sink {
                 spool_dir,
                 checkpoint,
                 delivered_tx,
+                clock: dlq.clock().clone(),
                 dlq,
                 metrics,
                 status,
@@ -202,7 +205,7 @@ impl Sink {
                 "other",
                 format!("spool record {lsn} does not decode: {why}"),
                 Origin {
-                    received_at_ms: crate::event::RequestContext::now_ms(),
+                    received_at_ms: self.clock.now_ms(),
                     ..Origin::default()
                 },
             )
@@ -335,7 +338,7 @@ impl Sink {
                 let class = classify(&err);
                 let msg = err.to_string();
                 if first_failed_ms == 0 {
-                    first_failed_ms = crate::event::RequestContext::now_ms();
+                    first_failed_ms = self.clock.now_ms();
                 }
                 self.metrics
                     .sink_insert_errors
@@ -423,7 +426,7 @@ impl Sink {
         self.metrics.sink_batch_rows.observe(rows as f64);
         self.metrics
             .sink_last_success
-            .set(crate::event::RequestContext::now_ms() as f64 / 1000.0);
+            .set(self.clock.now_ms() as f64 / 1000.0);
         self.metrics.sink_destination_held.set(0);
         self.status.send_modify(|s| {
             s.last_error = None;

@@ -146,6 +146,16 @@ pub struct SpoolConsumer {
 impl Spool {
     /// Recovers the spool in `dir` (creating it if needed) and starts the writer thread.
     pub fn open(dir: &Path, cfg: &SpoolConfig, metrics: &Metrics) -> std::io::Result<Spool> {
+        Self::open_with_clock(dir, cfg, metrics, crate::clock::Clock::system())
+    }
+
+    /// [`Spool::open`] with the clock that stamps records (their age is the freshness lag).
+    pub fn open_with_clock(
+        dir: &Path,
+        cfg: &SpoolConfig,
+        metrics: &Metrics,
+        clock: crate::clock::Clock,
+    ) -> std::io::Result<Spool> {
         std::fs::create_dir_all(dir)?;
         let checkpoint = Checkpoint::load(dir)?;
         let mut bases = segment::list(dir)?;
@@ -206,6 +216,7 @@ impl Spool {
             committed_tx,
             status_tx,
             failed: None,
+            clock,
         };
         let writer = std::thread::Builder::new()
             .name("spool-writer".into())

@@ -24,8 +24,9 @@ pub(super) struct AppendRequest {
     pub reply: oneshot::Sender<Result<Lsn, SpoolError>>,
 }
 
-/// Cloneable handle for producers (HTTP handlers, later the DLQ replay and the canary). When
-/// every handle is dropped the writer commits what it has and stops.
+/// Cloneable handle for producers (the ingest use case, for clients and for dead-letter
+/// replays, and the freshness canary). When every handle is dropped the writer commits what
+/// it has and stops.
 #[derive(Clone)]
 pub struct SpoolHandle {
     tx: mpsc::Sender<AppendRequest>,
@@ -67,6 +68,7 @@ pub(super) struct Writer {
     pub committed_tx: watch::Sender<Lsn>,
     pub status_tx: watch::Sender<SpoolStatus>,
     pub failed: Option<String>,
+    pub clock: crate::clock::Clock,
 }
 
 impl Writer {
@@ -156,7 +158,7 @@ impl Writer {
 
     fn commit_group(&mut self, group: Vec<AppendRequest>) {
         let started = Instant::now();
-        let now_ms = crate::event::RequestContext::now_ms() as u64;
+        let now_ms = self.clock.now_ms() as u64;
         let mut buf = Vec::with_capacity(group.iter().map(|r| r.payload.len() + 16).sum());
         let mut waiting: Vec<(oneshot::Sender<Result<Lsn, SpoolError>>, Lsn)> = Vec::new();
         let mut chunk_start_lsn = self.next_lsn;
