@@ -1,0 +1,28 @@
+//! The event model: what the snippet sends ([`RawEvent`], `wire.rs`), what validation turns
+//! it into ([`Event`], the ClickHouse row), and the rules in between (`validate.rs`), with the
+//! per-request enrichment: user agent, IP anonymisation, the cookieless visitor (`enrich.rs`).
+//!
+//! Invariants:
+//! - An [`Event`] exists only through [`Validator::validate_batch`]: every string is within
+//!   its configured length, numbers are in range, `ts` is within the clock-skew window around
+//!   `received_at`, and enrichment (path, host, user agent, visitor) has been applied.
+//! - Validation is per event: one bad event yields one [`Rejection`] and never fails its batch.
+//! - [`Event`] is the row of `clicktrail.events` ([`crate::row`], where the columns are
+//!   listed once); the spool stores it as RowBinary, dead letters as JSON.
+
+mod enrich;
+mod validate;
+mod wire;
+
+pub use enrich::{anonymize_ip, parse_user_agent, DailySalt};
+pub(crate) use validate::truncate;
+pub use validate::{clamp_ts, device_class, ReplayContext, RequestContext, Validator};
+pub use wire::{EpochMillis, EventType, Number, RawBatch, RawEvent, Rejection};
+
+pub use crate::row::{Event, EventRow};
+
+impl EventRow<'_> {
+    pub fn event_type(&self) -> Option<EventType> {
+        EventType::parse(&self.kind)
+    }
+}
