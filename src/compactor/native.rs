@@ -11,6 +11,12 @@
 //! column, one whole value at a time, so nothing is parsed twice. Completed blocks accumulate
 //! until a record batch is full; a batch never splits a block.
 //!
+//! Why hand-written: the `clickhouse` crate reads rows into structs one at a time (serde per
+//! value, an allocation per string), and its typed readers need `RowBinaryWithNamesAndTypes`,
+//! which 18.16 lacks; decoding `Native` straight into Arrow buffers is what lets the export
+//! reach about 1M rows/s here (docs/benchmarks.md, `cargo bench --bench archive`). The file is
+//! over 500 lines because a third of it is its tests (every chunk split, every error).
+//!
 //! Only this query's types are understood. LowCardinality columns (current servers) arrive as
 //! plain `String` because the query sets `low_cardinality_allow_in_native_format = 0`; any
 //! other name or type is an error that names the column, never a silent misread.
