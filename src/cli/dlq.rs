@@ -11,7 +11,10 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 use anyhow::{bail, Context};
 use clicktrail::config::Config;
 use clicktrail::dlq::{self, Entry, Stage};
-use clicktrail::http::admin::{admin_file_path, AdminFile};
+use clicktrail::http::admin::{
+    admin_file_path, AdminFile, ReplayAnswer, ReplayRequest, StatusAnswer,
+};
+use clicktrail::http::ErrorBody;
 use serde_json::Value;
 
 /// Exit code of `replay` when some entries still fail (everything else replayed).
@@ -196,7 +199,7 @@ pub(crate) async fn replay(config: &Config, o: ReplayOptions) -> anyhow::Result<
         let resp = http
             .post(format!("{}/v1/admin/replay", admin.url))
             .header("authorization", &auth)
-            .json(&serde_json::json!({ "ids": ids }))
+            .json(&ReplayRequest { ids })
             .send()
             .await
             .with_context(|| {
@@ -206,31 +209,35 @@ pub(crate) async fn replay(config: &Config, o: ReplayOptions) -> anyhow::Result<
                 )
             })?;
         let status = resp.status();
-        let body: Value = resp.json().await.unwrap_or(Value::Null);
         if !status.is_success() {
             bar.abandon();
+            let why = resp
+                .json::<ErrorBody>()
+                .await
+                .map_or_else(|_| "no reason given".to_string(), |b| b.error);
             bail!(
-                "the collector refused the replay ({status}): {}; {replayed} events were replayed so far; rerun to continue",
-                body["error"].as_str().unwrap_or("no reason given")
+                "the collector refused the replay ({status}): {why}; {replayed} events were replayed so far; rerun to continue"
             );
         }
-        for r in body["results"].as_array().into_iter().flatten() {
-            replayed += r["replayed"].as_u64().unwrap_or(0);
-            removed += u64::from(r["removed"].as_bool().unwrap_or(false));
-            if let Some(l) = r["lsn"].as_u64() {
+        let answer: ReplayAnswer = resp
+            .json()
+            .await
+            .context("the collector's replay answer is not what this version expects")?;
+        for r in answer.results {
+            replayed += r.replayed as u64;
+            removed += u64::from(r.removed);
+            if let Some(l) = r.lsn {
                 max_lsn = Some(max_lsn.map_or(l, |m: u64| m.max(l)));
             }
-            let failing = r["still_failing"].as_u64().unwrap_or(0);
-            if failing > 0 {
-                let why = r["errors"]
-                    .as_array()
-                    .and_then(|a| a.first())
-                    .and_then(Value::as_str)
-                    .unwrap_or("unknown")
-                    .to_string();
+            if r.still_failing > 0 {
+                let why = r
+                    .errors
+                    .first()
+                    .cloned()
+                    .unwrap_or_else(|| "unknown".to_string());
                 let slot = still.entry(why).or_default();
-                slot.0 += failing;
-                slot.1.push(r["id"].as_u64().unwrap_or(0));
+                slot.0 += r.still_failing as u64;
+                slot.1.push(r.id);
             }
         }
         bar.inc(chunk.len() as u64);
@@ -252,12 +259,13 @@ pub(crate) async fn replay(config: &Config, o: ReplayOptions) -> anyhow::Result<
                 .send()
                 .await
             {
-                let s: Value = r.json().await.unwrap_or(Value::Null);
-                if s["delivered"].as_u64().is_some_and(|d| d > lsn) {
-                    delivered_ok = true;
-                    break;
+                if let Ok(s) = r.json::<StatusAnswer>().await {
+                    if s.delivered > lsn {
+                        delivered_ok = true;
+                        break;
+                    }
+                    last_error = s.last_insert_error;
                 }
-                last_error = s["last_insert_error"].as_str().map(str::to_string);
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }

@@ -9,7 +9,7 @@
 
 use std::io;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{read, remove, rewrite, Entry, Stage};
 use crate::clock::Clock;
@@ -17,7 +17,7 @@ use crate::event::{Event, RawBatch, ReplayContext, RequestContext};
 use crate::ingest::{Ingest, Source};
 use crate::spool::{Lsn, SpoolError};
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReplayOutcome {
     pub id: u64,
     pub stage: Stage,

@@ -9,14 +9,13 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::{header, HeaderMap};
 use axum::Json;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
-use super::AppState;
-use crate::dlq::replay::{replay_entry, ReplayError};
+use super::{ApiError, AppState};
+use crate::dlq::replay::{replay_entry, ReplayError, ReplayOutcome};
+use crate::spool::Lsn;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AdminFile {
@@ -67,26 +66,34 @@ fn authorized(st: &AppState, headers: &HeaderMap) -> bool {
     bool::from(given.as_bytes().ct_eq(expected.as_bytes()))
 }
 
-fn unauthorized() -> Response {
-    (
-        StatusCode::UNAUTHORIZED,
-        Json(json!({"error": "admin token missing or wrong (see <data_dir>/admin.json)", "code": "unauthorized"})),
-    )
-        .into_response()
-}
-
-#[derive(Deserialize)]
+/// `POST /v1/admin/replay`: replay these dead-letter entries.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReplayRequest {
     pub ids: Vec<u64>,
+}
+
+/// The answer to a replay: one outcome per entry found, and the ids that were not.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReplayAnswer {
+    pub results: Vec<ReplayOutcome>,
+    pub missing: Vec<u64>,
+}
+
+/// `GET /v1/admin/status`: how far the spool is committed and ClickHouse has confirmed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusAnswer {
+    pub committed: Lsn,
+    pub delivered: Lsn,
+    pub last_insert_error: Option<String>,
 }
 
 pub async fn replay(
     State(st): State<AppState>,
     headers: HeaderMap,
     Json(req): Json<ReplayRequest>,
-) -> Response {
+) -> Result<Json<ReplayAnswer>, ApiError> {
     if !authorized(&st, &headers) {
-        return unauthorized();
+        return Err(ApiError::AdminUnauthorized);
     }
     let mut results = Vec::with_capacity(req.ids.len());
     let mut missing = Vec::new();
@@ -94,34 +101,29 @@ pub async fn replay(
         match replay_entry(&st.inner.ingest, id, &st.inner.clock).await {
             Ok(o) => results.push(o),
             Err(ReplayError::NotFound(id)) => missing.push(id),
-            Err(ReplayError::Spool(e)) => {
-                // Nothing of this entry was removed; the CLI can rerun later.
-                return super::ApiError::Spool(e)
-                    .into_response_with(super::RetryAfter(st.inner.http.retry_after_secs));
-            }
+            // Nothing of this entry was removed; the CLI can rerun later.
+            Err(ReplayError::Spool(e)) => return Err(ApiError::Spool(e)),
             Err(ReplayError::Io(e)) => {
                 tracing::error!(error = %e, entry = id, "replay failed");
-                return (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    Json(json!({"error": format!("replay of entry {id} failed: {e}"), "code": "replay_failed"})),
-                )
-                    .into_response();
+                return Err(ApiError::Internal("the replay"));
             }
         }
     }
-    Json(json!({"results": results, "missing": missing})).into_response()
+    Ok(Json(ReplayAnswer { results, missing }))
 }
 
-pub async fn status(State(st): State<AppState>, headers: HeaderMap) -> Response {
+pub async fn status(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<StatusAnswer>, ApiError> {
     if !authorized(&st, &headers) {
-        return unauthorized();
+        return Err(ApiError::AdminUnauthorized);
     }
     let sink = st.inner.sink.borrow().clone();
     let spool = st.inner.ingest.spool().status();
-    Json(json!({
-        "committed": spool.committed,
-        "delivered": sink.delivered,
-        "last_insert_error": sink.last_error,
+    Ok(Json(StatusAnswer {
+        committed: spool.committed,
+        delivered: sink.delivered,
+        last_insert_error: sink.last_error,
     }))
-    .into_response()
 }

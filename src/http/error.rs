@@ -4,7 +4,6 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
 
 use crate::ingest::IngestError;
 use crate::spool::SpoolError;
@@ -43,6 +42,19 @@ pub enum ApiError {
     Timeout,
     #[error("could not read the request body")]
     BodyRead,
+    #[error("admin token missing or wrong (see <data_dir>/admin.json)")]
+    AdminUnauthorized,
+    /// An internal failure; the detail is logged, the client sees only the operation.
+    #[error("{0} failed; see the collector's log")]
+    Internal(&'static str),
+}
+
+/// The body of every error answer: what the collector refused and a stable code. The CLI
+/// decodes admin errors with it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+    pub code: String,
 }
 
 /// Seconds for `Retry-After`; filled in by the handler from config.
@@ -64,6 +76,8 @@ impl ApiError {
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             NotFound => StatusCode::NOT_FOUND,
             Spool(_) | Timeout => StatusCode::SERVICE_UNAVAILABLE,
+            AdminUnauthorized => StatusCode::UNAUTHORIZED,
+            Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -88,6 +102,8 @@ impl ApiError {
             Spool(_) => "unavailable",
             Timeout => "timeout",
             BodyRead => "body_read",
+            AdminUnauthorized => "unauthorized",
+            Internal(_) => "internal",
         }
     }
 
@@ -102,8 +118,11 @@ impl ApiError {
             }
             other => other.to_string(),
         };
-        let mut resp =
-            (status, Json(json!({"error": message, "code": self.code()}))).into_response();
+        let body = ErrorBody {
+            error: message,
+            code: self.code().to_string(),
+        };
+        let mut resp = (status, Json(body)).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(retry_after.0));

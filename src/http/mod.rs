@@ -29,8 +29,8 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
-pub use error::ApiError;
 use error::RetryAfter;
+pub use error::{ApiError, ErrorBody};
 
 use crate::clock::Clock;
 use crate::config::{Config, HttpConfig};
