@@ -43,6 +43,22 @@ pub enum ApiError {
     Timeout,
     #[error("could not read the request body")]
     BodyRead,
+    #[error("missing bearer token: send Authorization: Bearer TOKEN (a read token of the site)")]
+    MissingToken,
+    #[error("invalid bearer token")]
+    InvalidToken,
+    #[error("this token may not read site `{0}`")]
+    TokenNotForSite(String),
+    #[error("parameter `{param}`: {problem}")]
+    BadParameter {
+        param: &'static str,
+        problem: String,
+    },
+    #[error("the report did not finish within {0:?}; narrow the range or the page")]
+    QueryTimeout(std::time::Duration),
+    /// The cause (a ClickHouse error) is logged where it happens, not sent.
+    #[error("reports are unavailable right now")]
+    QueryUnavailable,
 }
 
 /// Seconds for `Retry-After`; filled in by the handler from config.
@@ -53,17 +69,22 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         use ApiError::*;
         match self {
-            EmptyBody | MalformedJson(_) | MissingEnvelopeField(_) | InvalidGzip(_) | BodyRead => {
-                StatusCode::BAD_REQUEST
-            }
+            EmptyBody
+            | MalformedJson(_)
+            | MissingEnvelopeField(_)
+            | InvalidGzip(_)
+            | BodyRead
+            | BadParameter { .. } => StatusCode::BAD_REQUEST,
+            MissingToken | InvalidToken => StatusCode::UNAUTHORIZED,
             BodyTooLarge { .. } | DecompressedTooLarge { .. } | TooManyEvents { .. } => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
             UnsupportedMediaType(_) | UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            UnknownSite(_) | OriginNotAllowed { .. } => StatusCode::FORBIDDEN,
+            UnknownSite(_) | OriginNotAllowed { .. } | TokenNotForSite(_) => StatusCode::FORBIDDEN,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             NotFound => StatusCode::NOT_FOUND,
-            Spool(_) | Timeout => StatusCode::SERVICE_UNAVAILABLE,
+            Spool(_) | Timeout | QueryUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            QueryTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
@@ -88,6 +109,12 @@ impl ApiError {
             Spool(_) => "unavailable",
             Timeout => "timeout",
             BodyRead => "body_read",
+            MissingToken => "missing_token",
+            InvalidToken => "invalid_token",
+            TokenNotForSite(_) => "token_not_for_site",
+            BadParameter { .. } => "bad_parameter",
+            QueryTimeout(_) => "query_timeout",
+            QueryUnavailable => "reports_unavailable",
         }
     }
 
@@ -107,6 +134,10 @@ impl ApiError {
         if status == StatusCode::SERVICE_UNAVAILABLE {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(retry_after.0));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         resp
     }

@@ -2,6 +2,8 @@
 //! batch of events means (policy, validation, dead letters, the spool) is [`crate::ingest`]'s;
 //! this module only reads bodies and headers and maps answers to statuses.
 //!
+//! The read-only reports under `/v1/query/*` are [`crate::query`]'s; they are routed here.
+//!
 //! Invariants:
 //! - `POST /v1/events` answers 200 only after every accepted event of the request is committed
 //!   to the spool; the handler never talks to ClickHouse.
@@ -61,6 +63,7 @@ struct Inner {
     snippet: Bytes,
     snippet_etag: String,
     admin_token: Option<String>,
+    reports: crate::query::Reports,
 }
 
 impl AppState {
@@ -92,8 +95,14 @@ impl AppState {
                 snippet,
                 snippet_etag,
                 admin_token,
+                reports: crate::query::Reports::new(config),
             }),
         })
+    }
+
+    /// What the `/v1/query/*` handlers share.
+    pub(crate) fn reports(&self) -> &crate::query::Reports {
+        &self.inner.reports
     }
 }
 
@@ -107,6 +116,10 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/admin/replay", post(admin::replay))
         .route("/v1/admin/status", get(admin::status))
+        .route("/v1/query/pages", get(crate::query::pages))
+        .route("/v1/query/heatmap", get(crate::query::heatmap))
+        .route("/v1/query/elements", get(crate::query::elements))
+        .route("/v1/query/scroll", get(crate::query::scroll))
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .fallback(|| async { ApiError::NotFound })
         .layer(middleware::from_fn_with_state(state.clone(), cors))
@@ -135,6 +148,10 @@ fn route_label(req: &Request) -> &'static str {
         Some("/healthz") => "/healthz",
         Some("/readyz") => "/readyz",
         Some("/metrics") => "/metrics",
+        Some("/v1/query/pages") => "/v1/query/pages",
+        Some("/v1/query/heatmap") => "/v1/query/heatmap",
+        Some("/v1/query/elements") => "/v1/query/elements",
+        Some("/v1/query/scroll") => "/v1/query/scroll",
         _ => "other",
     }
 }
@@ -178,7 +195,7 @@ async fn cors(State(st): State<AppState>, req: Request, next: Next) -> Response 
         );
         h.insert(
             header::ACCESS_CONTROL_ALLOW_HEADERS,
-            HeaderValue::from_static("Content-Type, Content-Encoding"),
+            HeaderValue::from_static("Content-Type, Content-Encoding, Authorization"),
         );
         h.insert(
             header::ACCESS_CONTROL_MAX_AGE,
