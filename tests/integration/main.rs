@@ -8,3 +8,4 @@ mod durability;
 mod harness;
 mod ingest;
 mod migrations;
+mod query;
