@@ -87,6 +87,8 @@ pub fn render_png(cells: &[Cell], width: u32) -> (Vec<u8>, PngLayout) {
         let mut enc = png::Encoder::new(&mut bytes, width, height);
         enc.set_color(png::ColorType::Rgba);
         enc.set_depth(png::BitDepth::Eight);
+        // Mostly transparent rows and runs of one colour: fast filters compress them well.
+        enc.set_compression(png::Compression::Fast);
         // Writing into a Vec cannot fail; the header and data sizes agree by construction.
         let mut w = enc.write_header().expect("PNG header into memory");
         w.write_image_data(&data).expect("PNG data into memory");

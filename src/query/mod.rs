@@ -503,7 +503,13 @@ pub async fn heatmap(
         })
         .collect();
     if png {
-        let (bytes, layout) = render_png(&cells, width);
+        // Up to tens of megabytes of pixels: off the async workers.
+        let (bytes, layout) = tokio::task::spawn_blocking(move || render_png(&cells, width))
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "heatmap rendering failed");
+                ApiError::QueryUnavailable
+            })?;
         let mut resp = ([(header::CONTENT_TYPE, "image/png")], bytes).into_response();
         let h = resp.headers_mut();
         for (name, value) in [
