@@ -8,7 +8,11 @@
 //! Environment overrides: `CLICKTRAIL_<KEY>` sets a top-level key (`CLICKTRAIL_LISTEN`,
 //! `CLICKTRAIL_DATA_DIR`), and `CLICKTRAIL_<SECTION>_<KEY>` a key in a section
 //! (`CLICKTRAIL_CLICKHOUSE_URL` → `[clickhouse] url`, `CLICKTRAIL_SPOOL_MAX_BYTES` →
-//! `[spool] max_bytes`). Sites are configured in the file only.
+//! `[spool] max_bytes`). Sites are configured in the file, except their read tokens:
+//! `CLICKTRAIL_SITES_<SITE>_READ_TOKENS=tok1,tok2` replaces `read_tokens` of the site whose key,
+//! upper-cased with every character other than a letter or digit written `_`, is `<SITE>`
+//! (`shop-eu` → `CLICKTRAIL_SITES_SHOP_EU_READ_TOKENS`). Such a variable naming no configured
+//! site is an error, so a typo cannot leave the API open to a token nobody meant.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -30,6 +34,7 @@ const SECTIONS: &[&str] = &[
     "dlq",
     "compactor",
     "freshness",
+    "query",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +69,7 @@ pub struct Config {
     pub dlq: DlqConfig,
     pub compactor: CompactorConfig,
     pub freshness: FreshnessConfig,
+    pub query: QueryConfig,
     pub sites: Vec<SiteConfig>,
 }
 
@@ -82,6 +88,7 @@ impl Default for Config {
             dlq: DlqConfig::default(),
             compactor: CompactorConfig::default(),
             freshness: FreshnessConfig::default(),
+            query: QueryConfig::default(),
             sites: Vec::new(),
         }
     }
@@ -437,6 +444,30 @@ impl Default for FreshnessConfig {
     }
 }
 
+/// The read-only report API (`/v1/query/*`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueryConfig {
+    /// Deadline of one report query, enforced by ClickHouse (`max_execution_time`) and by the
+    /// collector; past it the API answers 504.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Most rows a `pages` or `elements` report returns (and the largest `limit` accepted).
+    pub max_rows: u32,
+    /// Most cells a heatmap returns; a page taller than that is cut at the bottom.
+    pub max_cells: u32,
+}
+
+impl Default for QueryConfig {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(10),
+            max_rows: 1000,
+            max_cells: 200_000,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SiteConfig {
@@ -445,6 +476,27 @@ pub struct SiteConfig {
     /// Origins allowed to post for this site (`https://example.com`), or `*` for any.
     #[serde(default)]
     pub origins: Vec<String>,
+    /// Bearer tokens that may read this site's reports (`/v1/query/*`). None = no reads.
+    #[serde(default)]
+    pub read_tokens: Vec<Secret>,
+}
+
+/// Shortest read token accepted: a guessable token would open a site's reports.
+pub const MIN_READ_TOKEN_LEN: usize = 16;
+
+/// The environment variable (after the prefix) that sets a site's read tokens.
+pub fn read_tokens_env_key(site: &str) -> String {
+    let norm: String = site
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("sites_{norm}_read_tokens")
 }
 
 impl Config {
@@ -461,21 +513,52 @@ impl Config {
                 format!("file {} does not exist", path.display()),
             ));
         }
+        // Read tokens per site come from `sites_<site>_read_tokens`, applied after extraction:
+        // figment cannot address one element of the `sites` array.
+        let site_tokens: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.as_str().to_ascii_lowercase(), v))
+            .filter(|(k, _)| k.starts_with("sites_"))
+            .collect();
         // CLICKTRAIL_CONFIG names the file (read by the CLI), it is not a key inside it.
-        let env = env.filter(|key| key != "config").map(|key| {
-            let key = key.as_str().to_ascii_lowercase();
-            for section in SECTIONS {
-                if let Some(rest) = key.strip_prefix(section).and_then(|r| r.strip_prefix('_')) {
-                    return format!("{section}.{rest}").into();
+        let env = env
+            .filter(|key| {
+                key != "config" && !key.as_str().to_ascii_lowercase().starts_with("sites_")
+            })
+            .map(|key| {
+                let key = key.as_str().to_ascii_lowercase();
+                for section in SECTIONS {
+                    if let Some(rest) = key.strip_prefix(section).and_then(|r| r.strip_prefix('_'))
+                    {
+                        return format!("{section}.{rest}").into();
+                    }
                 }
-            }
-            key.into()
-        });
-        let config: Config = Figment::from(Serialized::defaults(Config::default()))
+                key.into()
+            });
+        let mut config: Config = Figment::from(Serialized::defaults(Config::default()))
             .merge(Toml::file(path))
             .merge(env)
             .extract()
             .map_err(|e| ConfigError::Load(Box::new(e)))?;
+        for (key, value) in site_tokens {
+            let mut matching = config
+                .sites
+                .iter_mut()
+                .filter(|s| read_tokens_env_key(&s.key) == key);
+            let Some(site) = matching.next() else {
+                return Err(invalid(
+                    &key.to_ascii_uppercase(),
+                    "environment variable names no configured site (write CLICKTRAIL_SITES_<SITE>_READ_TOKENS, <SITE> the key upper-cased with `_` for other characters)",
+                ));
+            };
+            site.read_tokens = value.split(',').map(|t| Secret::new(t.trim())).collect();
+            if matching.next().is_some() {
+                return Err(invalid(
+                    &key.to_ascii_uppercase(),
+                    "two site keys map to this environment variable; set their read_tokens in the file",
+                ));
+            }
+        }
         config.validate()?;
         Ok(config)
     }
@@ -562,6 +645,11 @@ impl Config {
                 ))
             }
         }
+        if self.query.timeout.is_zero() {
+            return Err(invalid("query.timeout", "must be greater than 0"));
+        }
+        positive("query.max_rows", self.query.max_rows as usize)?;
+        positive("query.max_cells", self.query.max_cells as usize)?;
         if !is_identifier(&self.clickhouse.database) {
             return Err(invalid(
                 "clickhouse.database",
@@ -575,7 +663,39 @@ impl Config {
             ));
         }
         let mut seen = std::collections::HashSet::new();
+        let mut token_owner = std::collections::HashMap::new();
         for (i, site) in self.sites.iter().enumerate() {
+            for (j, token) in site.read_tokens.iter().enumerate() {
+                let key = format!("sites[{i}].read_tokens[{j}]");
+                let t = token.expose();
+                if t.is_empty() {
+                    return Err(invalid(&key, "is empty"));
+                }
+                if t.len() < MIN_READ_TOKEN_LEN {
+                    return Err(invalid(
+                        &key,
+                        format!("must be at least {MIN_READ_TOKEN_LEN} characters"),
+                    ));
+                }
+                if !t.bytes().all(|b| b.is_ascii_graphic() && b != b',') {
+                    return Err(invalid(
+                        &key,
+                        "must be printable ASCII without spaces or commas",
+                    ));
+                }
+                if let Some(other) = token_owner.insert(t, i) {
+                    return Err(invalid(
+                        &key,
+                        if other == i {
+                            "is listed twice for this site".to_string()
+                        } else {
+                            format!(
+                                "is also a read token of sites[{other}]: a token reads one site"
+                            )
+                        },
+                    ));
+                }
+            }
             if site.key.is_empty() || site.key.len() > 64 {
                 return Err(invalid(
                     &format!("sites[{i}].key"),
@@ -731,6 +851,21 @@ mod tests {
             (format!("[spool]\nfsync = \"sometimes\"\n{SITE}"), "fsync"),
             (format!("[sink]\nbatch_age = \"soon\"\n{SITE}"), "batch_age"),
             (format!("bogus_key = 1\n{SITE}"), "bogus_key"),
+            (
+                format!("{SITE}read_tokens = [\"\"]\n"),
+                "sites[0].read_tokens[0]",
+            ),
+            (
+                format!("{SITE}read_tokens = [\"short\"]\n"),
+                "sites[0].read_tokens[0]",
+            ),
+            (
+                format!(
+                    "{SITE}read_tokens = [\"{TOKEN}\"]\n[[sites]]\nkey = \"b\"\nread_tokens = [\"{TOKEN}\"]\n"
+                ),
+                "sites[1].read_tokens[0]",
+            ),
+            (format!("[query]\ntimeout = \"0s\"\n{SITE}"), "query.timeout"),
         ];
         for (body, key) in cases {
             let p = write(&dir, &body);
@@ -739,6 +874,46 @@ mod tests {
                 .to_string();
             assert!(err.contains(key), "error `{err}` should name `{key}`");
         }
+    }
+
+    const TOKEN: &str = "read-token-0123456789";
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure signature, not ours
+    fn read_tokens_come_from_the_file_or_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            &dir,
+            &format!(
+                "{SITE}read_tokens = [\"{TOKEN}\"]\n[[sites]]\nkey = \"shop-eu\"\norigins = [\"*\"]\n"
+            ),
+        );
+        let c = Config::load_with_env(&p, true, Env::prefixed("CTTEST_NONE_")).unwrap();
+        assert_eq!(c.sites[0].read_tokens, vec![Secret::from(TOKEN)]);
+        assert!(c.sites[1].read_tokens.is_empty());
+        assert!(!format!("{c:?}").contains(TOKEN), "a token in Debug output");
+        figment::Jail::expect_with(|jail| {
+            jail.set_env(
+                "CTTEST_SITES_SHOP_EU_READ_TOKENS",
+                "eu-token-0123456789, eu-token-abcdefghij",
+            );
+            let c = Config::load_with_env(&p, true, Env::prefixed("CTTEST_")).unwrap();
+            assert_eq!(c.sites[0].read_tokens, vec![Secret::from(TOKEN)]);
+            assert_eq!(
+                c.sites[1].read_tokens,
+                vec![
+                    Secret::from("eu-token-0123456789"),
+                    Secret::from("eu-token-abcdefghij")
+                ]
+            );
+            jail.set_env("CTTEST_SITES_SHOP_US_READ_TOKENS", "us-token-0123456789");
+            let err = Config::load_with_env(&p, true, Env::prefixed("CTTEST_"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("SITES_SHOP_US_READ_TOKENS"), "{err}");
+            assert!(!err.contains("us-token"), "the token in an error: {err}");
+            Ok(())
+        });
     }
 
     #[test]

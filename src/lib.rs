@@ -25,6 +25,7 @@
 //! - [`sink`]: batching, inserts, error classes, retries.
 //! - [`dlq`]: where refused events are kept, and their replay.
 //! - [`compactor`]: cold days → verified Parquet archive → deleted from ClickHouse.
+//! - [`query`]: the read-only report API (`/v1/query/*`) over the rollups, per-site tokens.
 //! - [`migrate`]: schema migrations for every supported ClickHouse version.
 //! - [`freshness`]: lag gauge and ClickHouse probe.
 //! - [`metrics`]: every Prometheus metric, defined once.
@@ -41,6 +42,7 @@ pub mod http;
 pub mod ingest;
 pub mod metrics;
 pub mod migrate;
+pub mod query;
 pub mod row;
 pub mod rowbinary;
 pub mod serve;

@@ -411,10 +411,12 @@ impl Collector {
                 SiteConfig {
                     key: ANY_SITE.into(),
                     origins: vec!["*".into()],
+                    read_tokens: Vec::new(),
                 },
                 SiteConfig {
                     key: STRICT_SITE.into(),
                     origins: vec![STRICT_ORIGIN.into()],
+                    read_tokens: Vec::new(),
                 },
             ],
             ..Config::default()

@@ -47,6 +47,22 @@ pub enum ApiError {
     /// An internal failure; the detail is logged, the client sees only the operation.
     #[error("{0} failed; see the collector's log")]
     Internal(&'static str),
+    #[error("missing bearer token: send Authorization: Bearer TOKEN (a read token of the site)")]
+    MissingToken,
+    #[error("invalid bearer token")]
+    InvalidToken,
+    #[error("this token may not read site `{0}`")]
+    TokenNotForSite(String),
+    #[error("parameter `{param}`: {problem}")]
+    BadParameter {
+        param: &'static str,
+        problem: String,
+    },
+    #[error("the report did not finish within {0:?}; narrow the range or the page")]
+    QueryTimeout(std::time::Duration),
+    /// The cause (a ClickHouse error) is logged where it happens, not sent.
+    #[error("reports are unavailable right now")]
+    QueryUnavailable,
 }
 
 /// The body of every error answer: what the collector refused and a stable code. The CLI
@@ -65,19 +81,24 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         use ApiError::*;
         match self {
-            EmptyBody | MalformedJson(_) | MissingEnvelopeField(_) | InvalidGzip(_) | BodyRead => {
-                StatusCode::BAD_REQUEST
-            }
+            EmptyBody
+            | MalformedJson(_)
+            | MissingEnvelopeField(_)
+            | InvalidGzip(_)
+            | BodyRead
+            | BadParameter { .. } => StatusCode::BAD_REQUEST,
+            MissingToken | InvalidToken => StatusCode::UNAUTHORIZED,
             BodyTooLarge { .. } | DecompressedTooLarge { .. } | TooManyEvents { .. } => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
             UnsupportedMediaType(_) | UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            UnknownSite(_) | OriginNotAllowed { .. } => StatusCode::FORBIDDEN,
+            UnknownSite(_) | OriginNotAllowed { .. } | TokenNotForSite(_) => StatusCode::FORBIDDEN,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             NotFound => StatusCode::NOT_FOUND,
-            Spool(_) | Timeout => StatusCode::SERVICE_UNAVAILABLE,
             AdminUnauthorized => StatusCode::UNAUTHORIZED,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Spool(_) | Timeout | QueryUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            QueryTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
@@ -104,6 +125,12 @@ impl ApiError {
             BodyRead => "body_read",
             AdminUnauthorized => "unauthorized",
             Internal(_) => "internal",
+            MissingToken => "missing_token",
+            InvalidToken => "invalid_token",
+            TokenNotForSite(_) => "token_not_for_site",
+            BadParameter { .. } => "bad_parameter",
+            QueryTimeout(_) => "query_timeout",
+            QueryUnavailable => "reports_unavailable",
         }
     }
 
@@ -126,6 +153,10 @@ impl ApiError {
         if status == StatusCode::SERVICE_UNAVAILABLE {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(retry_after.0));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         resp
     }

@@ -2,6 +2,8 @@
 //! batch of events means (policy, validation, dead letters, the spool) is [`crate::ingest`]'s;
 //! this module only reads bodies and headers and maps answers to statuses.
 //!
+//! The read-only reports under `/v1/query/*` are [`crate::query`]'s; they are routed here.
+//!
 //! Invariants:
 //! - `POST /v1/events` answers 200 only after every accepted event of the request is committed
 //!   to the spool; the handler never talks to ClickHouse.
@@ -62,6 +64,7 @@ struct Inner {
     snippet: Bytes,
     snippet_etag: String,
     admin_token: Option<String>,
+    reports: crate::query::Reports,
 }
 
 impl AppState {
@@ -93,8 +96,14 @@ impl AppState {
                 snippet,
                 snippet_etag,
                 admin_token,
+                reports: crate::query::Reports::new(config),
             }),
         })
+    }
+
+    /// What the `/v1/query/*` handlers share.
+    pub(crate) fn reports(&self) -> &crate::query::Reports {
+        &self.inner.reports
     }
 }
 
@@ -108,6 +117,10 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/admin/replay", post(admin::replay))
         .route("/v1/admin/status", get(admin::status))
+        .route("/v1/query/pages", get(crate::query::pages))
+        .route("/v1/query/heatmap", get(crate::query::heatmap))
+        .route("/v1/query/elements", get(crate::query::elements))
+        .route("/v1/query/scroll", get(crate::query::scroll))
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .fallback(|| async { ApiError::NotFound })
         .layer(cors_layer(state.inner.ingest.clone()))
@@ -137,6 +150,10 @@ fn route_label(req: &Request) -> &'static str {
         Some("/healthz") => "/healthz",
         Some("/readyz") => "/readyz",
         Some("/metrics") => "/metrics",
+        Some("/v1/query/pages") => "/v1/query/pages",
+        Some("/v1/query/heatmap") => "/v1/query/heatmap",
+        Some("/v1/query/elements") => "/v1/query/elements",
+        Some("/v1/query/scroll") => "/v1/query/scroll",
         _ => "other",
     }
 }
@@ -169,7 +186,11 @@ fn cors_layer(ingest: Ingest) -> CorsLayer {
                 .is_ok_and(|o| ingest.origin_allowed_anywhere(o))
         }))
         .allow_methods([Method::POST, Method::GET, Method::OPTIONS])
-        .allow_headers([header::CONTENT_TYPE, header::CONTENT_ENCODING])
+        .allow_headers([
+            header::CONTENT_TYPE,
+            header::CONTENT_ENCODING,
+            header::AUTHORIZATION,
+        ])
         .expose_headers([header::RETRY_AFTER, HeaderName::from_static("x-request-id")])
         .max_age(Duration::from_secs(86_400))
 }

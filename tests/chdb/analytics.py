@@ -490,7 +490,7 @@ def check_all(server, queries, model, days):
                     if not path:
                         continue
                     for kind in ("click", "rage", "dead", "error"):
-                        p = dict(site=site, path=path, kind=kind, **{"from": frm, "to": to}, device=device)
+                        p = dict(site=site, path=path, kind=kind, **{"from": frm, "to": to}, device=device, limit=1000000)
                         cells += compare("heatmap", p, rows(server, bind(queries["heatmap"], p)), model.heatmap(site, path, kind, frm, to, device))
                         checked += 1
                     p = dict(site=site, path=path, **{"from": frm, "to": to}, device=device, limit=50)

@@ -199,6 +199,7 @@ pub fn test_config(ch: &ClickHouse, data_dir: &Path) -> Config {
         sites: vec![SiteConfig {
             key: "test".into(),
             origins: vec![ORIGIN.into()],
+            read_tokens: vec![],
         }],
         ..Config::default()
     };

@@ -8,4 +8,5 @@ mod durability;
 mod harness;
 mod ingest;
 mod migrations;
+mod query;
 mod reload;

@@ -43,6 +43,7 @@ async fn sighup_applies_new_sites_and_refuses_an_invalid_file() {
     config.sites.push(SiteConfig {
         key: "late".into(),
         origins: vec!["*".into()],
+        read_tokens: Vec::new(),
     });
     std::fs::write(Binary::config_path(&config), toml_of(&config)).unwrap();
     bin.signal("HUP");
@@ -59,6 +60,7 @@ async fn sighup_applies_new_sites_and_refuses_an_invalid_file() {
     broken.sites.push(SiteConfig {
         key: String::new(),
         origins: vec!["*".into()],
+        read_tokens: Vec::new(),
     });
     std::fs::write(Binary::config_path(&config), toml_of(&broken)).unwrap();
     bin.signal("HUP");

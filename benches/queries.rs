@@ -1,0 +1,283 @@
+//! Report API benchmark: `cargo bench --bench queries [-- --rows N --iters K]`.
+//!
+//! Starts a private ClickHouse (scripts/clickhouse.sh), migrates, seeds N events (default
+//! 100,000,000; `--rows` or `CLICKTRAIL_BENCH_ROWS`) with `tests/sql/seed_events.sql` (30 days of
+//! June 2024, ~2,000 pages, power-law traffic) and reports the seed rate. Then starts the
+//! collector in-process and times each `/v1/query/*` call, K times warm (default 50), for one
+//! page-day (2024-06-15) and for 30 days, on the busiest page `/p/0`; beside each, the same
+//! report computed from raw `events` rows straight in ClickHouse (fewer runs: it is slower), so
+//! the ratio shows what the rollups buy. Prints a Markdown table (docs/benchmarks.md).
+//!
+//! Targets on ClickHouse 18.16: every page-day report under 200 ms p99, 30 days under 1 s p99.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clicktrail::config::{Config, SiteConfig};
+
+const TOKEN: &str = "bench-read-token-0123456789";
+const DAY: &str = "2024-06-15";
+const FIRST: &str = "2024-06-01";
+const LAST: &str = "2024-06-30";
+const PAGE: &str = "/p/0";
+
+fn arg(name: &str) -> Option<String> {
+    std::env::args().skip_while(|a| a != name).nth(1)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Stop(String, String);
+impl Drop for Stop {
+    fn drop(&mut self) {
+        let _ = Command::new(&self.0).args(["stop", &self.1]).status();
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
+}
+
+fn ms(d: Duration) -> String {
+    let v = d.as_secs_f64() * 1000.0;
+    if v < 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.0}")
+    }
+}
+
+/// The raw-row equivalents of the reports (what they would cost without rollups).
+fn raw_sql(report: &str, from: &str, to: &str) -> String {
+    let scope = format!(
+        "site = 'bench' AND toDate(ts) >= toDate('{from}') AND toDate(ts) <= toDate('{to}')"
+    );
+    match report {
+        "pages" => format!(
+            "SELECT path, countIf(has_pv) AS views, uniqExactIf(visitor, has_pv) AS visitors, \
+             countIf(has_pv AND NOT (pv_clicks > 0 OR eng_s >= 10)) AS bounces, sum(pv_clicks) AS clicks, \
+             sum(pv_rage) AS rage_clicks, sum(pv_dead) AS dead_clicks, sum(pv_err) AS error_clicks, \
+             avgIf(max_scroll, has_scroll) AS avg_max_scroll_pct, medianExactIf(eng_s, has_pv) AS median_engaged_s \
+             FROM (SELECT path, pageview_id, max(type = 'pageview') AS has_pv, any(visitor_id) AS visitor, \
+             uniqExactIf(event_id, type = 'click') AS pv_clicks, uniqExactIf(event_id, type = 'click' AND rage = 1) AS pv_rage, \
+             uniqExactIf(event_id, type = 'click' AND dead = 1) AS pv_dead, uniqExactIf(event_id, type = 'click' AND error = 1) AS pv_err, \
+             max(type = 'scroll') AS has_scroll, maxIf(scroll_depth, type = 'scroll') AS max_scroll, \
+             maxIf(duration_ms, type = 'engagement') / 1000 AS eng_s \
+             FROM clicktrail.events WHERE {scope} AND type IN ('pageview', 'click', 'scroll', 'engagement') \
+             GROUP BY path, pageview_id) GROUP BY path ORDER BY views DESC, path LIMIT 100"
+        ),
+        "heatmap" => format!(
+            "SELECT toUInt8(least(intDiv(toInt64(greatest(x, 0)) * 100, if(doc_w > 0, doc_w, viewport_w)), 99)) AS cx, \
+             toUInt16(least(intDiv(greatest(y, 0), 20), 65535)) AS cy, uniqExact(event_id) AS n \
+             FROM clicktrail.events WHERE {scope} AND type = 'click' AND path = '{PAGE}' AND (doc_w > 0 OR viewport_w > 0) \
+             GROUP BY cx, cy ORDER BY cy, cx"
+        ),
+        "elements" => format!(
+            "SELECT selector, uniqExact(event_id) AS clicks, uniqExactIf(event_id, rage = 1) AS rage_clicks, \
+             uniqExactIf(event_id, dead = 1) AS dead_clicks, uniqExactIf(event_id, error = 1) AS error_clicks, \
+             avgIf(elem_x / 65536, elem_x > 0 OR elem_y > 0) AS hot_x, avgIf(elem_y / 65536, elem_x > 0 OR elem_y > 0) AS hot_y \
+             FROM clicktrail.events WHERE {scope} AND type = 'click' AND path = '{PAGE}' \
+             GROUP BY selector ORDER BY clicks DESC, selector LIMIT 100"
+        ),
+        "scroll" => format!(
+            "SELECT intDiv(m, 5) * 5 AS depth, count() AS pageviews FROM \
+             (SELECT pageview_id, max(scroll_depth) AS m FROM clicktrail.events \
+             WHERE {scope} AND type = 'scroll' AND path = '{PAGE}' GROUP BY pageview_id) \
+             GROUP BY depth ORDER BY depth"
+        ),
+        other => panic!("no raw SQL for {other}"),
+    }
+}
+
+fn main() {
+    let rows: u64 = arg("--rows")
+        .or_else(|| std::env::var("CLICKTRAIL_BENCH_ROWS").ok())
+        .map(|v| v.replace('_', "").parse().expect("--rows N"))
+        .unwrap_or(100_000_000);
+    let iters: usize = arg("--iters")
+        .map(|v| v.parse().expect("--iters K"))
+        .unwrap_or(50);
+    let raw_iters = (iters / 5).max(3);
+    let dir = tempfile::tempdir().unwrap();
+    let (port, tcp) = (free_port(), free_port());
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/clickhouse.sh");
+    let chdir = dir.path().join("ch");
+    assert!(Command::new(script)
+        .args([
+            "start",
+            chdir.to_str().unwrap(),
+            &port.to_string(),
+            &tcp.to_string()
+        ])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap()
+        .success());
+    let _stop = Stop(script.into(), chdir.display().to_string());
+    let url = format!("http://127.0.0.1:{port}");
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("clicktrail=warn")
+        .with_writer(std::io::stderr)
+        .try_init();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let http = reqwest::Client::new();
+        let q = |sql: String| {
+            let http = http.clone();
+            let url = url.clone();
+            async move {
+                let r = http.post(&url).body(sql).send().await.unwrap();
+                let ok = r.status().is_success();
+                let t = r.text().await.unwrap();
+                assert!(ok, "{t}");
+                t
+            }
+        };
+
+        let mut config = Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir: dir.path().join("data"),
+            sites: vec![
+                SiteConfig {
+                    key: "bench".into(),
+                    origins: vec!["*".into()],
+                    read_tokens: vec![TOKEN.into()],
+                },
+                SiteConfig {
+                    key: "bench2".into(),
+                    origins: vec!["*".into()],
+                    read_tokens: vec![],
+                },
+            ],
+            ..Config::default()
+        };
+        config.clickhouse.url = url.clone();
+        config.clickhouse.timeout = Duration::from_secs(3600);
+        // The seeded days are cold: the compactor would archive and delete them.
+        config.compactor.enabled = false;
+        config.compactor.insert_settle = Duration::from_secs(3600);
+        config.freshness.canary_interval = Duration::ZERO;
+        config.query.timeout = Duration::from_secs(60);
+        clicktrail::migrate::run(&config.clickhouse).await.unwrap();
+
+        let seed = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/sql/seed_events.sql"
+        ))
+        .unwrap()
+        .replace("{{db}}", "clicktrail")
+        .replace("{{rows}}", &rows.to_string());
+        eprintln!("seeding {rows} events (the five rollup views fill as they go)...");
+        let started = Instant::now();
+        q(seed).await;
+        let seed_time = started.elapsed();
+        let rate = rows as f64 / seed_time.as_secs_f64();
+        let mut rollups = Vec::new();
+        for t in [
+            "click_grid_daily",
+            "element_clicks_daily",
+            "scroll_depth_daily",
+            "engagement_daily",
+            "page_stats_hourly",
+        ] {
+            let n = q(format!("SELECT count() FROM clicktrail.{t}")).await;
+            rollups.push(format!("{t} {}", n.trim()));
+        }
+        let page_events = q(format!(
+            "SELECT count() FROM clicktrail.events WHERE site = 'bench' AND path = '{PAGE}'"
+        ))
+        .await;
+        let day_events = q(format!(
+            "SELECT count() FROM clicktrail.events WHERE site = 'bench' AND path = '{PAGE}' AND toDate(ts) = toDate('{DAY}')"
+        ))
+        .await;
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(clicktrail::serve::run(config, listener, async {
+            let _ = stop_rx.await;
+        }));
+        for _ in 0..100 {
+            if http.get(format!("{base}/healthz")).send().await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+
+        let api = |uri: String| {
+            let http = http.clone();
+            let base = base.clone();
+            async move {
+                let started = Instant::now();
+                let r = http
+                    .get(format!("{base}{uri}"))
+                    .bearer_auth(TOKEN)
+                    .send()
+                    .await
+                    .unwrap();
+                let status = r.status();
+                let body = r.bytes().await.unwrap();
+                assert!(status.is_success(), "{uri}: {status} {body:?}");
+                (started.elapsed(), body.len())
+            }
+        };
+        let time = |samples: &mut Vec<Duration>| {
+            samples.sort();
+            (percentile(samples, 0.5), percentile(samples, 0.99))
+        };
+
+        println!("\n{rows} events seeded in {:.1} s ({rate:.0} events/s, with the five views)", seed_time.as_secs_f64());
+        println!("rollup rows: {}", rollups.join(", "));
+        println!(
+            "page {PAGE}: {} events over 30 days, {} on {DAY}; {iters} warm runs per API call, {raw_iters} per raw query\n",
+            page_events.trim(),
+            day_events.trim()
+        );
+        println!("| report | range | API p50 ms | API p99 ms | answer bytes | raw rows p50 ms | raw rows p99 ms | raw / API (p50) |");
+        println!("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+        for (range, from, to) in [("1 day", DAY, DAY), ("30 days", FIRST, LAST)] {
+            let calls = [
+                ("pages (site)", "pages", format!("/v1/query/pages?site=bench&from={from}&to={to}")),
+                ("heatmap", "heatmap", format!("/v1/query/heatmap?site=bench&path={PAGE}&from={from}&to={to}")),
+                ("heatmap PNG (w 800)", "heatmap", format!("/v1/query/heatmap?site=bench&path={PAGE}&from={from}&to={to}&format=png&width=800")),
+                ("elements", "elements", format!("/v1/query/elements?site=bench&path={PAGE}&from={from}&to={to}")),
+                ("scroll", "scroll", format!("/v1/query/scroll?site=bench&path={PAGE}&from={from}&to={to}")),
+            ];
+            for (label, report, uri) in calls {
+                let (_, bytes) = api(uri.clone()).await; // warm-up
+                let mut samples = Vec::with_capacity(iters);
+                for _ in 0..iters {
+                    samples.push(api(uri.clone()).await.0);
+                }
+                let (p50, p99) = time(&mut samples);
+                let sql = raw_sql(report, from, to);
+                q(sql.clone()).await; // warm-up
+                let mut raw = Vec::with_capacity(raw_iters);
+                for _ in 0..raw_iters {
+                    let started = Instant::now();
+                    q(sql.clone()).await;
+                    raw.push(started.elapsed());
+                }
+                let (r50, r99) = time(&mut raw);
+                println!(
+                    "| {label} | {range} | {} | {} | {bytes} | {} | {} | {:.1}x |",
+                    ms(p50),
+                    ms(p99),
+                    ms(r50),
+                    ms(r99),
+                    r50.as_secs_f64() / p50.as_secs_f64()
+                );
+            }
+        }
+        let _ = stop_tx.send(());
+        server.await.unwrap().unwrap();
+    });
+}
