@@ -64,7 +64,7 @@ impl Kind {
     }
 
     /// Bytes of one value in RowBinary and Native; 0 for length-prefixed strings.
-    pub fn width(self) -> usize {
+    pub const fn width(self) -> usize {
         match self {
             Kind::Str | Kind::LowStr => 0,
             Kind::Flag | Kind::U8 => 1,
@@ -188,8 +188,11 @@ impl<'a> Value<'a> for i32 {
 macro_rules! events_row {
     (<$a:lifetime> $( #[doc = $doc:literal] $field:ident $name:literal : $ty:ty = $kind:ident, )* ) => {
         /// A row of `clicktrail.events`, field for column, in insert order (see the module
-        /// docs). Serde names are the column names (dead-letter entries store rows as JSON).
+        /// docs). Serde names are the column names (dead-letter entries store rows as JSON);
+        /// a column missing from such JSON takes its default, so entries written before the
+        /// column existed still replay.
         #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, clickhouse::Row)]
+        #[serde(default)]
         pub struct EventRow<$a> {
             $( #[doc = $doc] #[serde(rename = $name)] pub $field: $ty, )*
         }
@@ -331,18 +334,35 @@ pub fn insert_columns() -> String {
     names.join(", ")
 }
 
+/// Each column's fixed width in a RowBinary row, 0 for a length-prefixed string: the sink's
+/// per-record scan reads this flat table rather than matching on kinds.
+const WIDTHS: [u8; COLUMN_COUNT] = {
+    let mut w = [0u8; COLUMN_COUNT];
+    let mut i = 0;
+    while i < COLUMN_COUNT {
+        w[i] = COLUMNS[i].kind.width() as u8;
+        i += 1;
+    }
+    w
+};
+
 /// The end offset of each row of `buf`, which must hold exactly `count` whole rows: a
 /// structural scan (string lengths and the kinds' widths only), for cutting a batch apart.
 pub fn row_ends(buf: &[u8], count: usize) -> Result<Vec<usize>, RowError> {
     let mut ends = Vec::with_capacity(count);
     let mut pos = 0usize;
     while pos < buf.len() {
-        for c in COLUMNS {
-            match c.kind.width() {
-                0 => {
+        for &w in &WIDTHS {
+            if w > 0 {
+                pos += usize::from(w);
+                continue;
+            }
+            // A string: its length prefix, usually one byte.
+            match buf.get(pos) {
+                Some(&len) if len < 0x80 => pos += 1 + usize::from(len),
+                _ => {
                     read_bytes(buf, &mut pos)?.ok_or(RowError::CutShort)?;
                 }
-                w => pos += w,
             }
         }
         if pos > buf.len() {
@@ -432,6 +452,15 @@ pub(crate) mod tests {
             .to_string()
             .contains("says 3 rows"));
         assert!(decode_all(&buf[..buf.len() - 1], 2).is_err());
+    }
+
+    #[test]
+    fn rows_stored_before_a_column_existed_still_read() {
+        // A dead-letter row of a version without the analytics columns.
+        let old = r#"{"event_id":"e1","site":"s","type":"click","x":5,"ip":"203.0.113.0"}"#;
+        let e: Event = serde_json::from_str(old).unwrap();
+        assert_eq!((e.event_id.as_ref(), e.x, e.elem_x), ("e1", 5, 0));
+        assert_eq!(e.device_class, "");
     }
 
     #[test]
