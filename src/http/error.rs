@@ -43,6 +43,13 @@ pub enum ApiError {
     Timeout,
     #[error("could not read the request body")]
     BodyRead,
+    #[error("rate limit of the {scope} reached: retry in {retry_after_secs} s")]
+    RateLimited {
+        scope: &'static str,
+        retry_after_secs: u32,
+    },
+    #[error("the collector is busy with other requests' bodies; retry later")]
+    Overloaded,
 }
 
 /// Seconds for `Retry-After`; filled in by the handler from config.
@@ -63,7 +70,8 @@ impl ApiError {
             UnknownSite(_) | OriginNotAllowed { .. } => StatusCode::FORBIDDEN,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             NotFound => StatusCode::NOT_FOUND,
-            Spool(_) | Timeout => StatusCode::SERVICE_UNAVAILABLE,
+            Spool(_) | Timeout | Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -88,6 +96,8 @@ impl ApiError {
             Spool(_) => "unavailable",
             Timeout => "timeout",
             BodyRead => "body_read",
+            RateLimited { .. } => "rate_limited",
+            Overloaded => "overloaded",
         }
     }
 
@@ -108,6 +118,13 @@ impl ApiError {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(retry_after.0));
         }
+        if let ApiError::RateLimited {
+            retry_after_secs, ..
+        } = self
+        {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+        }
         resp
     }
 }
@@ -123,6 +140,10 @@ impl From<IngestError> for ApiError {
             }
             IngestError::TooManyEvents { count, limit } => ApiError::TooManyEvents { count, limit },
             IngestError::Spool(e) => ApiError::Spool(e),
+            IngestError::SiteRateLimited { retry_after } => ApiError::RateLimited {
+                scope: "site",
+                retry_after_secs: crate::ratelimit::retry_after_secs(retry_after),
+            },
         }
     }
 }

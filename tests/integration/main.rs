@@ -7,5 +7,6 @@ mod dlq;
 mod durability;
 mod harness;
 mod ingest;
+mod limits;
 mod migrations;
 mod reload;
