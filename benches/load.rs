@@ -195,7 +195,8 @@ fn collector_config(dir: &Path, port: u16, ch: &ClickHouse, fsync: &str) -> Path
         &p,
         format!(
             "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n[log]\nlevel = \"warn\"\n[clickhouse]\nurl = \"{}\"\n\
-             [spool]\nfsync = \"{fsync}\"\n[compactor]\nenabled = false\n[[sites]]\nkey = \"bench\"\norigins = [\"*\"]\n",
+             [spool]\nfsync = \"{fsync}\"\n[compactor]\nenabled = false\n\
+             [rate_limit]\nper_ip_per_second = 0\nper_site_per_second = 0\n[[sites]]\nkey = \"bench\"\norigins = [\"*\"]\n",
             dir.join("data").display(),
             ch.url()
         ),

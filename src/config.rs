@@ -35,6 +35,8 @@ const SECTIONS: &[&str] = &[
     "compactor",
     "freshness",
     "query",
+    "server",
+    "rate_limit",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +72,8 @@ pub struct Config {
     pub compactor: CompactorConfig,
     pub freshness: FreshnessConfig,
     pub query: QueryConfig,
+    pub server: ServerConfig,
+    pub rate_limit: RateLimitConfig,
     pub sites: Vec<SiteConfig>,
 }
 
@@ -89,6 +93,8 @@ impl Default for Config {
             compactor: CompactorConfig::default(),
             freshness: FreshnessConfig::default(),
             query: QueryConfig::default(),
+            server: ServerConfig::default(),
+            rate_limit: RateLimitConfig::default(),
             sites: Vec::new(),
         }
     }
@@ -143,7 +149,10 @@ impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             max_body_bytes: 1024 * 1024,
-            max_decompressed_bytes: 4 * 1024 * 1024,
+            // The snippet sends at most 20 events a batch, uncompressed; 20 events with every
+            // field at its `[limits]` maximum, escaped, are about 232 KiB (the arithmetic is in
+            // config/clicktrail.toml). Other clients get the same 1 MiB as on the wire.
+            max_decompressed_bytes: 1024 * 1024,
             max_events_per_batch: 500,
             request_timeout: Duration::from_secs(10),
             retry_after_secs: 5,
@@ -375,8 +384,17 @@ impl Default for SpoolConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DlqConfig {
-    /// Disk quota of the dead-letter store; past it the oldest entries are evicted.
+    /// Disk quota of the dead-letter store. Parse and validation entries have their own
+    /// shares of it (below); insert and decode entries share the rest and evict their oldest.
     pub max_bytes: u64,
+    /// Parse entries at most; past it new ones are dropped (counted), nothing is evicted.
+    pub parse_max_bytes: u64,
+    /// Validation entries at most; past it new ones are dropped (counted), nothing is evicted.
+    pub validation_max_bytes: u64,
+    /// Parse entries kept per minute for bodies that name no configured site (or come from
+    /// an origin the site does not allow): a sample, so junk from anywhere cannot fill the
+    /// store. 0 keeps none.
+    pub unattributed_parse_per_minute: u32,
     /// Keep request bodies that could not be parsed at all (capped at 64 KiB each).
     pub keep_unparseable_bodies: bool,
 }
@@ -385,6 +403,9 @@ impl Default for DlqConfig {
     fn default() -> Self {
         Self {
             max_bytes: 256 * 1024 * 1024,
+            parse_max_bytes: 16 * 1024 * 1024,
+            validation_max_bytes: 32 * 1024 * 1024,
+            unattributed_parse_per_minute: 10,
             keep_unparseable_bodies: true,
         }
     }
@@ -465,6 +486,105 @@ impl Default for QueryConfig {
             max_rows: 1000,
             max_cells: 200_000,
         }
+    }
+}
+
+/// `[server]`: what one connection and all requests together may hold, since the collector
+/// faces the public internet.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Time a client has to send a request's headers, counted from when the server starts
+    /// waiting for them (also between requests on a kept-alive connection); past it the
+    /// connection is closed.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// A kept-alive connection with no request in flight for this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub keep_alive_timeout: Duration,
+    /// Open connections at most; more are closed at accept (with a 503 if the socket takes it).
+    pub max_connections: usize,
+    /// Request body bytes (as received, and again once inflated) held at once by all requests
+    /// not yet answered; past it requests get 503 + Retry-After before their body is read.
+    pub max_inflight_body_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            keep_alive_timeout: Duration::from_secs(5),
+            max_connections: 10_000,
+            max_inflight_body_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+impl ServerConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.header_read_timeout.is_zero() {
+            return Err(invalid(
+                "server.header_read_timeout",
+                "must be greater than 0",
+            ));
+        }
+        if self.keep_alive_timeout.is_zero() || self.keep_alive_timeout > self.header_read_timeout {
+            return Err(invalid(
+                "server.keep_alive_timeout",
+                "must be greater than 0 and at most server.header_read_timeout (which also bounds an idle connection)",
+            ));
+        }
+        if self.max_connections == 0 {
+            return Err(invalid("server.max_connections", "must be greater than 0"));
+        }
+        Ok(())
+    }
+}
+
+/// `[rate_limit]`: requests per second per client address and per site, with a burst.
+/// 429 + Retry-After past them. A `per_second` of 0 turns that limit off.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    /// Sustained requests per second from one client address (IPv6: one /64).
+    pub per_ip_per_second: u32,
+    /// Requests one address may send at once above the sustained rate.
+    pub per_ip_burst: u32,
+    /// Sustained requests per second for one site key, from all clients.
+    pub per_site_per_second: u32,
+    pub per_site_burst: u32,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            per_ip_per_second: 20,
+            per_ip_burst: 200,
+            per_site_per_second: 2000,
+            per_site_burst: 10_000,
+        }
+    }
+}
+
+impl RateLimitConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (key, rate, burst) in [
+            (
+                "rate_limit.per_ip_burst",
+                self.per_ip_per_second,
+                self.per_ip_burst,
+            ),
+            (
+                "rate_limit.per_site_burst",
+                self.per_site_per_second,
+                self.per_site_burst,
+            ),
+        ] {
+            if rate > 0 && burst == 0 {
+                return Err(invalid(key, "must be greater than 0 when the rate is"));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -627,6 +747,20 @@ impl Config {
         if self.dlq.max_bytes < 1024 * 1024 {
             return Err(invalid("dlq.max_bytes", "must be at least 1048576 (1 MiB)"));
         }
+        if self.dlq.parse_max_bytes + self.dlq.validation_max_bytes > self.dlq.max_bytes / 2 {
+            return Err(invalid(
+                "dlq.validation_max_bytes",
+                "dlq.parse_max_bytes + dlq.validation_max_bytes must be at most half of dlq.max_bytes (the rest is for acknowledged events)",
+            ));
+        }
+        if self.server.max_inflight_body_bytes < self.http.max_decompressed_bytes {
+            return Err(invalid(
+                "server.max_inflight_body_bytes",
+                "must be at least http.max_decompressed_bytes, or the largest body is never taken",
+            ));
+        }
+        self.server.validate()?;
+        self.rate_limit.validate()?;
         if self.clickhouse.timeout.is_zero() {
             return Err(invalid("clickhouse.timeout", "must be greater than 0"));
         }
@@ -866,6 +1000,26 @@ mod tests {
                 "sites[1].read_tokens[0]",
             ),
             (format!("[query]\ntimeout = \"0s\"\n{SITE}"), "query.timeout"),
+            (
+                format!("[server]\nkeep_alive_timeout = \"1m\"\n{SITE}"),
+                "server.keep_alive_timeout",
+            ),
+            (
+                format!("[server]\nmax_connections = 0\n{SITE}"),
+                "server.max_connections",
+            ),
+            (
+                format!("[server]\nmax_inflight_body_bytes = 1000\n{SITE}"),
+                "server.max_inflight_body_bytes",
+            ),
+            (
+                format!("[rate_limit]\nper_ip_burst = 0\n{SITE}"),
+                "rate_limit.per_ip_burst",
+            ),
+            (
+                format!("[dlq]\nparse_max_bytes = 200000000\n{SITE}"),
+                "dlq.validation_max_bytes",
+            ),
         ];
         for (body, key) in cases {
             let p = write(&dir, &body);

@@ -11,6 +11,12 @@
 //!   `Ok` is the acknowledgement.
 //! - One bad event never fails its batch: it is listed in [`Answer::rejected`] with its index,
 //!   and dead-lettered (before the answer) with the reason the client saw.
+//! - Dead letters of refused input cannot be used to fill the store: an unparseable body is
+//!   kept only when it names a configured site (read leniently) that accepts its origin, or as
+//!   a rate-limited sample (`dlq.unattributed_parse_per_minute`); the user agent kept with any
+//!   entry is cut to `limits.max_user_agent_len`; and the store gives refused input its own
+//!   quotas ([`crate::dlq`]).
+//! - A site over `rate_limit.per_site_*` is refused before validation.
 //!
 //! Architecture invariant: this module knows nothing of HTTP (no status codes, headers or
 //! bodies); `http::error` maps [`IngestError`] to answers.
@@ -53,6 +59,8 @@ pub enum IngestError {
     OriginNotAllowed { origin: String, site: String },
     #[error("too many events: {count} in one batch, at most {limit}")]
     TooManyEvents { count: usize, limit: usize },
+    #[error("rate limit of the site reached")]
+    SiteRateLimited { retry_after: std::time::Duration },
     #[error(transparent)]
     Spool(#[from] SpoolError),
 }
@@ -156,6 +164,10 @@ struct Inner {
     spool: SpoolHandle,
     dlq: DeadLetters,
     metrics: Metrics,
+    max_user_agent_len: usize,
+    per_site: crate::ratelimit::KeyedLimit<String>,
+    /// Unparseable bodies that name no site this collector takes: sampled, not all kept.
+    unattributed: Option<governor::DefaultDirectRateLimiter>,
 }
 
 impl Ingest {
@@ -169,8 +181,20 @@ impl Ingest {
                 spool,
                 dlq,
                 metrics,
+                max_user_agent_len: config.limits.max_user_agent_len,
+                per_site: crate::ratelimit::KeyedLimit::new(
+                    config.rate_limit.per_site_per_second,
+                    config.rate_limit.per_site_burst,
+                ),
+                unattributed: std::num::NonZeroU32::new(config.dlq.unattributed_parse_per_minute)
+                    .map(|n| governor::RateLimiter::direct(governor::Quota::per_minute(n))),
             }),
         }
+    }
+
+    /// Forgets per-site rate state that is back to a full burst.
+    pub fn housekeeping(&self) {
+        self.inner.per_site.housekeeping();
     }
 
     /// Some configured site accepts this origin (CORS headers may name it).
@@ -219,14 +243,15 @@ impl Ingest {
             Ok(p) => p,
             Err(e) => {
                 self.count_rejected("malformed", 1);
-                if self.inner.keep_unparseable {
+                let site = self.attributed_site(body, &meta);
+                if self.inner.keep_unparseable && (site.is_some() || self.sampled()) {
                     let raw =
                         crate::dlq::cap(&String::from_utf8_lossy(body), crate::dlq::MAX_RAW_BYTES);
                     let entry = NewEntry::refused(
                         Stage::Parse,
                         "malformed",
                         e.to_string(),
-                        self.origin_of("", &meta),
+                        self.origin_of(site.unwrap_or(""), &meta),
                     );
                     self.dead_letter(NewEntry {
                         raw: Some(raw),
@@ -238,6 +263,14 @@ impl Ingest {
             }
         };
         self.check_site(&site, &meta)?;
+        if let Err(retry_after) = self.inner.per_site.check(&site.to_string()) {
+            self.inner
+                .metrics
+                .http_rate_limited
+                .get_or_create(&crate::metrics::ScopeLabel { scope: "site" })
+                .inc();
+            return Err(IngestError::SiteRateLimited { retry_after });
+        }
         if events.len() > self.inner.max_events {
             return Err(IngestError::TooManyEvents {
                 count: events.len(),
@@ -352,11 +385,35 @@ impl Ingest {
         Ok(())
     }
 
+    /// The configured site an unparseable body names (read leniently), if it accepts the
+    /// request's origin: such a body is always kept.
+    fn attributed_site<'b>(&self, body: &'b [u8], meta: &Meta) -> Option<&'b str> {
+        lenient_site(body).filter(|site| self.check_site(site, meta).is_ok())
+    }
+
+    /// Whether an unparseable body that names no site is within the sample that is kept.
+    fn sampled(&self) -> bool {
+        let sampled = self
+            .inner
+            .unattributed
+            .as_ref()
+            .is_some_and(|l| l.check().is_ok());
+        if !sampled {
+            self.inner
+                .metrics
+                .dlq_dropped
+                .get_or_create(&crate::metrics::StageLabel { stage: "parse" })
+                .inc();
+        }
+        sampled
+    }
+
     fn origin_of(&self, site: &str, meta: &Meta) -> Origin {
         Origin {
-            site: site.to_string(),
+            site: crate::event::truncate(site, 64).to_string(),
             received_at_ms: meta.received_at_ms,
-            user_agent: meta.user_agent.clone(),
+            user_agent: crate::event::truncate(&meta.user_agent, self.inner.max_user_agent_len)
+                .to_string(),
             ip: self.inner.validator.stored_ip(meta.client_ip),
         }
     }
@@ -373,10 +430,64 @@ impl Ingest {
     /// returned: the client already learns the refusal from the answer itself.
     async fn dead_letter(&self, entry: NewEntry) {
         let dlq = self.inner.dlq.clone();
-        match tokio::task::spawn_blocking(move || dlq.put(entry)).await {
+        match tokio::task::spawn_blocking(move || dlq.offer(entry)).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::error!(error = %e, "cannot store dead letter"),
             Err(e) => tracing::error!(error = %e, "dead-letter task failed"),
         }
+    }
+}
+
+/// The `site` of a body that is not valid JSON as a whole: the first `"site": "KEY"` in its
+/// first 4 KiB, KEY being 1 to 64 characters without escapes. Only used to decide whether an
+/// unparseable body is kept, so a wrong guess costs a dead letter, nothing more.
+fn lenient_site(body: &[u8]) -> Option<&str> {
+    let head = &body[..body.len().min(4096)];
+    let mut rest = head;
+    while let Some(at) = find(rest, b"\"site\"") {
+        let after = &rest[at + 6..];
+        let value = skip_ws(after)
+            .strip_prefix(b":")
+            .map(skip_ws)
+            .and_then(|v| v.strip_prefix(b"\""))
+            .and_then(|v| {
+                let end = v.iter().position(|b| *b == b'"' || *b == b'\\')?;
+                (v[end] == b'"' && (1..=64).contains(&end)).then(|| &v[..end])
+            });
+        if let Some(v) = value.and_then(|v| std::str::from_utf8(v).ok()) {
+            return Some(v);
+        }
+        rest = after;
+    }
+    None
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn skip_ws(b: &[u8]) -> &[u8] {
+    let n = b.iter().take_while(|c| c.is_ascii_whitespace()).count();
+    &b[n..]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lenient_site;
+
+    #[test]
+    fn lenient_site_reads_broken_bodies() {
+        assert_eq!(
+            lenient_site(br#"{"site": "shop", "events": [{"type": "pagevi"#),
+            Some("shop")
+        );
+        assert_eq!(lenient_site(br#"{"events":[], "site" :"a"}"#), Some("a"));
+        assert_eq!(lenient_site(b"garbage"), None);
+        assert_eq!(
+            lenient_site(br#"{"site": 5, "x": {"site":"b"}}"#),
+            Some("b")
+        );
+        assert_eq!(lenient_site(br#"{"site": "a\"b"}"#), None);
+        assert_eq!(lenient_site(br#"{"site": ""}"#), None);
     }
 }

@@ -29,6 +29,7 @@
 //! - [`migrate`]: schema migrations for every supported ClickHouse version.
 //! - [`freshness`]: lag gauge and ClickHouse probe.
 //! - [`metrics`]: every Prometheus metric, defined once.
+//! - [`ratelimit`]: request rate limits per client address and per site.
 //! - [`serve`]: wires the above together and shuts them down in order.
 
 pub mod clickhouse;
@@ -43,6 +44,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod migrate;
 pub mod query;
+pub mod ratelimit;
 pub mod row;
 pub mod rowbinary;
 pub mod serve;

@@ -49,6 +49,16 @@ pub struct StageReason {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabel {
+    pub stage: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ScopeLabel {
+    pub scope: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VersionLabel {
     pub version: &'static str,
 }
@@ -71,6 +81,10 @@ pub struct Metrics {
 
     pub http_requests: Family<RouteStatus, Counter>,
     pub http_duration: Family<RouteLabel, Histogram, fn() -> Histogram>,
+    pub http_connections_open: Gauge,
+    pub http_connections_refused: Counter,
+    pub http_rate_limited: Family<ScopeLabel, Counter>,
+    pub http_overloaded: Counter,
 
     pub events_accepted: Family<TypeLabel, Counter>,
     pub events_rejected: Family<ReasonLabel, Counter>,
@@ -101,6 +115,7 @@ pub struct Metrics {
     pub dlq_bytes: Gauge,
     pub dlq_quota_bytes: Gauge,
     pub dlq_evictions: Counter,
+    pub dlq_dropped: Family<StageLabel, Counter>,
     pub dlq_replayed_events: Counter,
 
     pub compactor_partitions_archived: Counter,
@@ -136,6 +151,30 @@ impl Metrics {
             "http_request_duration_seconds",
             "Request wall time; for /v1/events it includes the spool commit (the ack latency)",
             http_duration.clone(),
+        );
+        let http_connections_open = Gauge::default();
+        r.register(
+            "http_connections_open",
+            "TCP connections the HTTP server holds open now",
+            http_connections_open.clone(),
+        );
+        let http_connections_refused = Counter::default();
+        r.register(
+            "http_connections_refused",
+            "Connections closed at accept because server.max_connections were open",
+            http_connections_refused.clone(),
+        );
+        let http_rate_limited = Family::<ScopeLabel, Counter>::default();
+        r.register(
+            "http_rate_limited",
+            "Requests answered 429 by a rate limit, by scope (ip, site)",
+            http_rate_limited.clone(),
+        );
+        let http_overloaded = Counter::default();
+        r.register(
+            "http_overloaded",
+            "Requests answered 503 because server.max_inflight_body_bytes were in flight",
+            http_overloaded.clone(),
         );
 
         let events_accepted = Family::<TypeLabel, Counter>::default();
@@ -290,6 +329,12 @@ impl Metrics {
             "Dead-letter entries evicted because the quota was reached (data lost)",
             dlq_evictions.clone(),
         );
+        let dlq_dropped = Family::<StageLabel, Counter>::default();
+        r.register(
+            "dlq_dropped",
+            "Parse or validation entries not stored because their stage's quota was full, or not sampled",
+            dlq_dropped.clone(),
+        );
         let dlq_replayed_events = Counter::default();
         r.register(
             "dlq_replayed_events",
@@ -357,6 +402,12 @@ impl Metrics {
         ] {
             let _ = events_rejected.get_or_create(&ReasonLabel { reason });
         }
+        for scope in ["ip", "site"] {
+            let _ = http_rate_limited.get_or_create(&ScopeLabel { scope });
+        }
+        for stage in ["parse", "validation"] {
+            let _ = dlq_dropped.get_or_create(&StageLabel { stage });
+        }
         for class in ["retryable", "permanent", "destination"] {
             let _ = sink_insert_errors.get_or_create(&ClassLabel { class });
         }
@@ -389,6 +440,10 @@ impl Metrics {
             registry: Arc::new(r),
             http_requests,
             http_duration,
+            http_connections_open,
+            http_connections_refused,
+            http_rate_limited,
+            http_overloaded,
             events_accepted,
             events_rejected,
             spool_bytes,
@@ -414,6 +469,7 @@ impl Metrics {
             dlq_bytes,
             dlq_quota_bytes,
             dlq_evictions,
+            dlq_dropped,
             dlq_replayed_events,
             compactor_partitions_archived,
             compactor_rows_archived,

@@ -7,7 +7,6 @@
 //! whatever it cannot deliver stays on disk and is delivered after the next start.
 
 use std::future::Future;
-use std::net::SocketAddr;
 
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
@@ -75,6 +74,7 @@ pub async fn run_with_reload(
             dir: config.dlq_dir().display().to_string(),
             source,
         })?
+        .with_quotas(crate::dlq::Quotas::from_config(&config.dlq))
         .with_clock(clock.clone());
     let (sink, sink_status) = Sink::new(
         &config.clickhouse,
@@ -161,6 +161,7 @@ pub async fn run_with_reload(
         ))
     });
 
+    let metrics_http = metrics.clone();
     let state = AppState::new(
         &config,
         ingest,
@@ -170,6 +171,10 @@ pub async fn run_with_reload(
         Some(admin_token),
     )
     .map_err(ServeError::Http)?;
+    let housekeeping = tokio::spawn(limits_housekeeping(
+        state.clone(),
+        canary_stop_tx.subscribe(),
+    ));
     let app = router(state);
     tracing::info!(listen = %listener.local_addr().map_err(ServeError::Http)?, "collector listening");
 
@@ -191,15 +196,12 @@ pub async fn run_with_reload(
         }
         tracing::info!("shutting down: no new requests");
     };
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(stop_http)
-    .await
-    .map_err(ServeError::Http)?;
+    crate::http::server::serve(listener, app, &config.server, metrics_http, stop_http)
+        .await
+        .map_err(ServeError::Http)?;
 
     let _ = canary_stop_tx.send(true);
+    let _ = housekeeping.await;
     if let Some(c) = canary {
         let _ = c.await;
     }
@@ -303,12 +305,25 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         "dlq",
         "compactor",
         "freshness",
+        "server",
+        "rate_limit",
     ] {
         if a.get(key) != b.get(key) {
             changed.push(key);
         }
     }
     changed
+}
+
+/// Every minute, drops rate-limit state of clients back at a full burst (bounded memory).
+async fn limits_housekeeping(state: AppState, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => state.housekeeping(),
+            _ = stop.changed() => return,
+        }
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -426,6 +426,8 @@ impl Collector {
         config.http.max_events_per_batch = MAX_EVENTS;
         config.http.retry_after_secs = RETRY_AFTER;
         config.http.request_timeout = Duration::from_secs(30);
+        // Thousands of cases for one site within seconds: not what the fuzzing is about.
+        config.rate_limit.per_site_per_second = 0;
         config.spool.fsync = FsyncMode::Never;
         config.spool.segment_bytes = 1 << 20;
         config.spool.max_bytes = 256 << 20;

@@ -11,7 +11,7 @@ use std::io;
 
 use serde::{Deserialize, Serialize};
 
-use super::{read, remove, rewrite, Entry, Stage};
+use super::{read, Entry, Stage};
 use crate::clock::Clock;
 use crate::event::{Event, RawBatch, ReplayContext, RequestContext};
 use crate::ingest::{Ingest, Source};
@@ -48,12 +48,9 @@ pub async fn replay_entry(
 ) -> Result<ReplayOutcome, ReplayError> {
     let store = ingest.dead_letters();
     let dir = store.dir().to_path_buf();
-    let mut entry = match tokio::task::spawn_blocking({
-        let dir = dir.clone();
-        move || read(&dir, id)
-    })
-    .await
-    .map_err(io::Error::other)?
+    let mut entry = match tokio::task::spawn_blocking(move || read(&dir, id))
+        .await
+        .map_err(io::Error::other)?
     {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(ReplayError::NotFound(id)),
@@ -148,7 +145,8 @@ pub async fn replay_entry(
     out.lsn = ingest.commit(&accepted, Source::Replay).await?;
     match still {
         None => {
-            tokio::task::spawn_blocking(move || remove(&dir, id))
+            let store = store.clone();
+            tokio::task::spawn_blocking(move || store.remove(id))
                 .await
                 .map_err(io::Error::other)??;
             out.removed = true;
@@ -157,7 +155,8 @@ pub async fn replay_entry(
             out.still_failing = e.event_count();
             e.attempts += 1;
             e.last_failed_ms = clock.now_ms();
-            tokio::task::spawn_blocking(move || rewrite(&dir, &e))
+            let store = store.clone();
+            tokio::task::spawn_blocking(move || store.rewrite(&e))
                 .await
                 .map_err(io::Error::other)??;
         }

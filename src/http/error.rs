@@ -63,6 +63,13 @@ pub enum ApiError {
     /// The cause (a ClickHouse error) is logged where it happens, not sent.
     #[error("reports are unavailable right now")]
     QueryUnavailable,
+    #[error("rate limit of the {scope} reached: retry in {retry_after_secs} s")]
+    RateLimited {
+        scope: &'static str,
+        retry_after_secs: u32,
+    },
+    #[error("the collector is busy with other requests' bodies; retry later")]
+    Overloaded,
 }
 
 /// The body of every error answer: what the collector refused and a stable code. The CLI
@@ -97,8 +104,9 @@ impl ApiError {
             NotFound => StatusCode::NOT_FOUND,
             AdminUnauthorized => StatusCode::UNAUTHORIZED,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            Spool(_) | Timeout | QueryUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Spool(_) | Timeout | QueryUnavailable | Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             QueryTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -131,6 +139,8 @@ impl ApiError {
             BadParameter { .. } => "bad_parameter",
             QueryTimeout(_) => "query_timeout",
             QueryUnavailable => "reports_unavailable",
+            RateLimited { .. } => "rate_limited",
+            Overloaded => "overloaded",
         }
     }
 
@@ -158,6 +168,13 @@ impl ApiError {
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
+        if let ApiError::RateLimited {
+            retry_after_secs, ..
+        } = self
+        {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+        }
         resp
     }
 }
@@ -173,6 +190,10 @@ impl From<IngestError> for ApiError {
             }
             IngestError::TooManyEvents { count, limit } => ApiError::TooManyEvents { count, limit },
             IngestError::Spool(e) => ApiError::Spool(e),
+            IngestError::SiteRateLimited { retry_after } => ApiError::RateLimited {
+                scope: "site",
+                retry_after_secs: crate::ratelimit::retry_after_secs(retry_after),
+            },
         }
     }
 }

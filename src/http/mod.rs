@@ -8,11 +8,15 @@
 //! - `POST /v1/events` answers 200 only after every accepted event of the request is committed
 //!   to the spool; the handler never talks to ClickHouse.
 //! - Every answer, errors and 404/405 included, carries CORS headers for an allowed origin,
-//!   so a browser SDK can read the reason; 503s carry `Retry-After`.
+//!   so a browser SDK can read the reason; 503s and 429s carry `Retry-After`.
+//! - A request over its address's rate, or one whose body would take the in-flight body bytes
+//!   past `server.max_inflight_body_bytes`, is refused before its body is read.
 
 pub mod admin;
 mod decode;
 mod error;
+mod limits;
+pub mod server;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -37,7 +41,7 @@ pub use error::{ApiError, ErrorBody};
 use crate::clock::Clock;
 use crate::config::{Config, HttpConfig};
 use crate::ingest::{Answer, Ingest, Meta};
-use crate::metrics::{Metrics, ReasonLabel, RouteLabel, RouteStatus};
+use crate::metrics::{Metrics, ReasonLabel, RouteLabel, RouteStatus, ScopeLabel};
 use crate::sink::SinkStatus;
 
 /// The tracker served at `/v1/snippet.js` (built from `snippet/src`, committed so the Rust
@@ -65,6 +69,8 @@ struct Inner {
     snippet_etag: String,
     admin_token: Option<String>,
     reports: crate::query::Reports,
+    limits: limits::ClientLimits,
+    inflight: limits::InflightBytes,
 }
 
 impl AppState {
@@ -97,6 +103,8 @@ impl AppState {
                 snippet_etag,
                 admin_token,
                 reports: crate::query::Reports::new(config),
+                limits: limits::ClientLimits::new(&config.rate_limit),
+                inflight: limits::InflightBytes::new(config.server.max_inflight_body_bytes),
             }),
         })
     }
@@ -104,6 +112,13 @@ impl AppState {
     /// What the `/v1/query/*` handlers share.
     pub(crate) fn reports(&self) -> &crate::query::Reports {
         &self.inner.reports
+    }
+
+    /// Forgets rate-limit state of clients that are back to a full burst; call now and then
+    /// (serve does, every minute) so that memory follows the active clients only.
+    pub fn housekeeping(&self) {
+        self.inner.limits.per_ip.housekeeping();
+        self.inner.ingest.housekeeping();
     }
 }
 
@@ -235,6 +250,36 @@ async fn receive(st: &AppState, req: Request) -> Result<Answer, ApiError> {
         parts.extensions.get::<ConnectInfo<SocketAddr>>(),
         st.inner.http.trust_forwarded_for,
     );
+    if let Some(ip) = client_ip {
+        if let Err(wait) = st.inner.limits.per_ip.check(&limits::ip_key(ip)) {
+            st.inner
+                .metrics
+                .http_rate_limited
+                .get_or_create(&ScopeLabel { scope: "ip" })
+                .inc();
+            return Err(ApiError::RateLimited {
+                scope: "client address",
+                retry_after_secs: limits::retry_after_secs(wait),
+            });
+        }
+    }
+    // The body's bytes are reserved before it is read, and held until the answer.
+    let max_body = st.inner.http.max_body_bytes;
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .map_or(max_body, |n| n.min(max_body));
+    let overloaded = || {
+        st.inner.metrics.http_overloaded.inc();
+        ApiError::Overloaded
+    };
+    let _wire = st
+        .inner
+        .inflight
+        .try_take(declared)
+        .ok_or_else(overloaded)?;
     let bytes = match decode::read_body(&parts.headers, body, &st.inner.http).await {
         Ok(b) => b,
         Err(e) => {
@@ -249,6 +294,10 @@ async fn receive(st: &AppState, req: Request) -> Result<Answer, ApiError> {
             }
             return Err(e);
         }
+    };
+    let _inflated = match bytes.len().checked_sub(declared) {
+        Some(more) if more > 0 => Some(st.inner.inflight.try_take(more).ok_or_else(overloaded)?),
+        _ => None,
     };
     let origin = parts
         .headers

@@ -211,6 +211,10 @@ pub fn test_config(ch: &ClickHouse, data_dir: &Path) -> Config {
     c.sink.retry_max = Duration::from_millis(500);
     // Tests count rows; the canary's would be in the way. The outage test turns it on.
     c.freshness.canary_interval = Duration::ZERO;
+    // Every test client is 127.0.0.1 and some post hundreds of batches at once; the limits
+    // have tests of their own (limits.rs).
+    c.rate_limit.per_ip_per_second = 0;
+    c.rate_limit.per_site_per_second = 0;
     c
 }
 

@@ -7,6 +7,7 @@ mod dlq;
 mod durability;
 mod harness;
 mod ingest;
+mod limits;
 mod migrations;
 mod query;
 mod reload;
