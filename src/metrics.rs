@@ -91,6 +91,7 @@ pub struct Metrics {
     pub sink_insert_duration: Histogram,
     pub sink_insert_errors: Family<ClassLabel, Counter>,
     pub sink_destination_held: Gauge,
+    pub sink_held: Family<ReasonLabel, Gauge>,
     pub sink_last_success: FGauge,
     pub clickhouse_up: Gauge,
 
@@ -229,7 +230,7 @@ impl Metrics {
         let sink_insert_errors = Family::<ClassLabel, Counter>::default();
         r.register(
             "sink_insert_errors",
-            "Failed inserts by class: retryable, permanent, destination",
+            "Failed inserts by class: retryable, permanent, schema, destination",
             sink_insert_errors.clone(),
         );
         let sink_destination_held = Gauge::default();
@@ -237,6 +238,12 @@ impl Metrics {
             "sink_destination_held",
             "1 while batches are held because the destination is missing or forbidden",
             sink_destination_held.clone(),
+        );
+        let sink_held = Family::<ReasonLabel, Gauge>::default();
+        r.register(
+            "sink_held",
+            "1 while batches are held in the spool, by reason: destination (missing or forbidden), schema (the table refuses every row alike), dead_letters (refused rows cannot be stored)",
+            sink_held.clone(),
         );
         let sink_last_success = FGauge::default();
         r.register(
@@ -357,8 +364,11 @@ impl Metrics {
         ] {
             let _ = events_rejected.get_or_create(&ReasonLabel { reason });
         }
-        for class in ["retryable", "permanent", "destination"] {
+        for class in ["retryable", "permanent", "schema", "destination"] {
             let _ = sink_insert_errors.get_or_create(&ClassLabel { class });
+        }
+        for reason in crate::sink::HELD_REASONS {
+            let _ = sink_held.get_or_create(&ReasonLabel { reason });
         }
         for (stage, reason) in [
             ("validation", "malformed"),
@@ -406,6 +416,7 @@ impl Metrics {
             sink_insert_duration,
             sink_insert_errors,
             sink_destination_held,
+            sink_held,
             sink_last_success,
             clickhouse_up,
             freshness_lag,

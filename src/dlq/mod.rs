@@ -281,6 +281,16 @@ impl DeadLetters {
 
     /// Stores an entry durably; returns its id. Blocking: call from a blocking context.
     pub fn put(&self, new: NewEntry) -> io::Result<u64> {
+        self.put_inner(new, true)
+    }
+
+    /// [`DeadLetters::put`] for a caller that can keep the data itself (the sink, whose rows
+    /// stay in the spool): over the quota it refuses (`StorageFull`) instead of evicting.
+    pub fn put_without_eviction(&self, new: NewEntry) -> io::Result<u64> {
+        self.put_inner(new, false)
+    }
+
+    fn put_inner(&self, new: NewEntry, evict: bool) -> io::Result<u64> {
         let now = self.clock.now_ms();
         let count = new.events.len() + new.rows.len() + usize::from(new.raw.is_some());
         let mut st = self.lock();
@@ -311,6 +321,15 @@ impl DeadLetters {
             st.entries
                 .retain(|(id, _)| entry_path(&self.dir, *id).exists());
             used = st.entries.iter().map(|e| e.1).sum();
+        }
+        if !evict && used + size > self.max_bytes {
+            return Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                format!(
+                    "dead-letter store over its quota (dlq.max_bytes = {})",
+                    self.max_bytes
+                ),
+            ));
         }
         while used + size > self.max_bytes && !st.entries.is_empty() {
             let (old, bytes) = st.entries.remove(0);

@@ -331,7 +331,12 @@ async fn readyz(State(st): State<AppState>) -> Response {
         problems.push(format!("clickhouse: {e}"));
     }
     if sink.held {
-        problems.push("sink: destination missing or forbidden; batches are held".to_string());
+        let why = match sink.held_reason {
+            Some("schema") => "the table refuses the rows' schema",
+            Some("dead_letters") => "refused rows cannot be stored as dead letters",
+            _ => "destination missing or forbidden",
+        };
+        problems.push(format!("sink: {why}; batches are held"));
     } else if let Some(e) = &sink.last_error {
         problems.push(format!("sink: last insert failed: {e}"));
     }
