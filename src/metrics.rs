@@ -84,6 +84,7 @@ pub struct Metrics {
     pub spool_fsyncs: Counter,
     pub spool_corrupt_records: Counter,
     pub spool_full_rejections: Counter,
+    pub spool_write_errors: Counter,
 
     pub sink_inserts: Counter,
     pub sink_rows_inserted: Counter,
@@ -201,6 +202,12 @@ impl Metrics {
             "spool_full_rejections",
             "Requests answered 503 because the spool quota was reached",
             spool_full_rejections.clone(),
+        );
+        let spool_write_errors = Counter::default();
+        r.register(
+            "spool_write_errors",
+            "Spool writes or segment rotations that failed for a transient host fault (disk full, out of file descriptors); requests get 503 meanwhile and the write is retried",
+            spool_write_errors.clone(),
         );
 
         let sink_inserts = Counter::default();
@@ -410,6 +417,7 @@ impl Metrics {
             spool_fsyncs,
             spool_corrupt_records,
             spool_full_rejections,
+            spool_write_errors,
             sink_inserts,
             sink_rows_inserted,
             sink_batch_rows,
