@@ -248,3 +248,100 @@ async fn a_full_disk_answers_503_with_retry_after_and_recovers_without_a_restart
     app.shutdown().await;
     drop(disk);
 }
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_out_of_file_descriptors_at_a_rotation_recovers_when_connections_close() {
+    const NOFILE: usize = 64;
+    let ch = ClickHouse::start();
+    let data = tempfile::tempdir().unwrap();
+    let mut cfg = test_config(&ch, data.path());
+    // A rotation every few requests: each needs a new file and the directory's.
+    cfg.spool.segment_bytes = 4096;
+    migrate(&cfg).await;
+    let limit = format!("--nofile={NOFILE}:{NOFILE}");
+    let bin = Binary::start_with(&cfg, &["prlimit", &limit]);
+    let pid = bin.child.id();
+    // One keep-alive connection for every request below, opened while descriptors are free.
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(1)
+        .build()
+        .unwrap();
+    let post = |id: String| {
+        let (client, base) = (client.clone(), bin.base.clone());
+        async move {
+            let r = client
+                .post(format!("{base}/v1/events"))
+                .header("content-type", "text/plain")
+                .header("origin", ORIGIN)
+                .body(batch(vec![pageview(&id)]).to_string())
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.headers().contains_key("retry-after"))
+        }
+    };
+    let mut acked = Vec::new();
+    assert_eq!(post("first".into()).await.0, 200);
+    acked.push("first".to_string());
+
+    // Idle connections until the collector has no descriptor left.
+    let addr = bin.base.trim_start_matches("http://").to_string();
+    let mut held = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while open_fds(pid) < NOFILE {
+        assert!(Instant::now() < deadline, "fds: {}", open_fds(pid));
+        held.push(std::net::TcpStream::connect(&addr).unwrap());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut refused = false;
+    for i in 0..30 {
+        let id = format!("emfile-{i}");
+        match post(id.clone()).await {
+            (200, _) => acked.push(id),
+            (503, retry_after) => {
+                assert!(retry_after, "503 carries Retry-After");
+                refused = true;
+                break;
+            }
+            (s, _) => panic!("unexpected status {s}"),
+        }
+    }
+    assert!(refused, "a rotation without descriptors refuses events");
+    let health = client
+        .get(format!("{}/healthz", bin.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200, "EMFILE is transient: no restart");
+
+    drop(held);
+    let mut n = 0;
+    let id = eventually_some("posts succeed again", Duration::from_secs(20), || {
+        n += 1;
+        let id = format!("after-{n}");
+        let post = &post;
+        async move { (post(id.clone()).await.0 == 200).then_some(id) }
+    })
+    .await;
+    acked.push(id);
+    eventually(
+        "every acknowledged event lands",
+        Duration::from_secs(30),
+        || ch.count("SELECT uniqExact(event_id) FROM clicktrail.events") >= acked.len() as u64,
+    )
+    .await;
+    let have: HashSet<String> = ch
+        .query("SELECT event_id FROM clicktrail.events FORMAT TSV")
+        .lines()
+        .map(str::to_string)
+        .collect();
+    for id in &acked {
+        assert!(have.contains(id), "acknowledged {id} is lost");
+    }
+}
