@@ -19,6 +19,7 @@
 //! ```
 //!
 //! - [`config`]: the typed configuration and its validation.
+//! - [`datadir`]: the data directory's exclusive lock and private modes.
 //! - [`event`]: wire types, validation rules and the row type.
 //! - [`http`]: router, handlers, CORS, errors → responses.
 //! - [`spool`]: the durable log: writer, reader, checkpoint, recovery.
@@ -36,6 +37,7 @@ pub mod clickhouse;
 pub mod clock;
 pub mod compactor;
 pub mod config;
+pub mod datadir;
 pub mod dlq;
 pub mod event;
 pub mod freshness;

@@ -103,6 +103,8 @@ enum DlqCommand {
 fn main() -> ExitCode {
     // Reads FAILPOINTS in test builds (feature `failpoints`); does nothing otherwise.
     let _failpoints = fail::FailScenario::setup();
+    // Spool segments, dead letters and archive staging hold visitors' data: not for others.
+    clicktrail::datadir::private_umask();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,

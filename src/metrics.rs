@@ -98,6 +98,7 @@ pub struct Metrics {
     pub spool_fsyncs: Counter,
     pub spool_corrupt_records: Counter,
     pub spool_full_rejections: Counter,
+    pub spool_write_errors: Counter,
 
     pub sink_inserts: Counter,
     pub sink_rows_inserted: Counter,
@@ -105,6 +106,7 @@ pub struct Metrics {
     pub sink_insert_duration: Histogram,
     pub sink_insert_errors: Family<ClassLabel, Counter>,
     pub sink_destination_held: Gauge,
+    pub sink_held: Family<ReasonLabel, Gauge>,
     pub sink_last_success: FGauge,
     pub clickhouse_up: Gauge,
 
@@ -240,6 +242,12 @@ impl Metrics {
             "Requests answered 503 because the spool quota was reached",
             spool_full_rejections.clone(),
         );
+        let spool_write_errors = Counter::default();
+        r.register(
+            "spool_write_errors",
+            "Spool writes or segment rotations that failed for a transient host fault (disk full, out of file descriptors); requests get 503 meanwhile and the write is retried",
+            spool_write_errors.clone(),
+        );
 
         let sink_inserts = Counter::default();
         r.register(
@@ -268,7 +276,7 @@ impl Metrics {
         let sink_insert_errors = Family::<ClassLabel, Counter>::default();
         r.register(
             "sink_insert_errors",
-            "Failed inserts by class: retryable, permanent, destination",
+            "Failed inserts by class: retryable, permanent, schema, destination",
             sink_insert_errors.clone(),
         );
         let sink_destination_held = Gauge::default();
@@ -276,6 +284,12 @@ impl Metrics {
             "sink_destination_held",
             "1 while batches are held because the destination is missing or forbidden",
             sink_destination_held.clone(),
+        );
+        let sink_held = Family::<ReasonLabel, Gauge>::default();
+        r.register(
+            "sink_held",
+            "1 while batches are held in the spool, by reason: destination (missing or forbidden), schema (the table refuses every row alike), dead_letters (refused rows cannot be stored)",
+            sink_held.clone(),
         );
         let sink_last_success = FGauge::default();
         r.register(
@@ -408,8 +422,11 @@ impl Metrics {
         for stage in ["parse", "validation"] {
             let _ = dlq_dropped.get_or_create(&StageLabel { stage });
         }
-        for class in ["retryable", "permanent", "destination"] {
+        for class in ["retryable", "permanent", "schema", "destination"] {
             let _ = sink_insert_errors.get_or_create(&ClassLabel { class });
+        }
+        for reason in crate::sink::HELD_REASONS {
+            let _ = sink_held.get_or_create(&ReasonLabel { reason });
         }
         for (stage, reason) in [
             ("validation", "malformed"),
@@ -455,12 +472,14 @@ impl Metrics {
             spool_fsyncs,
             spool_corrupt_records,
             spool_full_rejections,
+            spool_write_errors,
             sink_inserts,
             sink_rows_inserted,
             sink_batch_rows,
             sink_insert_duration,
             sink_insert_errors,
             sink_destination_held,
+            sink_held,
             sink_last_success,
             clickhouse_up,
             freshness_lag,

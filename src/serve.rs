@@ -20,6 +20,8 @@ use crate::spool::Spool;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    #[error(transparent)]
+    Lock(#[from] crate::datadir::LockError),
     #[error("cannot open the spool in {dir}: {source}")]
     Spool { dir: String, source: std::io::Error },
     #[error("cannot open the dead-letter store in {dir}: {source}")]
@@ -51,6 +53,8 @@ pub async fn run_with_reload(
     shutdown: impl Future<Output = ()> + Send + 'static,
     reload: Option<Reload>,
 ) -> Result<(), ServeError> {
+    // Before anything touches the data directory: one process per directory.
+    let _lock = crate::datadir::lock(&config.data_dir)?;
     let metrics = Metrics::new();
     let clock = crate::clock::Clock::system();
     let spool_dir = config.spool_dir();

@@ -44,6 +44,8 @@ pub(crate) async fn run(
     hot_days: Option<u32>,
     dry_run: bool,
 ) -> anyhow::Result<ExitCode> {
+    // One compactor per data directory: `serve` (which may run its own) holds the same lock.
+    let _lock = clicktrail::datadir::lock(&config.data_dir)?;
     let mut cfg = config.compactor.clone();
     if let Some(h) = hot_days {
         cfg.hot_days = h;

@@ -7,7 +7,8 @@
 //! - [`ErrorClass::Destination`]: the database or table is missing, or we may not write to it.
 //!   Resending works once an operator fixes it; dropping would lose everything: hold and alert.
 //! - [`ErrorClass::SchemaWide`]: the table refuses the shape of every row alike (a missing
-//!   column, a type the rows do not match). Splitting the batch cannot help.
+//!   column, a type the rows do not match). Splitting the batch cannot help, and dead-lettering
+//!   would move the whole stream out of ClickHouse: hold and alert, like a destination.
 //! - [`ErrorClass::RowLevel`]: one row's value is refused (a constraint, an unparseable or
 //!   out-of-range value) while its neighbours are fine: split the batch to isolate it.
 //!
@@ -24,20 +25,21 @@ pub enum ErrorClass {
 }
 
 impl ErrorClass {
-    /// The `class` label of `clicktrail_sink_insert_failures_total`: both kinds of refused
-    /// data are `permanent` there (the label set the alert rules and dashboards use).
+    /// The `class` label of `clicktrail_sink_insert_errors_total`: `permanent` is the
+    /// row-level refusal that sends rows to dead letters; `schema` is held like `destination`.
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorClass::Retryable => "retryable",
             ErrorClass::Destination => "destination",
-            ErrorClass::SchemaWide | ErrorClass::RowLevel => "permanent",
+            ErrorClass::SchemaWide => "schema",
+            ErrorClass::RowLevel => "permanent",
         }
     }
 
-    /// The data itself is refused (schema-wide or by row): retrying the same bytes will not
-    /// help.
-    pub fn is_permanent(self) -> bool {
-        matches!(self, ErrorClass::SchemaWide | ErrorClass::RowLevel)
+    /// Resending the same bytes cannot work until an operator changes ClickHouse: the batch is
+    /// held (destination, schema-wide), never dead-lettered.
+    pub fn is_held(self) -> bool {
+        matches!(self, ErrorClass::Destination | ErrorClass::SchemaWide)
     }
 }
 
@@ -172,8 +174,8 @@ pub fn classify(err: &Error) -> ErrorClass {
             }
         },
         // A row our own type could not serialize is a bug in this build, not in the data;
-        // retrying will not help, but dropping would lose it: permanent, so the batch is
-        // isolated into dead letters where it can be replayed after an upgrade.
+        // retrying will not help, but dropping would lose it: held like a schema refusal, in
+        // the spool, until an upgrade fixes it.
         Error::SchemaMismatch(_) | Error::Custom(_) => ErrorClass::SchemaWide,
         _ => ErrorClass::Retryable,
     }
@@ -264,6 +266,18 @@ mod tests {
             classify(&Error::Network("reset".into())),
             ErrorClass::Retryable
         );
+    }
+
+    #[test]
+    fn schema_wide_and_destination_refusals_are_held_row_level_are_not() {
+        assert!(classify_code(16).is_held(), "missing column");
+        assert!(classify_code(53).is_held(), "type mismatch");
+        assert!(classify_code(60).is_held(), "missing table");
+        assert!(!classify_code(395).is_held(), "throwIf: one row's value");
+        assert!(!classify_code(117).is_held());
+        assert!(!classify_code(252).is_held(), "retryable");
+        assert_eq!(ErrorClass::SchemaWide.as_str(), "schema");
+        assert_eq!(ErrorClass::RowLevel.as_str(), "permanent");
     }
 
     #[test]

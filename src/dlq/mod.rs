@@ -441,7 +441,19 @@ impl DeadLetters {
     /// parse or validation entry over its stage's quota is dropped (counted) and answered with
     /// [`io::ErrorKind::StorageFull`]; see [`Self::offer`].
     pub fn put(&self, new: NewEntry) -> io::Result<u64> {
-        self.offer(new)?.ok_or_else(|| {
+        self.offer_inner(new, true)?.ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::StorageFull,
+                "dead-letter quota of the stage is full; entry dropped",
+            )
+        })
+    }
+
+    /// [`DeadLetters::put`] for a caller that keeps the data itself (the sink, whose rows stay
+    /// in the spool): over the quota of insert and decode entries it refuses (`StorageFull`)
+    /// instead of evicting the oldest of them.
+    pub fn put_without_eviction(&self, new: NewEntry) -> io::Result<u64> {
+        self.offer_inner(new, false)?.ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::StorageFull,
                 "dead-letter quota of the stage is full; entry dropped",
@@ -452,6 +464,10 @@ impl DeadLetters {
     /// [`Self::put`], with `Ok(None)` for a parse or validation entry dropped because its
     /// stage's quota is full (counted in `clicktrail_dlq_dropped_total`).
     pub fn offer(&self, new: NewEntry) -> io::Result<Option<u64>> {
+        self.offer_inner(new, true)
+    }
+
+    fn offer_inner(&self, new: NewEntry, evict: bool) -> io::Result<Option<u64>> {
         let now = self.clock.now_ms();
         let count = new.events.len() + new.rows.len() + usize::from(new.raw.is_some());
         let stage = new.stage;
@@ -498,6 +514,15 @@ impl DeadLetters {
                 );
                 return Ok(None);
             }
+        }
+        if !evict && st.used[c] + size > quota {
+            return Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                format!(
+                    "dead-letter store over its quota for {} entries",
+                    stage.as_str()
+                ),
+            ));
         }
         while st.used[c] + size > quota {
             let Some((old, bytes)) = st.entries[c].pop_front() else {

@@ -385,8 +385,18 @@ async fn demo_page() -> Html<&'static str> {
     Html(DEMO_PAGE)
 }
 
-async fn healthz() -> Json<serde_json::Value> {
-    Json(json!({"status": "ok"}))
+/// Alive = the process can still do its job without a restart. A spool writer in its failed
+/// state cannot (see `spool::writer`): 503 with the reason, so a supervisor restarts it.
+/// Transient faults (a full disk, ClickHouse down) are readiness problems, not health ones.
+async fn healthz(State(st): State<AppState>) -> Response {
+    match st.inner.ingest.spool().status().failed {
+        None => Json(json!({"status": "ok"})).into_response(),
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "failed", "reason": format!("spool: {reason}")})),
+        )
+            .into_response(),
+    }
 }
 
 /// Ready = able to take events *and* deliver them: ClickHouse answers, the sink's last insert
@@ -401,16 +411,25 @@ async fn readyz(State(st): State<AppState>) -> Response {
         problems.push(format!("clickhouse: {e}"));
     }
     if sink.held {
-        problems.push("sink: destination missing or forbidden; batches are held".to_string());
+        let why = match sink.held_reason {
+            Some("schema") => "the table refuses the rows' schema",
+            Some("dead_letters") => "refused rows cannot be stored as dead letters",
+            _ => "destination missing or forbidden",
+        };
+        problems.push(format!("sink: {why}; batches are held"));
     } else if let Some(e) = &sink.last_error {
         problems.push(format!("sink: last insert failed: {e}"));
     }
     if let Some(f) = &spool.failed {
         problems.push(format!("spool: failed: {f}"));
+    } else if let Some(d) = &spool.degraded {
+        problems.push(format!(
+            "spool: cannot write ({d}); new events are refused with 503 and retried"
+        ));
     } else if spool.full {
         problems.push("spool: full; new events are refused with 503".to_string());
     }
-    let accepting = spool.failed.is_none() && !spool.full;
+    let accepting = spool.failed.is_none() && spool.degraded.is_none() && !spool.full;
     let body = json!({
         "status": if problems.is_empty() { "ready" } else { "not_ready" },
         "accepting_events": accepting,

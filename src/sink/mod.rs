@@ -11,9 +11,16 @@
 //!   ReplacingMergeTree key (which ends with `event_id`) collapses the repeat at merge time.
 //! - `delivered` advances only after ClickHouse confirmed the insert (or the refused rows are
 //!   on disk in the dead-letter store). Only then may the spool delete the records.
-//! - Error class decides the path (see [`crate::clickhouse::codes`]): retryable and destination errors retry
-//!   forever with capped exponential backoff and jitter; permanent errors split the batch to
-//!   isolate the refused rows, which go to [`DeadLetters`]; the good rows still land.
+//! - Error class decides the path (see [`crate::clickhouse::codes`]): retryable errors retry
+//!   forever with capped exponential backoff and jitter; destination and schema-wide refusals
+//!   (a missing table, a missing column, a type every row fails alike) are *held*: retried the
+//!   same way and alerted (`clicktrail_sink_held{reason}`), never dead-lettered, so that once
+//!   the operator fixes the schema everything lands exactly once without a replay. Only
+//!   row-level refusals split the batch to isolate the refused rows, which go to
+//!   [`DeadLetters`]; the good rows still land.
+//! - A dead letter that cannot be stored (the store's quota, a full disk) holds the batch too
+//!   (`reason="dead_letters"`): the rows stay in the spool and the put is retried; nothing is
+//!   evicted from the store to make room and nothing is skipped.
 
 pub mod client;
 
@@ -26,7 +33,7 @@ use tokio::sync::watch;
 use crate::clickhouse::codes::{classify, exception_code, row_specific, ErrorClass};
 use crate::config::{ClickHouseConfig, SinkConfig};
 use crate::dlq::{DeadLetters, NewEntry, Origin, Stage};
-use crate::metrics::{ClassLabel, Metrics};
+use crate::metrics::{ClassLabel, Metrics, ReasonLabel};
 use crate::row::EventRow;
 use crate::spool::{Checkpoint, Lsn, SpoolConsumer, SpoolReader, StoredRows};
 
@@ -37,11 +44,18 @@ pub struct SinkStatus {
     pub oldest_pending_ms: Option<u64>,
     /// The last insert failed with this; cleared by the next success.
     pub last_error: Option<String>,
-    /// Holding batches because the destination is missing or forbidden.
+    /// Holding batches until an operator fixes something (see `held_reason`).
     pub held: bool,
+    /// Why batches are held: one of [`HELD_REASONS`].
+    pub held_reason: Option<&'static str>,
     /// Every spool record below this is in ClickHouse (or in dead letters).
     pub delivered: Lsn,
 }
+
+/// The `reason` label values of `clicktrail_sink_held`: the destination is missing or
+/// forbidden; the table refuses the rows' shape (schema-wide); refused rows cannot be stored as
+/// dead letters.
+pub const HELD_REASONS: [&str; 3] = ["destination", "schema", "dead_letters"];
 
 /// A fixed range of spool records. The records' bytes are kept, and rows are decoded from them
 /// borrowed (no per-field allocation) for each delivery; every attempt sends the same rows.
@@ -175,44 +189,89 @@ impl Sink {
     fn add(&self, batch: &mut Batch, rec: crate::spool::Record) {
         batch.end = rec.lsn + 1;
         batch.bytes += rec.payload.len();
-        match crate::spool::payload_parts(&rec.payload) {
-            Some((n, _)) => {
-                batch.rows += n as usize;
-                batch.payloads.push((rec.lsn, rec.payload));
-            }
-            None => {
-                self.dead_letter_record(rec.lsn, &rec.payload, "record shorter than its header")
-            }
+        // A record without a header is dead-lettered by `deliver`, which can wait until the
+        // entry is stored.
+        if let Some((n, _)) = crate::spool::payload_parts(&rec.payload) {
+            batch.rows += n as usize;
         }
+        batch.payloads.push((rec.lsn, rec.payload));
     }
 
     /// A CRC-valid record that does not decode (written by an incompatible build): kept in
-    /// the dead-letter store, where a newer build can replay it.
-    fn dead_letter_record(&self, lsn: Lsn, payload: &[u8], why: &str) {
+    /// the dead-letter store, where a newer build can replay it. Returns once the entry is
+    /// stored (retrying while the store refuses it).
+    async fn dead_letter_record(&self, lsn: Lsn, payload: &[u8], why: &str) -> std::io::Result<()> {
         tracing::error!(lsn, error = %why, "spool record does not decode; dead-lettering it");
         // A JSON record keeps its JSON (replayable text); anything else is kept as it is.
         let raw = match crate::spool::payload_parts(payload) {
             Some((_, StoredRows::Json(json))) => json,
             _ => payload,
         };
-        let entry = NewEntry {
-            raw: Some(crate::dlq::cap(
-                &String::from_utf8_lossy(raw),
-                crate::dlq::MAX_RAW_BYTES,
-            )),
+        let raw = crate::dlq::cap(&String::from_utf8_lossy(raw), crate::dlq::MAX_RAW_BYTES);
+        let received_at_ms = self.clock.now_ms();
+        let why = why.to_string();
+        self.put_dead_letter(move || NewEntry {
+            raw: Some(raw.clone()),
             ..NewEntry::refused(
                 Stage::Decode,
                 "other",
                 format!("spool record {lsn} does not decode: {why}"),
                 Origin {
-                    received_at_ms: self.clock.now_ms(),
+                    received_at_ms,
                     ..Origin::default()
                 },
             )
-        };
-        if let Err(io) = self.dlq.put(entry) {
-            tracing::error!(error = %io, "cannot write dead letter");
+        })
+        .await
+    }
+
+    /// Stores a dead letter built by `entry`, retrying with backoff (batch held, alerted) while
+    /// the store refuses it, so refused rows leave the spool only once they are on disk.
+    async fn put_dead_letter(
+        &self,
+        entry: impl Fn() -> NewEntry + Send + Sync + 'static,
+    ) -> std::io::Result<()> {
+        let entry = std::sync::Arc::new(entry);
+        let mut attempt: u32 = 0;
+        loop {
+            let (dlq, make) = (self.dlq.clone(), entry.clone());
+            let result = tokio::task::spawn_blocking(move || dlq.put_without_eviction(make()))
+                .await
+                .map_err(std::io::Error::other)?;
+            match result {
+                Ok(_) => {
+                    if attempt > 0 {
+                        self.set_held(None);
+                    }
+                    return Ok(());
+                }
+                Err(e) => {
+                    attempt += 1;
+                    tracing::error!(error = %e, attempt, "cannot store refused rows as a dead letter; holding them in the spool and retrying");
+                    self.status
+                        .send_modify(|s| s.last_error = Some(format!("dead-letter store: {e}")));
+                    self.set_held(Some("dead_letters"));
+                    tokio::time::sleep(self.backoff(attempt)).await;
+                }
+            }
         }
+    }
+
+    /// Publishes why batches are held (`None`: they are not), to readiness and metrics.
+    fn set_held(&self, reason: Option<&'static str>) {
+        for r in HELD_REASONS {
+            self.metrics
+                .sink_held
+                .get_or_create(&ReasonLabel { reason: r })
+                .set(i64::from(reason == Some(r)));
+        }
+        self.metrics
+            .sink_destination_held
+            .set(i64::from(reason == Some("destination")));
+        self.status.send_modify(|s| {
+            s.held = reason.is_some();
+            s.held_reason = reason;
+        });
     }
 
     fn read_range(&mut self, start: Lsn, end: Lsn) -> std::io::Result<Batch> {
@@ -276,7 +335,7 @@ impl Sink {
                 Ok(e) => ends.extend(e.into_iter().map(|end| start + end)),
                 Err(why) => {
                     body.truncate(start);
-                    self.dead_letter_record(*lsn, payload, &why)
+                    self.dead_letter_record(*lsn, payload, &why).await?
                 }
             }
         }
@@ -295,11 +354,24 @@ impl Sink {
         Ok(())
     }
 
+    /// Stores the checkpoint, retrying with backoff while the disk refuses (full, out of file
+    /// descriptors): the sink waits rather than stopping the collector.
     async fn store_checkpoint(&self) -> std::io::Result<()> {
-        let (c, dir) = (self.checkpoint, self.spool_dir.clone());
-        tokio::task::spawn_blocking(move || c.store(&dir))
-            .await
-            .map_err(std::io::Error::other)?
+        let mut attempt: u32 = 0;
+        loop {
+            let (c, dir) = (self.checkpoint, self.spool_dir.clone());
+            let result = tokio::task::spawn_blocking(move || c.store(&dir))
+                .await
+                .map_err(std::io::Error::other)?;
+            match result {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    attempt += 1;
+                    tracing::error!(error = %e, attempt, "cannot store the spool checkpoint; retrying");
+                    tokio::time::sleep(self.backoff(attempt)).await;
+                }
+            }
+        }
     }
 
     /// Inserts the rows of `body` (row `i` ends at `ends[i]`), retrying per error class. A range
@@ -346,22 +418,24 @@ impl Sink {
                         class: class.as_str(),
                     })
                     .inc();
-                self.status.send_modify(|s| {
-                    s.last_error = Some(msg.clone());
-                    s.held = class == ErrorClass::Destination;
-                });
-                self.metrics
-                    .sink_destination_held
-                    .set(i64::from(class == ErrorClass::Destination));
+                self.status
+                    .send_modify(|s| s.last_error = Some(msg.clone()));
                 attempt += 1;
                 match class {
                     ErrorClass::Retryable => {
                         tracing::warn!(error = %msg, rows, attempt, "insert failed; will retry");
                     }
                     ErrorClass::Destination => {
+                        self.set_held(Some("destination"));
                         tracing::error!(error = %msg, rows, attempt, "insert destination missing or forbidden; holding the batch until it is fixed");
                     }
-                    ErrorClass::SchemaWide | ErrorClass::RowLevel => {
+                    ErrorClass::SchemaWide => {
+                        // Every row fails alike: dead-lettering would move the whole stream
+                        // out of ClickHouse until a replay. Held here, it lands once fixed.
+                        self.set_held(Some("schema"));
+                        tracing::error!(error = %msg, rows, attempt, "insert refused for the table's schema (every row alike); holding the batch until the schema is fixed");
+                    }
+                    ErrorClass::RowLevel => {
                         permanent_failures += 1;
                         tracing::warn!(error = %msg, rows, attempt, "insert refused by ClickHouse");
                         if permanent_failures >= permanent_attempts {
@@ -397,27 +471,25 @@ impl Sink {
         attempts: u32,
     ) -> std::io::Result<()> {
         tracing::error!(rows = rows.len(), ?code, %reason, "ClickHouse refused rows for good; moving them to dead letters");
-        let entry = NewEntry {
+        let site = rows.first().map(|r| r.site.to_string()).unwrap_or_default();
+        let rows: Vec<_> = rows.iter().map(|r| r.clone().into_owned()).collect();
+        self.put_dead_letter(move || NewEntry {
             stage: Stage::Insert,
             reason_class: DeadLetters::reason_class_for_code(code),
-            reason,
+            reason: reason.clone(),
             code,
             first_failed_ms,
             attempts,
             origin: Origin {
-                site: rows.first().map(|r| r.site.to_string()).unwrap_or_default(),
+                site: site.clone(),
                 ..Origin::default()
             },
             events: Vec::new(),
             errors: Vec::new(),
-            rows: rows.iter().map(|r| r.clone().into_owned()).collect(),
+            rows: rows.clone(),
             raw: None,
-        };
-        let dlq = self.dlq.clone();
-        tokio::task::spawn_blocking(move || dlq.put(entry))
-            .await
-            .map_err(std::io::Error::other)??;
-        Ok(())
+        })
+        .await
     }
 
     fn record_success(&self, rows: usize) {
@@ -427,11 +499,8 @@ impl Sink {
         self.metrics
             .sink_last_success
             .set(self.clock.now_ms() as f64 / 1000.0);
-        self.metrics.sink_destination_held.set(0);
-        self.status.send_modify(|s| {
-            s.last_error = None;
-            s.held = false;
-        });
+        self.set_held(None);
+        self.status.send_modify(|s| s.last_error = None);
     }
 
     /// Capped exponential backoff with "equal jitter": half fixed, half random, so retries from

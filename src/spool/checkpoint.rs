@@ -6,8 +6,9 @@
 //! Written with write-to-temp, fsync, rename, fsync-dir: a crash leaves the old or the new
 //! checkpoint, never a mix.
 
-use std::fs::{self, File};
+use std::fs;
 use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -38,7 +39,12 @@ impl Checkpoint {
 
     pub fn store(&self, dir: &Path) -> io::Result<()> {
         let tmp = dir.join("checkpoint.json.tmp");
-        let mut f = File::create(&tmp)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(crate::datadir::FILE_MODE)
+            .open(&tmp)?;
         f.write_all(&serde_json::to_vec(self).expect("checkpoint serializes"))?;
         f.sync_all()?;
         fs::rename(&tmp, path(dir))?;

@@ -113,7 +113,10 @@ pub struct SpoolStatus {
     pub bytes: u64,
     pub quota: u64,
     pub full: bool,
+    /// Unrecoverable without a restart (`/healthz` fails).
     pub failed: Option<String>,
+    /// A transient host fault (disk full, out of descriptors): refusing with 503 and retrying.
+    pub degraded: Option<String>,
 }
 
 /// What recovery found; logged at start and exported as metrics.
@@ -156,7 +159,13 @@ impl Spool {
         metrics: &Metrics,
         clock: crate::clock::Clock,
     ) -> std::io::Result<Spool> {
-        std::fs::create_dir_all(dir)?;
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(crate::datadir::DIR_MODE)
+                .create(dir)?;
+        }
         let checkpoint = Checkpoint::load(dir)?;
         let mut bases = segment::list(dir)?;
         let mut report = RecoveryReport {
@@ -216,6 +225,9 @@ impl Spool {
             committed_tx,
             status_tx,
             failed: None,
+            degraded: None,
+            retry_at: std::time::Instant::now(),
+            retry_delay: writer::FIRST_RETRY_DELAY,
             clock,
         };
         let writer = std::thread::Builder::new()

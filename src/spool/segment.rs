@@ -4,6 +4,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use super::record::{self, HEADER_LEN, MAGIC};
@@ -36,10 +37,18 @@ pub(super) fn create(dir: &Path, base: u64) -> io::Result<File> {
         .truncate(true)
         .read(true)
         .write(true)
+        .mode(crate::datadir::FILE_MODE)
         .open(&p)?;
-    f.write_all(MAGIC)?;
-    f.sync_all()?;
-    sync_dir(dir)?;
+    let made = f
+        .write_all(MAGIC)
+        .and_then(|()| f.sync_all())
+        .and_then(|()| sync_dir(dir));
+    if let Err(e) = made {
+        // A full disk: leave no empty segment behind (the next attempt creates it again).
+        drop(f);
+        let _ = fs::remove_file(&p);
+        return Err(e);
+    }
     Ok(f)
 }
 

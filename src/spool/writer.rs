@@ -5,11 +5,18 @@
 //! `commit_max_bytes`), writes them with one `write`, makes them durable with one `fdatasync`,
 //! then answers all of them. Requests that arrive during an fsync form the next group, so the
 //! number of fsyncs adapts to the load without a timer.
+//!
+//! Host faults: a write or a segment rotation that fails for want of space or file descriptors
+//! (ENOSPC, EDQUOT, EMFILE, ENFILE, ...) is rolled back and retried: meanwhile requests are
+//! answered with [`SpoolError::Io`] (HTTP 503 + `Retry-After`) without touching the disk, for a
+//! backoff that doubles up to [`MAX_RETRY_DELAY`]; the first commit that works clears it. Only a
+//! state the writer cannot vouch for (a rollback that failed, an unexpected rotation error) is
+//! `failed`, which `/healthz` reports so that a supervisor restarts the process.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -18,6 +25,27 @@ use super::segment;
 use super::{Lsn, SpoolError, SpoolStatus};
 use crate::config::{FsyncMode, SpoolConfig};
 use crate::metrics::Metrics;
+
+/// First wait after a transient host fault, doubled per failure up to [`MAX_RETRY_DELAY`].
+pub(super) const FIRST_RETRY_DELAY: Duration = Duration::from_millis(100);
+pub(super) const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
+
+/// Errors the host recovers from by itself (space or descriptors freed): retried, not failed.
+fn transient(e: &std::io::Error) -> bool {
+    use rustix::io::Errno;
+    Errno::from_io_error(e).is_some_and(|n| {
+        [
+            Errno::NOSPC,
+            Errno::DQUOT,
+            Errno::MFILE,
+            Errno::NFILE,
+            Errno::NOMEM,
+            Errno::AGAIN,
+            Errno::INTR,
+        ]
+        .contains(&n)
+    })
+}
 
 pub(super) struct AppendRequest {
     pub payload: Vec<u8>,
@@ -68,6 +96,10 @@ pub(super) struct Writer {
     pub committed_tx: watch::Sender<Lsn>,
     pub status_tx: watch::Sender<SpoolStatus>,
     pub failed: Option<String>,
+    /// A transient host fault: requests are refused until `retry_at`, then tried again.
+    pub degraded: Option<String>,
+    pub retry_at: Instant,
+    pub retry_delay: Duration,
     pub clock: crate::clock::Clock,
 }
 
@@ -163,8 +195,8 @@ impl Writer {
         let mut waiting: Vec<(oneshot::Sender<Result<Lsn, SpoolError>>, Lsn)> = Vec::new();
         let mut chunk_start_lsn = self.next_lsn;
         for req in group {
-            if let Some(why) = &self.failed {
-                let _ = req.reply.send(Err(SpoolError::Failed(why.clone())));
+            if let Some(refusal) = self.refusal() {
+                let _ = req.reply.send(Err(refusal));
                 continue;
             }
             let framed = record::framed_len(req.payload.len());
@@ -180,14 +212,18 @@ impl Writer {
                 // Seal the active segment (durably, whatever the fsync mode: the reader and
                 // recovery rely on sealed segments being whole), then start the next one.
                 self.write_chunk(&mut buf, &mut waiting, chunk_start_lsn, true);
-                if self.failed.is_none() {
-                    if let Err(e) = self.rotate() {
-                        self.fail(format!("cannot create a spool segment: {e}"));
+                if self.refusal().is_none() {
+                    match self.rotate() {
+                        Ok(()) => {}
+                        Err(e) if transient(&e) => {
+                            self.retry_later(format!("cannot create a spool segment: {e}"))
+                        }
+                        Err(e) => self.fail(format!("cannot create a spool segment: {e}")),
                     }
                 }
                 chunk_start_lsn = self.next_lsn;
-                if let Some(why) = &self.failed {
-                    let _ = req.reply.send(Err(SpoolError::Failed(why.clone())));
+                if let Some(refusal) = self.refusal() {
+                    let _ = req.reply.send(Err(refusal));
                     continue;
                 }
             }
@@ -228,6 +264,10 @@ impl Writer {
                     last.1 += buf.len() as u64;
                 }
                 self.committed_tx.send_replace(self.next_lsn);
+                if self.degraded.take().is_some() {
+                    tracing::info!("spool writes work again");
+                    self.retry_delay = FIRST_RETRY_DELAY;
+                }
                 for (reply, lsn) in waiting.drain(..) {
                     let _ = reply.send(Ok(lsn));
                 }
@@ -235,8 +275,9 @@ impl Writer {
             Err(e) => {
                 tracing::error!(error = %e, "spool write failed; rolling back this commit");
                 self.next_lsn = chunk_start_lsn;
-                if let Err(e2) = self.active.set_len(before) {
-                    self.fail(format!("write failed ({e}) and rollback failed ({e2})"));
+                match self.active.set_len(before) {
+                    Ok(()) => self.retry_later(format!("spool write failed: {e}")),
+                    Err(e2) => self.fail(format!("write failed ({e}) and rollback failed ({e2})")),
                 }
                 for (reply, _) in waiting.drain(..) {
                     let _ = reply.send(Err(SpoolError::Io(e.to_string())));
@@ -253,6 +294,27 @@ impl Writer {
         self.segments
             .push((self.next_lsn, record::MAGIC.len() as u64));
         Ok(())
+    }
+
+    /// Why a request cannot be taken now, if it cannot: failed for good, or backing off after
+    /// a transient fault.
+    fn refusal(&self) -> Option<SpoolError> {
+        if let Some(why) = &self.failed {
+            return Some(SpoolError::Failed(why.clone()));
+        }
+        match &self.degraded {
+            Some(why) if Instant::now() < self.retry_at => Some(SpoolError::Io(why.clone())),
+            _ => None,
+        }
+    }
+
+    /// A transient fault: refuse requests (503) for the current backoff, then try again.
+    fn retry_later(&mut self, why: String) {
+        tracing::error!(reason = %why, retry_in = ?self.retry_delay, "spool cannot write; refusing events (503) and retrying");
+        self.metrics.spool_write_errors.inc();
+        self.retry_at = Instant::now() + self.retry_delay;
+        self.retry_delay = (self.retry_delay * 2).min(MAX_RETRY_DELAY);
+        self.degraded = Some(why);
     }
 
     fn fail(&mut self, why: String) {
@@ -295,6 +357,7 @@ impl Writer {
             // "Full" for readiness: the next typical request would not fit.
             full: bytes + 64 * 1024 > self.cfg.max_bytes,
             failed: self.failed.clone(),
+            degraded: self.degraded.clone(),
         });
     }
 }

@@ -1,5 +1,6 @@
 //! Dead letters and replay against a real ClickHouse: a schema broken under a running
-//! collector, refused batches listed with ClickHouse's reason, replay after the fix.
+//! collector is held (not dead-lettered) and lands after the fix; a row refused for its value
+//! is isolated into dead letters, listed with ClickHouse's reason, and replayed after the fix.
 
 use std::collections::HashSet;
 use std::process::Command;
@@ -30,20 +31,29 @@ fn list(config_path: &std::path::Path) -> Vec<Value> {
     serde_json::from_str(&out).unwrap()
 }
 
+/// The `clicktrail_sink_held` gauge for `reason`, from the metrics text.
+fn held(metrics: &str, reason: &str) -> Option<i64> {
+    let key = format!("clicktrail_sink_held{{reason=\"{reason}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&key))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn refused_batches_are_listed_and_replayed_exactly_once_after_the_fix() {
+async fn a_schema_refusal_is_held_and_lands_exactly_once_after_the_fix_without_a_replay() {
     let ch = ClickHouse::start();
     let data = tempfile::tempdir().unwrap();
     let mut cfg = test_config(&ch, data.path());
     cfg.sink.permanent_error_attempts = 2;
     migrate(&cfg).await;
-    // Merges would collapse duplicate rows and hide a replay that inserted twice.
+    // Merges would collapse duplicate rows and hide a delivery that inserted twice.
     ch.query("SYSTEM STOP MERGES clicktrail.events");
     let config_path = data.path().join("cli.toml");
     std::fs::write(&config_path, toml_of(&cfg)).unwrap();
     let app = App::spawn(cfg).await;
 
-    // Break the schema under the running collector.
+    // Break the schema under the running collector: every row fails alike (16).
     ch.query("ALTER TABLE clicktrail.events DROP COLUMN selector");
     let mut acked = Vec::new();
     for b in 0..5 {
@@ -55,7 +65,7 @@ async fn refused_batches_are_listed_and_replayed_exactly_once_after_the_fix() {
         );
         acked.extend((0..4).map(|i| format!("d{b}-{i}")));
     }
-    // An event that is invalid, and a body that is not JSON at all.
+    // An event that is invalid, and a body that is not JSON at all: these still dead-letter.
     let mut bad = pageview("still-bad");
     bad["type"] = json!("scroll");
     bad["depth"] = json!(140);
@@ -71,101 +81,156 @@ async fn refused_batches_are_listed_and_replayed_exactly_once_after_the_fix() {
         .unwrap();
     assert_eq!(r.status(), 400);
 
-    let mut entries = Vec::new();
-    for _ in 0..100 {
-        entries = list(&config_path);
-        let insert_events: u64 = entries
-            .iter()
-            .filter(|e| e["stage"] == "insert")
-            .map(|e| e["events"].as_u64().unwrap())
-            .sum();
-        if insert_events == 20 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let inserts: Vec<&Value> = entries.iter().filter(|e| e["stage"] == "insert").collect();
+    // Held and alerted, retried well past `permanent_error_attempts`, never dead-lettered.
+    eventually_some(
+        "the sink holds for the schema",
+        Duration::from_secs(20),
+        || async {
+            let m = app.metrics().await;
+            (held(&m, "schema") == Some(1)).then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let m = app.metrics().await;
+    assert_eq!(held(&m, "destination"), Some(0), "{m}");
+    assert_eq!(held(&m, "schema"), Some(1), "still held");
+    let schema_errors: u64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("clicktrail_sink_insert_errors_total{class=\"schema\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap();
     assert!(
-        !inserts.is_empty(),
-        "refused batches are listed: {entries:?}"
+        schema_errors > 2,
+        "retried, not given up on: {schema_errors}"
     );
-    for e in &inserts {
-        assert_eq!(e["code"], 16, "ClickHouse's exception code: {e}");
-        assert!(
-            e["reason"].as_str().unwrap().contains("selector"),
-            "ClickHouse's reason: {e}"
-        );
-        assert_eq!(e["attempts"], 2);
-    }
+    let ready = app
+        .client
+        .get(format!("{}/readyz", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+    let ready: Value = ready.json().await.unwrap();
+    assert!(ready["problems"].to_string().contains("schema"), "{ready}");
+    let entries = list(&config_path);
     assert!(
-        inserts.len() <= 5,
-        "a schema-level refusal dead-letters whole batches, not row by row: {}",
-        inserts.len()
+        entries.iter().all(|e| e["stage"] != "insert"),
+        "a schema refusal is not dead-lettered: {entries:?}"
     );
     assert!(entries.iter().any(
         |e| e["stage"] == "validation" && e["reason"].as_str().unwrap().contains("field depth")
     ));
     assert!(entries.iter().any(|e| e["stage"] == "parse"));
-    let metrics = app.metrics().await;
-    assert!(metrics
-        .contains("clicktrail_dlq_events_total{stage=\"insert\",reason=\"no_such_column\"} 20"));
+    assert_eq!(ch.count("SELECT count() FROM clicktrail.events"), 0);
 
-    // The human table and `show` tell the same story.
-    let (_, table, _) = cli(&config_path, &["dlq", "list"]);
-    assert!(
-        table.contains("insert") && table.contains("Code: 16"),
-        "{table}"
-    );
-    let id = inserts[0]["id"].as_u64().unwrap().to_string();
-    let (code, shown, _) = cli(&config_path, &["dlq", "show", &id]);
-    assert_eq!(code, 0);
-    assert!(
-        shown.contains("clickhouse code: 16") && shown.contains("\"event_id\":\"d"),
-        "{shown}"
-    );
-    let (code, _, err) = cli(&config_path, &["dlq", "show", "999999"]);
-    assert_ne!(code, 0);
-    assert!(err.contains("no dead-letter entry 999999"), "{err}");
-
-    // A dry run changes nothing.
-    let (code, out, _) = cli(&config_path, &["dlq", "replay", "--dry-run"]);
-    assert_eq!(code, 0);
-    assert!(out.contains("dry run: would replay"), "{out}");
-    assert_eq!(list(&config_path).len(), entries.len());
-
-    // Fix the schema, replay: everything acknowledged lands exactly once.
+    // Fix the schema: the held batches land by themselves, once each, with no replay.
     ch.query("ALTER TABLE clicktrail.events ADD COLUMN selector String AFTER doc_h");
-    let (code, out, err) = cli(&config_path, &["dlq", "replay"]);
-    assert_eq!(code, 3, "some entries still fail: {out}{err}");
-    assert!(out.contains("replayed 20 events"), "{out}");
-    assert!(out.contains("ClickHouse confirmed them"), "{out}");
-    assert!(
-        out.contains("still failing") && out.contains("field depth"),
-        "{out}"
-    );
+    eventually(
+        "every acknowledged event lands",
+        Duration::from_secs(30),
+        || ch.count("SELECT count() FROM clicktrail.events") >= 20,
+    )
+    .await;
     let have: HashSet<String> = ch
         .query("SELECT event_id FROM clicktrail.events FORMAT TSV")
         .lines()
         .map(str::to_string)
         .collect();
     assert!(acked.iter().all(|id| have.contains(id)));
-
-    // Rerunning is safe: nothing more to replay for inserts, still-invalid events stay.
-    let (code, _, _) = cli(&config_path, &["dlq", "replay", "--stage", "insert"]);
-    assert_eq!(code, 0);
-    let left = list(&config_path);
-    assert!(left.iter().all(|e| e["stage"] != "insert"), "{left:?}");
-    assert!(
-        left.iter().any(|e| e["stage"] == "validation"),
-        "still listed"
-    );
-    // Merges are stopped (see above): the raw rows show that the replays, with no crash,
-    // inserted nothing twice.
+    // Merges are stopped (see above): the raw rows show that nothing was inserted twice.
     assert_eq!(
         ch.query("SELECT count(), uniqExact(event_id) FROM clicktrail.events FORMAT TSV")
             .trim(),
         "20\t20"
     );
+    let m = app.metrics().await;
+    assert_eq!(held(&m, "schema"), Some(0), "released after the fix");
+    assert!(list(&config_path).iter().all(|e| e["stage"] != "insert"));
+
+    // Replay stays for validation failures: still invalid, still listed, nothing inserted.
+    let (code, out, err) = cli(&config_path, &["dlq", "replay"]);
+    assert_eq!(code, 3, "some entries still fail: {out}{err}");
+    assert!(
+        out.contains("still failing") && out.contains("field depth"),
+        "{out}"
+    );
+    assert!(list(&config_path)
+        .iter()
+        .any(|e| e["stage"] == "validation"));
+    assert_eq!(ch.count("SELECT count() FROM clicktrail.events"), 20);
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_refused_by_its_value_is_isolated_into_dead_letters_and_replayed_after_the_fix() {
+    let ch = ClickHouse::start();
+    let data = tempfile::tempdir().unwrap();
+    let mut cfg = test_config(&ch, data.path());
+    cfg.sink.permanent_error_attempts = 2;
+    // One batch for all the posts below, so the refused row has neighbours in its insert.
+    cfg.sink.batch_age = Duration::from_secs(2);
+    migrate(&cfg).await;
+    ch.query("SYSTEM STOP MERGES clicktrail.events");
+    let config_path = data.path().join("cli.toml");
+    std::fs::write(&config_path, toml_of(&cfg)).unwrap();
+    let app = App::spawn(cfg).await;
+
+    // A check on one row's value, as 18.16 can express it: a MATERIALIZED column computed at
+    // insert that throws (395 FUNCTION_THROW_IF_VALUE_IS_NON_ZERO) for that row only.
+    ch.query(
+        "ALTER TABLE clicktrail.events ADD COLUMN chk UInt8 MATERIALIZED throwIf(title = 'poison')",
+    );
+    let mut evs: Vec<Value> = (0..15).map(|i| pageview(&format!("r{i}"))).collect();
+    evs[7]["title"] = json!("poison");
+    let (status, body) = app.post(&batch(evs)).await;
+    assert_eq!(
+        (status, body["accepted"].as_u64()),
+        (200, Some(15)),
+        "{body}"
+    );
+
+    let entry = eventually_some(
+        "the poison row is dead-lettered",
+        Duration::from_secs(30),
+        || {
+            let entries = list(&config_path);
+            async move { entries.into_iter().find(|e| e["stage"] == "insert") }
+        },
+    )
+    .await;
+    assert_eq!(entry["code"], 395, "{entry}");
+    assert_eq!(
+        entry["events"], 1,
+        "split until the bad row stands alone: {entry}"
+    );
+    eventually("the good rows land", Duration::from_secs(30), || {
+        ch.count("SELECT count() FROM clicktrail.events") == 14
+    })
+    .await;
+    let m = app.metrics().await;
+    assert!(
+        m.contains("clicktrail_dlq_events_total{stage=\"insert\",reason=\"constraint\"} 1"),
+        "{m}"
+    );
+    assert!(held(&m, "schema") == Some(0) && held(&m, "dead_letters") == Some(0));
+    let (_, shown, _) = cli(
+        &config_path,
+        &["dlq", "show", &entry["id"].as_u64().unwrap().to_string()],
+    );
+    assert!(shown.contains("\"event_id\":\"r7\""), "{shown}");
+
+    // Relax the check, replay: the refused row lands once, next to the others.
+    ch.query("ALTER TABLE clicktrail.events DROP COLUMN chk");
+    let (code, out, err) = cli(&config_path, &["dlq", "replay", "--stage", "insert"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("replayed 1 events"), "{out}");
+    assert_eq!(
+        ch.query("SELECT count(), uniqExact(event_id) FROM clicktrail.events FORMAT TSV")
+            .trim(),
+        "15\t15"
+    );
+    assert!(list(&config_path).is_empty());
     app.shutdown().await;
 }
 

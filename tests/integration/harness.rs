@@ -354,6 +354,11 @@ impl Binary {
     /// Writes `config` as TOML next to the data dir and starts `clicktrail serve` on port 0;
     /// its address comes from the admin file it writes once it listens (no port race).
     pub fn start(config: &Config) -> Binary {
+        Binary::start_with(config, &[])
+    }
+
+    /// [`Binary::start`] under a wrapper command that execs it (e.g. `prlimit --nofile=64:64`).
+    pub fn start_with(config: &Config, wrapper: &[&str]) -> Binary {
         let mut c = config.clone();
         c.listen = "127.0.0.1:0".parse().unwrap();
         let config_path = Binary::config_path(&c);
@@ -361,7 +366,10 @@ impl Binary {
         std::fs::write(&config_path, toml_of(&c)).unwrap();
         let admin = clicktrail::http::admin::admin_file_path(&c.data_dir);
         let _ = std::fs::remove_file(&admin);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_clicktrail"))
+        let mut argv: Vec<String> = wrapper.iter().map(|s| s.to_string()).collect();
+        argv.push(env!("CARGO_BIN_EXE_clicktrail").to_string());
+        let mut child = Command::new(&argv[0])
+            .args(&argv[1..])
             .args(["serve", "--config"])
             .arg(&config_path)
             .env("RUST_LOG", "warn")

@@ -5,6 +5,7 @@
 mod compactor;
 mod dlq;
 mod durability;
+mod faults;
 mod harness;
 mod ingest;
 mod limits;
