@@ -268,8 +268,10 @@ async fn running_out_of_file_descriptors_at_a_rotation_recovers_when_connections
     let bin = Binary::start_with(&cfg, &["prlimit", &limit]);
     let pid = bin.child.id();
     // One keep-alive connection for every request below, opened while descriptors are free.
+    // Bounded waits: a request that needed a new connection would sit in the backlog.
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(1)
+        .timeout(Duration::from_secs(10))
         .build()
         .unwrap();
     let post = |id: String| {
@@ -282,8 +284,11 @@ async fn running_out_of_file_descriptors_at_a_rotation_recovers_when_connections
                 .body(batch(vec![pageview(&id)]).to_string())
                 .send()
                 .await
-                .unwrap();
-            (r.status().as_u16(), r.headers().contains_key("retry-after"))
+                .expect("answered on the kept-alive connection");
+            let answer = (r.status().as_u16(), r.headers().contains_key("retry-after"));
+            // Read to the end, so the connection goes back to the pool for the next request.
+            r.bytes().await.unwrap();
+            answer
         }
     };
     let mut acked = Vec::new();
@@ -293,14 +298,19 @@ async fn running_out_of_file_descriptors_at_a_rotation_recovers_when_connections
     // Idle connections until the collector has no descriptor left.
     let addr = bin.base.trim_start_matches("http://").to_string();
     let mut held = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while open_fds(pid) < NOFILE {
-        assert!(Instant::now() < deadline, "fds: {}", open_fds(pid));
-        held.push(std::net::TcpStream::connect(&addr).unwrap());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    // Topped up before every post: the collector may close a descriptor of its own meanwhile
+    // (an idle ClickHouse connection).
+    let exhaust = |held: &mut Vec<std::net::TcpStream>| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while open_fds(pid) < NOFILE {
+            assert!(Instant::now() < deadline, "fds: {}", open_fds(pid));
+            held.push(std::net::TcpStream::connect(&addr).unwrap());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
     let mut refused = false;
-    for i in 0..30 {
+    for i in 0..60 {
+        exhaust(&mut held);
         let id = format!("emfile-{i}");
         match post(id.clone()).await {
             (200, _) => acked.push(id),

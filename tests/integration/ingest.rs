@@ -469,7 +469,17 @@ async fn health_readiness_metrics_and_snippet() {
         ch.count("SELECT count() FROM clicktrail.events") == 1
     })
     .await;
-    let metrics = get("/metrics").await.unwrap().text().await.unwrap();
+    // The row can be visible in ClickHouse a moment before the sink has read the answer.
+    let metrics = eventually_some(
+        "the sink counts the insert",
+        Duration::from_secs(10),
+        || async {
+            let m = get("/metrics").await.unwrap().text().await.unwrap();
+            m.contains("clicktrail_sink_rows_inserted_total 1")
+                .then_some(m)
+        },
+    )
+    .await;
     for needle in [
         "clicktrail_http_requests_total{route=\"/v1/events\",status=\"200\"} 1",
         "clicktrail_http_request_duration_seconds_bucket{",
