@@ -23,6 +23,9 @@
 //!   only on a miss: an entry to evict that someone else already deleted, or (at most every
 //!   [`RESCAN_INTERVAL_MS`]) before dropping an entry, so space freed behind the store's back is
 //!   seen.
+//!
+//! (Over 500 lines: the entry format, the per-stage quotas and the in-memory accounting are one
+//! invariant, kept with their tests; the replay is in `replay.rs`.)
 
 pub mod replay;
 

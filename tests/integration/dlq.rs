@@ -144,8 +144,16 @@ async fn a_schema_refusal_is_held_and_lands_exactly_once_after_the_fix_without_a
             .trim(),
         "20\t20"
     );
-    let m = app.metrics().await;
-    assert_eq!(held(&m, "schema"), Some(0), "released after the fix");
+    // The sink clears the hold once its insert returned, a moment after the rows are visible.
+    eventually_some(
+        "the hold is released after the fix",
+        Duration::from_secs(10),
+        || {
+            let app = &app;
+            async move { (held(&app.metrics().await, "schema") == Some(0)).then_some(()) }
+        },
+    )
+    .await;
     assert!(list(&config_path).iter().all(|e| e["stage"] != "insert"));
 
     // Replay stays for validation failures: still invalid, still listed, nothing inserted.
