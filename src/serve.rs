@@ -170,6 +170,7 @@ pub async fn run_with_reload(
         Some(admin_token),
     )
     .map_err(ServeError::Http)?;
+    let live = state.live().clone();
     let app = router(state);
     tracing::info!(listen = %listener.local_addr().map_err(ServeError::Http)?, "collector listening");
 
@@ -190,6 +191,8 @@ pub async fn run_with_reload(
             _ = &mut fatal_rx => {}
         }
         tracing::info!("shutting down: no new requests");
+        // Live streams never end by themselves; graceful shutdown waits for every connection.
+        live.close();
     };
     axum::serve(
         listener,

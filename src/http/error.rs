@@ -63,6 +63,8 @@ pub enum ApiError {
     /// The cause (a ClickHouse error) is logged where it happens, not sent.
     #[error("reports are unavailable right now")]
     QueryUnavailable,
+    #[error("live view: {0}")]
+    LiveUnavailable(#[from] crate::live::SubscribeError),
 }
 
 /// The body of every error answer: what the collector refused and a stable code. The CLI
@@ -97,7 +99,9 @@ impl ApiError {
             NotFound => StatusCode::NOT_FOUND,
             AdminUnauthorized => StatusCode::UNAUTHORIZED,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            Spool(_) | Timeout | QueryUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Spool(_) | Timeout | QueryUnavailable | LiveUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             QueryTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -131,6 +135,8 @@ impl ApiError {
             BadParameter { .. } => "bad_parameter",
             QueryTimeout(_) => "query_timeout",
             QueryUnavailable => "reports_unavailable",
+            LiveUnavailable(crate::live::SubscribeError::TooMany(_)) => "too_many_subscribers",
+            LiveUnavailable(crate::live::SubscribeError::Closed) => "shutting_down",
         }
     }
 

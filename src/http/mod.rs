@@ -2,7 +2,8 @@
 //! batch of events means (policy, validation, dead letters, the spool) is [`crate::ingest`]'s;
 //! this module only reads bodies and headers and maps answers to statuses.
 //!
-//! The read-only reports under `/v1/query/*` are [`crate::query`]'s; they are routed here.
+//! The read-only reports under `/v1/query/*` are [`crate::query`]'s; they are routed here, as
+//! is the live view `/v1/live` (`live.rs`, over [`crate::live`]).
 //!
 //! Invariants:
 //! - `POST /v1/events` answers 200 only after every accepted event of the request is committed
@@ -13,6 +14,7 @@
 pub mod admin;
 mod decode;
 mod error;
+mod live;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -101,6 +103,11 @@ impl AppState {
         })
     }
 
+    /// The live view's hub (shutdown ends its streams).
+    pub fn live(&self) -> &crate::live::Live {
+        self.inner.ingest.live()
+    }
+
     /// What the `/v1/query/*` handlers share.
     pub(crate) fn reports(&self) -> &crate::query::Reports {
         &self.inner.reports
@@ -121,6 +128,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/query/heatmap", get(crate::query::heatmap))
         .route("/v1/query/elements", get(crate::query::elements))
         .route("/v1/query/scroll", get(crate::query::scroll))
+        .route("/v1/live", get(live::live))
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .fallback(|| async { ApiError::NotFound })
         .layer(cors_layer(state.inner.ingest.clone()))
@@ -154,6 +162,7 @@ fn route_label(req: &Request) -> &'static str {
         Some("/v1/query/heatmap") => "/v1/query/heatmap",
         Some("/v1/query/elements") => "/v1/query/elements",
         Some("/v1/query/scroll") => "/v1/query/scroll",
+        Some("/v1/live") => "/v1/live",
         _ => "other",
     }
 }

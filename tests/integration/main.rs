@@ -7,6 +7,7 @@ mod dlq;
 mod durability;
 mod harness;
 mod ingest;
+mod live;
 mod migrations;
 mod query;
 mod reload;
