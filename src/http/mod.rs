@@ -45,6 +45,8 @@ use crate::sink::SinkStatus;
 /// The tracker served at `/v1/snippet.js` (built from `snippet/src`, committed so the Rust
 /// build needs no Node).
 const SNIPPET: &str = include_str!("../../snippet/dist/clicktrail.min.js");
+/// The heatmap overlay, loaded by the snippet in heatmap mode only (`snippet/src/overlay.js`).
+const OVERLAY: &str = include_str!("../../snippet/dist/overlay.min.js");
 const DEMO_PAGE: &str = include_str!("../../snippet/demo.html");
 
 /// Health of ClickHouse as seen by the periodic probe: `Ok` or the last error.
@@ -118,6 +120,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/events", post(post_events))
         .route("/v1/snippet.js", get(get_snippet))
+        .route("/v1/overlay.js", get(get_overlay))
         .route("/", get(demo_page))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -154,6 +157,7 @@ fn route_label(req: &Request) -> &'static str {
     match req.extensions().get::<MatchedPath>().map(|p| p.as_str()) {
         Some("/v1/events") => "/v1/events",
         Some("/v1/snippet.js") => "/v1/snippet.js",
+        Some("/v1/overlay.js") => "/v1/overlay.js",
         Some("/") => "/",
         Some("/healthz") => "/healthz",
         Some("/readyz") => "/readyz",
@@ -339,6 +343,21 @@ async fn get_snippet(State(st): State<AppState>, headers: HeaderMap) -> Response
         h.insert(header::ETAG, v);
     }
     resp
+}
+
+/// Only analysts load it, rarely: a short cache, no revalidation machinery.
+async fn get_overlay() -> Response {
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                "application/javascript; charset=utf-8",
+            ),
+            (header::CACHE_CONTROL, "public, max-age=300"),
+        ],
+        OVERLAY,
+    )
+        .into_response()
 }
 
 async fn demo_page() -> Html<&'static str> {
