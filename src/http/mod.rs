@@ -47,6 +47,8 @@ use crate::sink::SinkStatus;
 const SNIPPET: &str = include_str!("../../snippet/dist/clicktrail.min.js");
 /// The heatmap overlay, loaded by the snippet in heatmap mode only (`snippet/src/overlay.js`).
 const OVERLAY: &str = include_str!("../../snippet/dist/overlay.min.js");
+/// The reports page (`ui/index.html`, one self-contained file).
+const UI_PAGE: &str = include_str!("../../ui/index.html");
 const DEMO_PAGE: &str = include_str!("../../snippet/demo.html");
 
 /// Health of ClickHouse as seen by the periodic probe: `Ok` or the last error.
@@ -122,6 +124,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/snippet.js", get(get_snippet))
         .route("/v1/overlay.js", get(get_overlay))
         .route("/", get(demo_page))
+        .route("/ui/", get(ui_page))
+        .route(
+            "/ui",
+            get(|| async { axum::response::Redirect::permanent("/ui/") }),
+        )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -159,6 +166,7 @@ fn route_label(req: &Request) -> &'static str {
         Some("/v1/snippet.js") => "/v1/snippet.js",
         Some("/v1/overlay.js") => "/v1/overlay.js",
         Some("/") => "/",
+        Some("/ui/") | Some("/ui") => "/ui/",
         Some("/healthz") => "/healthz",
         Some("/readyz") => "/readyz",
         Some("/metrics") => "/metrics",
@@ -356,6 +364,21 @@ async fn get_overlay() -> Response {
             (header::CACHE_CONTROL, "public, max-age=300"),
         ],
         OVERLAY,
+    )
+        .into_response()
+}
+
+/// The page holds no data: everything it shows comes from `/v1/query/*` with the token the
+/// analyst types in. It must not be framed by another site (the token is in its memory).
+async fn ui_page() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::X_FRAME_OPTIONS, "DENY"),
+            (header::REFERRER_POLICY, "no-referrer"),
+        ],
+        UI_PAGE,
     )
         .into_response()
 }
