@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The analyst rollups and queries (migrations/0002_analytics.sql, docs/queries.md) on a real
-# ClickHouse 18.16 and on chDB 26.x, checked cell by cell by tests/chdb/analytics.py.
+# ClickHouse 18.16 and on chDB 26.x, checked cell by cell by tests/chdb/analytics.py; the SQL of
+# deploy/grafana/clicktrail-analytics.json (macros expanded as the plugin does) by tests/chdb/grafana.py.
 #   scripts/test-analytics.sh            # both
 #   scripts/test-analytics.sh 18.16      # only the real server
 #   scripts/test-analytics.sh chdb       # only chDB
@@ -18,8 +19,10 @@ if [ "$which" = all ] || [ "$which" = 18.16 ]; then
   http="$(free_port)"; tcp="$(free_port)"
   "$here/scripts/clickhouse.sh" start "$dir" "$http" "$tcp"
   "$py" "$here/tests/chdb/analytics.py" --http "http://127.0.0.1:$http" --version 18.16
+  "$py" "$here/tests/chdb/grafana.py" --http "http://127.0.0.1:$http" --version 18.16
 fi
 if [ "$which" = all ] || [ "$which" = chdb ]; then
   "$py" "$here/tests/chdb/analytics.py"
+  "$py" "$here/tests/chdb/grafana.py"
 fi
 echo "analytics: all checks passed ($which)"

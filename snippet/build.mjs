@@ -9,8 +9,12 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const here = dirname(fileURLToPath(import.meta.url));
-const src = join(here, 'src', 'clicktrail.js');
-const out = join(here, 'dist', 'clicktrail.min.js');
+// The overlay (src/overlay.js → dist/overlay.min.js) is loaded by the snippet only in heatmap
+// mode and is outside the snippet's size budget.
+let stale = false;
+for (const name of ['clicktrail', 'overlay']) {
+const src = join(here, 'src', name + '.js');
+const out = join(here, 'dist', name + '.min.js');
 
 const { code } = await transform(readFileSync(src, 'utf8'), {
   loader: 'js',
@@ -27,7 +31,8 @@ if (process.argv.includes('--check')) {
   try { committed = readFileSync(out, 'utf8'); } catch { /* missing counts as stale */ }
   if (committed !== code) {
     console.error(`${out} is stale: run "node build.mjs" in snippet/ and commit the result`);
-    process.exit(1);
+    stale = true;
+    continue;
   }
   console.log(`${out} is up to date (${code.length} bytes)`);
 } else {
@@ -35,3 +40,5 @@ if (process.argv.includes('--check')) {
   writeFileSync(out, code);
   console.log(`wrote ${out} (${code.length} bytes)`);
 }
+}
+if (stale) process.exit(1);

@@ -480,6 +480,11 @@ pub struct QueryConfig {
     pub max_rows: u32,
     /// Most cells a heatmap returns; a page taller than that is cut at the bottom.
     pub max_cells: u32,
+    /// Events buffered per `GET /v1/live` connection; a client that falls this far behind is
+    /// dropped (ingestion never waits for it).
+    pub live_buffer: usize,
+    /// Most `GET /v1/live` connections at once; more are refused with 503.
+    pub live_max_subscribers: usize,
 }
 
 impl Default for QueryConfig {
@@ -488,6 +493,8 @@ impl Default for QueryConfig {
             timeout: Duration::from_secs(10),
             max_rows: 1000,
             max_cells: 200_000,
+            live_buffer: 1024,
+            live_max_subscribers: 64,
         }
     }
 }
@@ -787,6 +794,11 @@ impl Config {
         }
         positive("query.max_rows", self.query.max_rows as usize)?;
         positive("query.max_cells", self.query.max_cells as usize)?;
+        positive("query.live_buffer", self.query.live_buffer)?;
+        positive(
+            "query.live_max_subscribers",
+            self.query.live_max_subscribers,
+        )?;
         if !is_identifier(&self.clickhouse.database) {
             return Err(invalid(
                 "clickhouse.database",

@@ -9,6 +9,8 @@
 //! Invariants:
 //! - [`Ingest::accept`] returns only after every accepted event is committed to the spool: its
 //!   `Ok` is the acknowledgement.
+//! - [`Ingest::accept`] hands the committed events to the live view ([`Live::publish`]),
+//!   which never waits for a subscriber.
 //! - One bad event never fails its batch: it is listed in [`Answer::rejected`] with its index,
 //!   and dead-lettered (before the answer) with the reason the client saw.
 //! - Dead letters of refused input cannot be used to fill the store: an unparseable body is
@@ -31,6 +33,7 @@ use serde_json::value::RawValue;
 use crate::config::{Config, SiteConfig};
 use crate::dlq::{DeadLetters, NewEntry, Origin, Stage};
 use crate::event::{Event, EventType, RawBatch, Rejection, RequestContext, Validator};
+use crate::live::Live;
 use crate::metrics::{Metrics, ReasonLabel, TypeLabel};
 use crate::spool::{Lsn, SpoolError, SpoolHandle};
 
@@ -168,6 +171,7 @@ struct Inner {
     per_site: crate::ratelimit::KeyedLimit<String>,
     /// Unparseable bodies that name no site this collector takes: sampled, not all kept.
     unattributed: Option<governor::DefaultDirectRateLimiter>,
+    live: Live,
 }
 
 impl Ingest {
@@ -180,6 +184,11 @@ impl Ingest {
                 validator: Validator::new(config.limits.clone(), config.privacy.clone()),
                 spool,
                 dlq,
+                live: Live::new(
+                    config.query.live_buffer,
+                    config.query.live_max_subscribers,
+                    metrics.clone(),
+                ),
                 metrics,
                 max_user_agent_len: config.limits.max_user_agent_len,
                 per_site: crate::ratelimit::KeyedLimit::new(
@@ -227,6 +236,11 @@ impl Ingest {
 
     pub fn spool(&self) -> &SpoolHandle {
         &self.inner.spool
+    }
+
+    /// The live view's hub: acknowledged events of [`Ingest::accept`] go there.
+    pub fn live(&self) -> &Live {
+        &self.inner.live
     }
 
     /// Accepts a batch posted by a client: `Ok` once its valid events are durable.
@@ -311,6 +325,8 @@ impl Ingest {
             self.count_rejected("spool_full", accepted as u64);
             return Err(e.into());
         }
+        // Durable now: a copy for live viewers, never waited for.
+        self.inner.live.publish(&ctx.site, &v.accepted);
         Ok(Answer {
             accepted,
             rejected: v

@@ -27,6 +27,7 @@
 //! - [`dlq`]: where refused events are kept, and their replay.
 //! - [`compactor`]: cold days → verified Parquet archive → deleted from ClickHouse.
 //! - [`query`]: the read-only report API (`/v1/query/*`) over the rollups, per-site tokens.
+//! - [`live`]: acknowledged events fanned out to `/v1/live` subscribers, never slowing ingestion.
 //! - [`migrate`]: schema migrations for every supported ClickHouse version.
 //! - [`freshness`]: lag gauge and ClickHouse probe.
 //! - [`metrics`]: every Prometheus metric, defined once.
@@ -43,6 +44,7 @@ pub mod event;
 pub mod freshness;
 pub mod http;
 pub mod ingest;
+pub mod live;
 pub mod metrics;
 pub mod migrate;
 pub mod query;

@@ -130,6 +130,10 @@ pub struct Metrics {
     pub compactor_last_success: FGauge,
 
     pub config_reloads: Family<ResultLabel, Counter>,
+
+    pub live_subscribers: Gauge,
+    pub live_dropped: Counter,
+    pub live_events: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -402,6 +406,25 @@ impl Metrics {
             compactor_last_success.clone(),
         );
 
+        let live_subscribers = Gauge::default();
+        r.register(
+            "live_subscribers",
+            "Open GET /v1/live streams",
+            live_subscribers.clone(),
+        );
+        let live_dropped = Counter::default();
+        r.register(
+            "live_dropped_subscribers",
+            "Live streams ended because the client did not keep up (its buffer was full)",
+            live_dropped.clone(),
+        );
+        let live_events = Counter::default();
+        r.register(
+            "live_events_sent",
+            "Events queued to live streams (one per event and subscriber)",
+            live_events.clone(),
+        );
+
         // Every allowed label value exists from the start at 0, so rate()/increase() see the
         // first error instead of a series appearing out of nowhere.
         for t in crate::event::EventType::ALL {
@@ -499,6 +522,9 @@ impl Metrics {
             compactor_failures,
             compactor_last_success,
             config_reloads,
+            live_subscribers,
+            live_dropped,
+            live_events,
         }
     }
 

@@ -179,6 +179,7 @@ pub async fn run_with_reload(
         state.clone(),
         canary_stop_tx.subscribe(),
     ));
+    let live = state.live().clone();
     let app = router(state);
     tracing::info!(listen = %listener.local_addr().map_err(ServeError::Http)?, "collector listening");
 
@@ -199,6 +200,8 @@ pub async fn run_with_reload(
             _ = &mut fatal_rx => {}
         }
         tracing::info!("shutting down: no new requests");
+        // Live streams never end by themselves; graceful shutdown waits for every connection.
+        live.close();
     };
     crate::http::server::serve(listener, app, &config.server, metrics_http, stop_http)
         .await

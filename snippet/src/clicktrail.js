@@ -10,6 +10,9 @@
  *   data-no-text      never send the text of clicked elements
  *   data-cookieless   store nothing in the browser; send visitor "" (the collector derives one)
  *   data-respect-dnt  send nothing when Do-Not-Track or Global Privacy Control is on
+ *   #clicktrail=heatmap&token=READ_TOKEN in the page URL: heatmap mode. The snippet sends nothing
+ *                     and loads {script origin}/v1/overlay.js (src/overlay.js), which paints the
+ *                     heatmap over the page
  * Custom events:
  *   clicktrail('event', 'signup', {plan: 'pro'})
  * Calls made before the snippet has loaded are kept by this stub and replayed:
@@ -340,6 +343,14 @@
     const data = script.dataset;
     const dnt = nav.doNotTrack == 1 || nav.globalPrivacyControl;
     site = data.site;
+    // Heatmap mode (#clicktrail=heatmap&token=...): an analyst is looking; load the overlay
+    // from the collector (it checks the token) and send nothing.
+    if (/clicktrail=heatmap/.test(loc.hash)) {
+      const s = d.createElement('script');
+      s.src = new URL('/v1/overlay.js', script.src);
+      s.dataset.site = site;
+      return d.head.append(s);
+    }
     if (!site || (dnt && 'respectDnt' in data)) return;
     // data-api: a URL or a path, resolved against the page by fetch / sendBeacon
     endpoint = data.api || new URL('/v1/events', script.src);

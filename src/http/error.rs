@@ -70,6 +70,8 @@ pub enum ApiError {
     },
     #[error("the collector is busy with other requests' bodies; retry later")]
     Overloaded,
+    #[error("live view: {0}")]
+    LiveUnavailable(#[from] crate::live::SubscribeError),
 }
 
 /// The body of every error answer: what the collector refused and a stable code. The CLI
@@ -104,7 +106,9 @@ impl ApiError {
             NotFound => StatusCode::NOT_FOUND,
             AdminUnauthorized => StatusCode::UNAUTHORIZED,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            Spool(_) | Timeout | QueryUnavailable | Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            Spool(_) | Timeout | QueryUnavailable | Overloaded | LiveUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             QueryTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
@@ -141,6 +145,8 @@ impl ApiError {
             QueryUnavailable => "reports_unavailable",
             RateLimited { .. } => "rate_limited",
             Overloaded => "overloaded",
+            LiveUnavailable(crate::live::SubscribeError::TooMany(_)) => "too_many_subscribers",
+            LiveUnavailable(crate::live::SubscribeError::Closed) => "shutting_down",
         }
     }
 

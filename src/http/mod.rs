@@ -2,7 +2,8 @@
 //! batch of events means (policy, validation, dead letters, the spool) is [`crate::ingest`]'s;
 //! this module only reads bodies and headers and maps answers to statuses.
 //!
-//! The read-only reports under `/v1/query/*` are [`crate::query`]'s; they are routed here.
+//! The read-only reports under `/v1/query/*` are [`crate::query`]'s; they are routed here, as
+//! is the live view `/v1/live` (`live.rs`, over [`crate::live`]).
 //!
 //! Invariants:
 //! - `POST /v1/events` answers 200 only after every accepted event of the request is committed
@@ -16,6 +17,7 @@ pub mod admin;
 mod decode;
 mod error;
 mod limits;
+mod live;
 pub mod server;
 
 use std::net::{IpAddr, SocketAddr};
@@ -47,6 +49,10 @@ use crate::sink::SinkStatus;
 /// The tracker served at `/v1/snippet.js` (built from `snippet/src`, committed so the Rust
 /// build needs no Node).
 const SNIPPET: &str = include_str!("../../snippet/dist/clicktrail.min.js");
+/// The heatmap overlay, loaded by the snippet in heatmap mode only (`snippet/src/overlay.js`).
+const OVERLAY: &str = include_str!("../../snippet/dist/overlay.min.js");
+/// The reports page (`ui/index.html`, one self-contained file).
+const UI_PAGE: &str = include_str!("../../ui/index.html");
 const DEMO_PAGE: &str = include_str!("../../snippet/demo.html");
 
 /// Health of ClickHouse as seen by the periodic probe: `Ok` or the last error.
@@ -109,6 +115,11 @@ impl AppState {
         })
     }
 
+    /// The live view's hub (shutdown ends its streams).
+    pub fn live(&self) -> &crate::live::Live {
+        self.inner.ingest.live()
+    }
+
     /// What the `/v1/query/*` handlers share.
     pub(crate) fn reports(&self) -> &crate::query::Reports {
         &self.inner.reports
@@ -126,7 +137,13 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/events", post(post_events))
         .route("/v1/snippet.js", get(get_snippet))
+        .route("/v1/overlay.js", get(get_overlay))
         .route("/", get(demo_page))
+        .route("/ui/", get(ui_page))
+        .route(
+            "/ui",
+            get(|| async { axum::response::Redirect::permanent("/ui/") }),
+        )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -136,6 +153,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/query/heatmap", get(crate::query::heatmap))
         .route("/v1/query/elements", get(crate::query::elements))
         .route("/v1/query/scroll", get(crate::query::scroll))
+        .route("/v1/live", get(live::live))
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .fallback(|| async { ApiError::NotFound })
         .layer(cors_layer(state.inner.ingest.clone()))
@@ -161,7 +179,9 @@ fn route_label(req: &Request) -> &'static str {
     match req.extensions().get::<MatchedPath>().map(|p| p.as_str()) {
         Some("/v1/events") => "/v1/events",
         Some("/v1/snippet.js") => "/v1/snippet.js",
+        Some("/v1/overlay.js") => "/v1/overlay.js",
         Some("/") => "/",
+        Some("/ui/") | Some("/ui") => "/ui/",
         Some("/healthz") => "/healthz",
         Some("/readyz") => "/readyz",
         Some("/metrics") => "/metrics",
@@ -169,6 +189,7 @@ fn route_label(req: &Request) -> &'static str {
         Some("/v1/query/heatmap") => "/v1/query/heatmap",
         Some("/v1/query/elements") => "/v1/query/elements",
         Some("/v1/query/scroll") => "/v1/query/scroll",
+        Some("/v1/live") => "/v1/live",
         _ => "other",
     }
 }
@@ -379,6 +400,36 @@ async fn get_snippet(State(st): State<AppState>, headers: HeaderMap) -> Response
         h.insert(header::ETAG, v);
     }
     resp
+}
+
+/// Only analysts load it, rarely: a short cache, no revalidation machinery.
+async fn get_overlay() -> Response {
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                "application/javascript; charset=utf-8",
+            ),
+            (header::CACHE_CONTROL, "public, max-age=300"),
+        ],
+        OVERLAY,
+    )
+        .into_response()
+}
+
+/// The page holds no data: everything it shows comes from `/v1/query/*` with the token the
+/// analyst types in. It must not be framed by another site (the token is in its memory).
+async fn ui_page() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::X_FRAME_OPTIONS, "DENY"),
+            (header::REFERRER_POLICY, "no-referrer"),
+        ],
+        UI_PAGE,
+    )
+        .into_response()
 }
 
 async fn demo_page() -> Html<&'static str> {

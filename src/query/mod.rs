@@ -257,6 +257,27 @@ fn authorize(
     Ok((owner, Params::parse(raw, allowed)?))
 }
 
+/// `GET /v1/live`'s check, the reports' rules: 401 without a valid token, then 400 for an
+/// unknown parameter or site, then 403 when the site is not the token's. Returns the site.
+pub(crate) fn authorize_live(
+    reports: &Reports,
+    headers: &HeaderMap,
+    raw: Option<&str>,
+) -> Result<String, ApiError> {
+    let (owner, p) = authorize(reports, headers, raw, &["site"])?;
+    let site = p.required("site")?;
+    let Some(index) = reports.sites.iter().position(|s| s.key == site) else {
+        return Err(bad(
+            "site",
+            format!("unknown site `{}`", truncate(site, 64)),
+        ));
+    };
+    if index != owner {
+        return Err(ApiError::TokenNotForSite(site.to_string()));
+    }
+    Ok(site.to_string())
+}
+
 /// The parameters every report has; 403 when the site is not the token's.
 fn scope(reports: &Reports, owner: usize, p: &Params) -> Result<Scope, ApiError> {
     let site = p.required("site")?;

@@ -9,6 +9,7 @@ mod faults;
 mod harness;
 mod ingest;
 mod limits;
+mod live;
 mod migrations;
 mod query;
 mod reload;

@@ -96,7 +96,7 @@ export async function startClickHouse(dir) {
 
 /**
  * Run the real collector: write a config, `migrate`, `serve`, wait for /readyz.
- * sites: [{key, origins}]; port: where it listens (default: a free one). Returns {origin, port, log}.
+ * sites: [{key, origins, read_tokens?}]; port: where it listens (default: a free one). Returns {origin, port, log}.
  */
 export async function startCollector(dir, { chHttp, sites, port }) {
   if (!existsSync(BIN)) {
@@ -115,7 +115,8 @@ export async function startCollector(dir, { chHttp, sites, port }) {
     'batch_age = "200ms"',
     '[http]',
     `snippet_file = "${SNIPPET_FILE}"`,
-    ...sites.flatMap((s) => ['[[sites]]', `key = "${s.key}"`, `origins = ${JSON.stringify(s.origins)}`]),
+    ...sites.flatMap((s) => ['[[sites]]', `key = "${s.key}"`, `origins = ${JSON.stringify(s.origins)}`,
+      ...(s.read_tokens ? [`read_tokens = ${JSON.stringify(s.read_tokens)}`] : [])]),
     '',
   ].join('\n'));
   const log = join(cdir, 'collector.log');
