@@ -22,6 +22,9 @@
 //!
 //! Architecture invariant: this module knows nothing of HTTP (no status codes, headers or
 //! bodies); `http::error` maps [`IngestError`] to answers.
+//!
+//! (Over 500 lines: the one use case with its policies, rate limits and dead-letter rules, plus
+//! their tests.)
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;

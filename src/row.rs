@@ -20,6 +20,9 @@
 //! Invariant: the order of the table is the order of the values in a RowBinary row and of the
 //! insert's column list; both are generated from the same list, so they cannot disagree.
 //! Columns are named in the INSERT, so a table with its columns in another order is fine.
+//!
+//! (Over 500 lines: the table and its generated codecs, plus the tests that hold them to the
+//! `clickhouse` crate and the docs.)
 
 use std::borrow::Cow;
 

@@ -12,6 +12,9 @@
 //!   so a browser SDK can read the reason; 503s and 429s carry `Retry-After`.
 //! - A request over its address's rate, or one whose body would take the in-flight body bytes
 //!   past `server.max_inflight_body_bytes`, is refused before its body is read.
+//!
+//! (Just over 500 lines: the router and its small routes; the larger parts already live in
+//! `decode.rs`, `error.rs`, `admin.rs`, `server.rs`, `limits.rs` and `live.rs`.)
 
 pub mod admin;
 mod decode;

@@ -21,6 +21,9 @@
 //! - A dead letter that cannot be stored (the store's quota, a full disk) holds the batch too
 //!   (`reason="dead_letters"`): the rows stay in the spool and the put is retried; nothing is
 //!   evicted from the store to make room and nothing is skipped.
+//!
+//! (Over 500 lines: the delivery loop, its holds and its isolation of refused rows are one state
+//! machine around the checkpoint; the insert itself is in `client.rs`.)
 
 pub mod client;
 
