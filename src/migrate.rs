@@ -25,6 +25,11 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         "0002_analytics.sql",
         include_str!("../migrations/0002_analytics.sql"),
     ),
+    (
+        3,
+        "0003_fold.sql",
+        include_str!("../migrations/0003_fold.sql"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]
