@@ -30,6 +30,11 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         "0003_fold.sql",
         include_str!("../migrations/0003_fold.sql"),
     ),
+    (
+        4,
+        "0004_pages_daily.sql",
+        include_str!("../migrations/0004_pages_daily.sql"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -1,4 +1,4 @@
-"""Proves migrations/0002_analytics.sql, 0003_fold.sql and every query in docs/queries.md, cell by cell.
+"""Proves migrations/0002_analytics.sql, 0003_fold.sql, 0004_pages_daily.sql and every query in docs/queries.md, cell by cell.
 
     python3 tests/chdb/analytics.py                       # chDB 26.x in-process (>= 20.1 rendering)
     python3 tests/chdb/analytics.py --http URL --version 18.16   # a real server (scripts/test-analytics.sh)
@@ -588,6 +588,7 @@ def main():
     # 2. the migration: views, then backfill
     apply_file(server, "0002_analytics.sql", version)
     apply_file(server, "0003_fold.sql", version)
+    apply_file(server, "0004_pages_daily.sql", version)
     # 3. new-format and old-format inserts, duplicates (also of pre rows) in separate blocks
     put(post_new, True)
     put(post_old, False)
@@ -596,6 +597,7 @@ def main():
     # 4. the migration again
     skipped = apply_file(server, "0002_analytics.sql", version)
     apply_file(server, "0003_fold.sql", version, rerun=True)
+    apply_file(server, "0004_pages_daily.sql", version, rerun=True)
     # 5. more, and a whole block resent
     put(last, True)
     put(last, True)
@@ -613,7 +615,7 @@ def main():
     days = sorted({r["ts"].date().isoformat() for r in stored.values()})
     checked, cells = check_all(server, queries, model, days)
     print(f"queries: {checked} runs, {cells} cells matched")
-    for t in ("click_grid_daily", "element_clicks_daily", "scroll_depth_daily", "engagement_daily", "page_stats_hourly", "fold_daily"):
+    for t in ("click_grid_daily", "element_clicks_daily", "scroll_depth_daily", "engagement_daily", "page_stats_hourly", "fold_daily", "pages_daily"):
         server.query(f"OPTIMIZE TABLE {DB}.{t} FINAL")
     server.query(f"OPTIMIZE TABLE {DB}.events FINAL")
     checked2, cells2 = check_all(server, queries, model, days)
