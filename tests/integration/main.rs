@@ -13,3 +13,4 @@ mod live;
 mod migrations;
 mod query;
 mod reload;
+mod slow;
