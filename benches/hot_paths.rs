@@ -69,13 +69,16 @@ fn decode_validate(c: &mut Criterion) {
             black_box(url::Url::parse(black_box("https://shop.example/products/42?utm=x")).unwrap())
         })
     });
-    g.bench_function("one url split, fast path (url::Url only for unusual URLs)", |b| {
-        b.iter(|| {
-            black_box(clicktrail::event::page_url_parts(black_box(
-                "https://shop.example/products/42?utm=x",
-            )))
-        })
-    });
+    g.bench_function(
+        "one url split, fast path (url::Url only for unusual URLs)",
+        |b| {
+            b.iter(|| {
+                black_box(clicktrail::event::page_url_parts(black_box(
+                    "https://shop.example/products/42?utm=x",
+                )))
+            })
+        },
+    );
     g.bench_function("user-agent parse only", |b| {
         b.iter(|| {
             black_box(clicktrail::event::parse_user_agent(black_box(
@@ -97,15 +100,18 @@ fn decode_validate(c: &mut Criterion) {
         })
     });
     // The borrowed rows alone (two passes still): what not copying strings saves.
-    g.bench_function("two passes, borrowed rows (the path of a batch with a refused event)", |b| {
-        b.iter(|| {
-            let batch: RawBatch<'_> = serde_json::from_str(black_box(&body)).unwrap();
-            let events: Vec<&RawValue> = batch.events.unwrap();
-            let req = v.request(&ctx);
-            let (ok, _) = req.validate_raw(&events);
-            black_box(clicktrail::spool::encode_events(&ok))
-        })
-    });
+    g.bench_function(
+        "two passes, borrowed rows (the path of a batch with a refused event)",
+        |b| {
+            b.iter(|| {
+                let batch: RawBatch<'_> = serde_json::from_str(black_box(&body)).unwrap();
+                let events: Vec<&RawValue> = batch.events.unwrap();
+                let req = v.request(&ctx);
+                let (ok, _) = req.validate_raw(&events);
+                black_box(clicktrail::spool::encode_events(&ok))
+            })
+        },
+    );
     // The intake's path now: one pass over the body, rows borrowing the body and the request.
     g.bench_function("one pass, borrowed rows (the intake path)", |b| {
         b.iter(|| {
@@ -123,9 +129,10 @@ fn decode_validate(c: &mut Criterion) {
             black_box(batch.events.unwrap().len())
         })
     });
-    g.bench_function("per-request enrichment only (user agent, ip, visitor)", |b| {
-        b.iter(|| black_box(v.request(black_box(&ctx))))
-    });
+    g.bench_function(
+        "per-request enrichment only (user agent, ip, visitor)",
+        |b| b.iter(|| black_box(v.request(black_box(&ctx)))),
+    );
     g.finish();
 }
 

@@ -20,7 +20,8 @@
 //!   same insert into a bare copy of the table, without the views, is reported beside it.
 //!
 //! Options: --clients N (32) --batch N events per POST (20) --seconds S per phase (15)
-//! --compressions lz4,none (`[clickhouse] compression` of each intake + drain run)
+//! --intake lz4:batch,none:batch,lz4:batch:2ms,lz4:never (one intake + drain run each:
+//! `[clickhouse] compression`, `[spool] fsync` and optionally `[spool] commit_interval`)
 //! --json (machine-readable) --quick (short phases, for a smoke run).
 
 use std::collections::HashMap;
@@ -53,8 +54,8 @@ struct Opts {
     batch: usize,
     seconds: u64,
     json: bool,
-    /// `[clickhouse] compression` of each intake + drain run.
-    compressions: Vec<String>,
+    /// `compression:fsync[:commit_interval]` of each intake + drain run.
+    intake: Vec<String>,
 }
 
 fn parse_opts() -> Opts {
@@ -63,7 +64,9 @@ fn parse_opts() -> Opts {
         batch: 20,
         seconds: 15,
         json: false,
-        compressions: vec!["lz4".into(), "none".into()],
+        intake: ["lz4:batch", "none:batch", "lz4:batch:2ms", "lz4:never"]
+            .map(String::from)
+            .to_vec(),
     };
     let args: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -87,10 +90,10 @@ fn parse_opts() -> Opts {
                 i += 1;
             }
             "--json" => o.json = true,
-            "--compressions" => {
-                o.compressions = args
+            "--intake" => {
+                o.intake = args
                     .get(i + 1)
-                    .expect("--compressions needs a list, e.g. lz4,none")
+                    .expect("--intake needs a list, e.g. lz4:batch,none:batch")
                     .split(',')
                     .map(str::to_string)
                     .collect();
@@ -578,8 +581,11 @@ async fn collector_phase(
 
 /// An intake phase (ClickHouse paused) and the drain of its backlog, one collector process.
 struct IntakeDrain {
+    /// `compression:fsync[:commit_interval]`.
     compression: String,
     intake: Phase,
+    /// fdatasync calls of the spool during intake.
+    fsyncs: u64,
     /// Acknowledged events left for the sink when ClickHouse resumed.
     backlog: u64,
     drain_seconds: f64,
@@ -606,17 +612,30 @@ fn signal(pid: u32, sig: &str) {
 
 /// `clicktrail_sink_rows_inserted_total` of a running collector.
 async fn rows_inserted(http: &reqwest::Client, base: &str) -> u64 {
+    counter(http, base, "clicktrail_sink_rows_inserted_total").await
+}
+
+/// A counter without labels of a running collector.
+async fn counter(http: &reqwest::Client, base: &str, name: &str) -> u64 {
     let Ok(r) = http.get(format!("{base}/metrics")).send().await else {
         return 0;
     };
     let text = r.text().await.unwrap_or_default();
+    let prefix = format!("{name} ");
     text.lines()
-        .find_map(|l| l.strip_prefix("clicktrail_sink_rows_inserted_total "))
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
         .and_then(|v| v.trim().parse::<f64>().ok())
         .unwrap_or(0.0) as u64
 }
 
-async fn intake_drain_phase(ch: &ClickHouse, o: &Opts, compression: &str) -> IntakeDrain {
+async fn intake_drain_phase(ch: &ClickHouse, o: &Opts, variant: &str) -> IntakeDrain {
+    let mut parts = variant.split(':');
+    let compression = parts.next().unwrap_or("lz4");
+    let fsync = parts.next().unwrap_or("batch");
+    let spool_extra = match parts.next() {
+        Some(interval) => format!("max_bytes = 17179869184\ncommit_interval = \"{interval}\""),
+        None => "max_bytes = 17179869184".to_string(),
+    };
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     // The insert that is in flight when ClickHouse stops must wait for it, not time out into
@@ -626,14 +645,7 @@ async fn intake_drain_phase(ch: &ClickHouse, o: &Opts, compression: &str) -> Int
     } else {
         format!("timeout = \"300s\"\ncompression = \"{compression}\"")
     };
-    let cfg = collector_config_with(
-        dir.path(),
-        port,
-        ch,
-        "batch",
-        &ch_extra,
-        "max_bytes = 17179869184",
-    );
+    let cfg = collector_config_with(dir.path(), port, ch, fsync, &ch_extra, &spool_extra);
     let child = Command::new(env!("CARGO_BIN_EXE_clicktrail"))
         .args(["serve", "--config"])
         .arg(&cfg)
@@ -646,17 +658,22 @@ async fn intake_drain_phase(ch: &ClickHouse, o: &Opts, compression: &str) -> Int
     let base = format!("http://127.0.0.1:{port}");
     wait_http(&format!("{base}/healthz"));
     let http = reqwest::Client::new();
-    let run = format!("intake{compression}{}", now_ms() % 100_000);
+    let run = format!(
+        "intake{}{}",
+        variant.replace(|c: char| !c.is_ascii_alphanumeric(), ""),
+        now_ms() % 100_000
+    );
     // Let the first canary land, so the paused server holds no more than one insert.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let inserted0 = rows_inserted(&http, &base).await;
+    let fsyncs0 = counter(&http, &base, "clicktrail_spool_fsyncs_total").await;
     signal(ch.pid(), "-STOP");
     // BENCH_PERF_DIR=dir: a flat CPU profile of the collector during intake, for `perf report`.
     let perf = std::env::var("BENCH_PERF_DIR").ok().map(|d| {
         Proc(
             Command::new("perf")
                 .args(["record", "-F", "400", "-p", &pid.to_string(), "-o"])
-                .arg(Path::new(&d).join(format!("intake-{compression}.data")))
+                .arg(Path::new(&d).join(format!("intake-{}.data", variant.replace(':', "-"))))
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
@@ -673,8 +690,9 @@ async fn intake_drain_phase(ch: &ClickHouse, o: &Opts, compression: &str) -> Int
     intake.cpu_cores = (usage1[0].1 - usage0[0].1) / intake.seconds;
     intake.gen_cores = (usage1[1].1 - usage0[1].1) / intake.seconds;
     intake.rss = usage1[0].0;
-    intake.name = format!("collector intake, ClickHouse paused, compression={compression}");
+    intake.name = format!("collector intake, ClickHouse paused, {variant}");
     let backlog = intake.events;
+    let fsyncs = counter(&http, &base, "clicktrail_spool_fsyncs_total").await - fsyncs0;
 
     let d0 = [pid, ch.pid()].map(proc_usage);
     signal(ch.pid(), "-CONT");
@@ -686,14 +704,18 @@ async fn intake_drain_phase(ch: &ClickHouse, o: &Opts, compression: &str) -> Int
     let drain_seconds = started.elapsed().as_secs_f64();
     let d1 = [pid, ch.pid()].map(proc_usage);
     let seen: u64 = ch
-        .query(&http, &format!("SELECT count() FROM clicktrail.events WHERE startsWith(event_id, '{run}-')"))
+        .query(
+            &http,
+            &format!("SELECT count() FROM clicktrail.events WHERE startsWith(event_id, '{run}-')"),
+        )
         .await
         .trim()
         .parse()
         .unwrap_or(0);
     IntakeDrain {
-        compression: compression.to_string(),
+        compression: variant.to_string(),
         intake,
+        fsyncs,
         backlog,
         drain_seconds,
         drain_collector_cores: (d1[0].1 - d0[0].1) / drain_seconds,
@@ -725,7 +747,13 @@ fn reference_rows(rows: u64) -> Vec<u8> {
             if i > 0 {
                 body.push(',');
             }
-            write_event(&mut body, &format!("ref-{seq}-{i}"), (seq % 32) as usize, seq, i);
+            write_event(
+                &mut body,
+                &format!("ref-{seq}-{i}"),
+                (seq % 32) as usize,
+                seq,
+                i,
+            );
         }
         body.push_str("]}");
         let batch: RawBatch<'_> = serde_json::from_str(&body).unwrap();
@@ -746,7 +774,8 @@ async fn clickhouse_one_shot(ch: &ClickHouse, rows: &[u8], n: u64, with_views: b
     let mut best = 0f64;
     for attempt in 0..2 {
         let db = format!("ref{}{attempt}", if with_views { "views" } else { "bare" });
-        ch.query(&http, &format!("DROP DATABASE IF EXISTS {db}")).await;
+        ch.query(&http, &format!("DROP DATABASE IF EXISTS {db}"))
+            .await;
         if with_views {
             let st = Command::new(env!("CARGO_BIN_EXE_clicktrail"))
                 .args(["migrate"])
@@ -759,7 +788,11 @@ async fn clickhouse_one_shot(ch: &ClickHouse, rows: &[u8], n: u64, with_views: b
             assert!(st.success(), "migrate {db} failed");
         } else {
             ch.query(&http, &format!("CREATE DATABASE {db}")).await;
-            ch.query(&http, &format!("CREATE TABLE {db}.events AS clicktrail.events")).await;
+            ch.query(
+                &http,
+                &format!("CREATE TABLE {db}.events AS clicktrail.events"),
+            )
+            .await;
         }
         let client = clickhouse::Client::default()
             .with_url(ch.url())
@@ -771,7 +804,8 @@ async fn clickhouse_one_shot(ch: &ClickHouse, rows: &[u8], n: u64, with_views: b
             .await
             .unwrap();
         best = best.max(n as f64 / started.elapsed().as_secs_f64());
-        ch.query(&http, &format!("DROP DATABASE IF EXISTS {db}")).await;
+        ch.query(&http, &format!("DROP DATABASE IF EXISTS {db}"))
+            .await;
     }
     best
 }
@@ -857,7 +891,7 @@ fn main() {
 
         let drains: Vec<IntakeDrain> = {
             let mut v = Vec::new();
-            for c in &o.compressions {
+            for c in &o.intake {
                 let d = intake_drain_phase(&ch, &o, c).await;
                 eprintln!("bench: intake ({c}) {:.0} events/s, drain {:.0} rows/s", d.intake.eps(), d.drain_rows_per_s());
                 v.push(d);
@@ -908,7 +942,8 @@ fn main() {
                 "collector_peak_vs_clickhouse_bulk": peak.eps() / bulk,
                 "clickhouse_one_shot_insert": {"rows": ref_n, "rows_per_s_with_views": one_shot_views, "rows_per_s_bare_table": one_shot_bare},
                 "intake_drain": drains.iter().map(|d| json!({
-                    "compression": d.compression,
+                    "variant": d.compression,
+                    "intake_requests_per_fsync": d.intake.requests as f64 / d.fsyncs.max(1) as f64,
                     "intake_events_per_s": d.intake.eps(), "intake_errors": d.intake.errors,
                     "intake_vs_bare": d.intake.eps() / bare_phase.eps(),
                     "intake_ack_ms": {"p50": Phase::pct(&d.intake.lat_us, 0.5) as f64 / 1000.0, "p99": Phase::pct(&d.intake.lat_us, 0.99) as f64 / 1000.0},
@@ -953,7 +988,7 @@ fn main() {
             println!("\nClickHouse one-shot RowBinary insert of {ref_n} rows into a fresh database (best of two): {one_shot_views:.0} rows/s with the rollup views, {one_shot_bare:.0} rows/s into a bare copy of the table");
             for d in &drains {
                 println!(
-                    "compression={}: intake {:.0} events/s = {:.2}x bare (ack p99 {:.1} ms, errors {}), CPU/event collector {:.2} us vs bare {bare_us:.2} us, RSS {:.0} MB; \
+                    "{}: intake {:.0} events/s = {:.2}x bare (ack p99 {:.1} ms, errors {}), CPU/event collector {:.2} us vs bare {bare_us:.2} us, RSS {:.0} MB; \
                      drain of {} rows in {:.2} s = {:.0} rows/s = {:.2}x ClickHouse's own insert with views ({:.2}x bare table), CPU/row collector {:.2} us, ClickHouse {:.2} us, RSS {:.0} MB; all queryable: {}",
                     d.compression, d.intake.eps(), d.intake.eps() / bare_phase.eps(), Phase::pct(&d.intake.lat_us, 0.99) as f64 / 1000.0, d.intake.errors,
                     d.intake.us(d.intake.cpu_cores), d.intake.rss as f64 / 1e6,

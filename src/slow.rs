@@ -88,7 +88,10 @@ mod tests {
         let s = SlowCalls::new(&cfg, m.clone());
         assert!(!s.is_slow(SlowKind::Insert, Duration::from_millis(99)));
         assert!(s.is_slow(SlowKind::Insert, Duration::from_millis(100)));
-        assert!(!s.is_slow(SlowKind::Query, Duration::from_secs(3600)), "0s is off");
+        assert!(
+            !s.is_slow(SlowKind::Query, Duration::from_secs(3600)),
+            "0s is off"
+        );
         let text = m.encode();
         assert!(
             text.contains("clicktrail_slow_calls_total{kind=\"insert\"} 1"),

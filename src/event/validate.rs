@@ -135,7 +135,7 @@ impl<'c> Request<'c> {
         let mut accepted = Vec::with_capacity(events.len());
         let mut rejected = Vec::new();
         for (i, raw) in events.iter().enumerate() {
-            match parse_raw(*raw).and_then(|ev| self.check(i, ev)) {
+            match parse_raw(raw).and_then(|ev| self.check(i, ev)) {
                 Ok(e) => accepted.push(e),
                 Err(r) => rejected.push((i, r)),
             }
@@ -534,7 +534,10 @@ fn split_plain_url(url: &str) -> Option<(UrlPart, UrlPart)> {
     {
         return None;
     }
-    Some((UrlPart::At(scheme..host_end), UrlPart::At(host_end..path_end)))
+    Some((
+        UrlPart::At(scheme..host_end),
+        UrlPart::At(host_end..path_end),
+    ))
 }
 
 pub(crate) fn truncate(s: &str, max: usize) -> &str {

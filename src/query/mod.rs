@@ -149,7 +149,9 @@ impl Reports {
                 kind = "query",
                 report,
                 elapsed_ms = took.as_millis() as u64,
-                bytes = answer.as_ref().map_or(0, |r| r.as_ref().map_or(0, |b| b.len())),
+                bytes = answer
+                    .as_ref()
+                    .map_or(0, |r| r.as_ref().map_or(0, |b| b.len())),
                 ok = matches!(answer, Ok(Ok(_))),
                 "slow report query"
             );

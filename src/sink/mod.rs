@@ -39,8 +39,8 @@ use crate::clickhouse::codes::{classify, exception_code, row_specific, ErrorClas
 use crate::config::{ClickHouseConfig, SinkConfig};
 use crate::dlq::{DeadLetters, NewEntry, Origin, Stage};
 use crate::metrics::{ClassLabel, Metrics, ReasonLabel};
-use crate::slow::{SlowCalls, SlowKind};
 use crate::row::EventRow;
+use crate::slow::{SlowCalls, SlowKind};
 use crate::spool::{Checkpoint, Lsn, SpoolConsumer, SpoolReader, StoredRows};
 
 /// What the rest of the process may know about the sink (readiness, freshness).
@@ -338,7 +338,9 @@ impl Sink {
                 let started = Instant::now();
                 let result = client::insert(&self.client, slice, self.insert_timeout).await;
                 let took = started.elapsed();
-                self.metrics.sink_insert_duration.observe(took.as_secs_f64());
+                self.metrics
+                    .sink_insert_duration
+                    .observe(took.as_secs_f64());
                 if self.slow.is_slow(SlowKind::Insert, took) {
                     tracing::warn!(
                         kind = "insert",

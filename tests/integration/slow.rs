@@ -44,7 +44,10 @@ async fn an_insert_slowed_by_a_paused_clickhouse_is_logged_with_its_batch_and_co
         &batch(vec![pageview("slow-1"), pageview("slow-2")]),
     )
     .await;
-    assert_eq!(s, 200, "acknowledged from the spool while ClickHouse is paused: {b}");
+    assert_eq!(
+        s, 200,
+        "acknowledged from the spool while ClickHouse is paused: {b}"
+    );
     // The sink cuts the batch within batch_age and its insert then waits on the paused server.
     tokio::time::sleep(Duration::from_millis(1000)).await;
     ch.pause(false);
@@ -52,9 +55,11 @@ async fn an_insert_slowed_by_a_paused_clickhouse_is_logged_with_its_batch_and_co
         ch.count("SELECT count() FROM clicktrail.events") == 3
     })
     .await;
-    eventually("the slow insert is counted", Duration::from_secs(10), || {
-        slow_calls(&bin.metrics(), "insert") >= 1
-    })
+    eventually(
+        "the slow insert is counted",
+        Duration::from_secs(10),
+        || slow_calls(&bin.metrics(), "insert") >= 1,
+    )
     .await;
     let text = std::fs::read_to_string(&log).unwrap();
     let line = text
