@@ -383,7 +383,7 @@ impl Default for SinkConfig {
     fn default() -> Self {
         Self {
             batch_rows: 50_000,
-            max_batch_rows: 200_000,
+            max_batch_rows: 100_000,
             batch_bytes: 32 * 1024 * 1024,
             batch_age: Duration::from_secs(1),
             retry_initial: Duration::from_millis(200),
