@@ -4,6 +4,7 @@
 
 mod compactor;
 mod dlq;
+mod drain;
 mod durability;
 mod faults;
 mod harness;
