@@ -34,10 +34,14 @@ async fn a_backlog_drains_in_growing_batches_exactly_once() {
     }
     ch.pause(false);
     // Rows are visible before the insert's answer reaches the sink: wait for its count.
-    let m = eventually_some("the backlog is inserted", Duration::from_secs(60), || async {
-        let m = app.metrics().await;
-        (counter(&m, "clicktrail_sink_rows_inserted_total") >= 3000).then_some(m)
-    })
+    let m = eventually_some(
+        "the backlog is inserted",
+        Duration::from_secs(60),
+        || async {
+            let m = app.metrics().await;
+            (counter(&m, "clicktrail_sink_rows_inserted_total") >= 3000).then_some(m)
+        },
+    )
     .await;
     let inserts = counter(&m, "clicktrail_sink_inserts_total");
     // 100-row batches would take 30 inserts; growing ones 100, 200, 400, 800, 800, ... about 8

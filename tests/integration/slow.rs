@@ -21,21 +21,21 @@ async fn an_insert_slowed_by_a_paused_clickhouse_is_logged_with_its_batch_and_co
     let ch = ClickHouse::start();
     let data = tempfile::tempdir().unwrap();
     let mut cfg = test_config(&ch, data.path());
-    cfg.observability.slow_insert = Duration::from_millis(300);
+    cfg.observability.slow_insert = Duration::from_millis(1000);
     // One JSON object per line: fields are matched exactly (no terminal colours).
     cfg.log.format = clicktrail::config::LogFormat::Json;
     migrate(&cfg).await;
     let log = data.path().join("collector.log");
     let bin = Binary::start_logged(&cfg, &log);
     let client = reqwest::Client::new();
-    // A fast insert first: under the threshold, not counted.
+    // A first insert, normally fast (under load it may be slow too: the assertions below look
+    // for the batch that was in flight while the server was paused).
     let (s, b) = post_json(&client, &bin.base, &batch(vec![pageview("fast-1")])).await;
     assert_eq!(s, 200, "{b}");
     eventually("the first row lands", Duration::from_secs(10), || {
         ch.count("SELECT count() FROM clicktrail.events") == 1
     })
     .await;
-    assert_eq!(slow_calls(&bin.metrics(), "insert"), 0, "{}", bin.metrics());
 
     ch.pause(true);
     let (s, b) = post_json(
@@ -49,7 +49,7 @@ async fn an_insert_slowed_by_a_paused_clickhouse_is_logged_with_its_batch_and_co
         "acknowledged from the spool while ClickHouse is paused: {b}"
     );
     // The sink cuts the batch within batch_age and its insert then waits on the paused server.
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    tokio::time::sleep(Duration::from_millis(2000)).await;
     ch.pause(false);
     eventually("the slow insert lands", Duration::from_secs(20), || {
         ch.count("SELECT count() FROM clicktrail.events") == 3
@@ -64,11 +64,10 @@ async fn an_insert_slowed_by_a_paused_clickhouse_is_logged_with_its_batch_and_co
     let text = std::fs::read_to_string(&log).unwrap();
     let line = text
         .lines()
-        .find(|l| l.contains("slow ClickHouse insert"))
-        .unwrap_or_else(|| panic!("no slow-insert line in the log:\n{text}"));
+        .find(|l| l.contains("slow ClickHouse insert") && l.contains(r#""batch_start":1"#))
+        .unwrap_or_else(|| panic!("no slow-insert line for batch [1, 2) in the log:\n{text}"));
     for field in [
         r#""kind":"insert""#,
-        r#""batch_start":1"#,
         r#""batch_end":2"#,
         r#""rows":2"#,
         r#""bytes":"#,
@@ -90,7 +89,7 @@ async fn a_report_query_slowed_by_a_paused_clickhouse_is_counted() {
     let data = tempfile::tempdir().unwrap();
     let mut cfg = test_config(&ch, data.path());
     cfg.sites[0].read_tokens = vec![TOKEN.into()];
-    cfg.observability.slow_query = Duration::from_millis(300);
+    cfg.observability.slow_query = Duration::from_millis(1000);
     migrate(&cfg).await;
     let app = App::spawn(cfg).await;
     let day = chrono_day();
@@ -103,16 +102,16 @@ async fn a_report_query_slowed_by_a_paused_clickhouse_is_counted() {
     };
     let r = get().await.unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
-    assert_eq!(slow_calls(&app.metrics().await, "query"), 0);
+    let before = slow_calls(&app.metrics().await, "query");
 
     ch.pause(true);
     let pending = tokio::spawn(get());
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    tokio::time::sleep(Duration::from_millis(2000)).await;
     ch.pause(false);
     let r = pending.await.unwrap().unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     let m = app.metrics().await;
-    assert!(slow_calls(&m, "query") >= 1, "{m}");
+    assert!(slow_calls(&m, "query") > before, "{m}");
     app.shutdown().await;
 }
 
