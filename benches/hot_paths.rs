@@ -7,7 +7,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use serde_json::{json, value::RawValue, Value};
 
 use clicktrail::config::{LimitsConfig, PrivacyConfig, SpoolConfig};
-use clicktrail::event::{Event, RawBatch, RequestContext, Validator};
+use clicktrail::event::{Event, ParsedBatch, RawBatch, RequestContext, Validator};
 
 fn batch_body(n: usize) -> String {
     let events: Vec<Value> = (0..n)
@@ -69,6 +69,16 @@ fn decode_validate(c: &mut Criterion) {
             black_box(url::Url::parse(black_box("https://shop.example/products/42?utm=x")).unwrap())
         })
     });
+    g.bench_function(
+        "one url split, fast path (url::Url only for unusual URLs)",
+        |b| {
+            b.iter(|| {
+                black_box(clicktrail::event::page_url_parts(black_box(
+                    "https://shop.example/products/42?utm=x",
+                )))
+            })
+        },
+    );
     g.bench_function("user-agent parse only", |b| {
         b.iter(|| {
             black_box(clicktrail::event::parse_user_agent(black_box(
@@ -79,6 +89,8 @@ fn decode_validate(c: &mut Criterion) {
     g.bench_function("encode spool record only (RowBinary)", |b| {
         b.iter(|| black_box(clicktrail::spool::encode_events(black_box(&accepted))))
     });
+    // Before issue 16: the envelope skips each event, the validator parses it again, and every
+    // row owns copies of its strings.
     g.bench_function("decode+validate+encode 20-event batch", |b| {
         b.iter(|| {
             let batch: RawBatch<'_> = serde_json::from_str(black_box(&body)).unwrap();
@@ -87,6 +99,40 @@ fn decode_validate(c: &mut Criterion) {
             black_box(clicktrail::spool::encode_events(&ok))
         })
     });
+    // The borrowed rows alone (two passes still): what not copying strings saves.
+    g.bench_function(
+        "two passes, borrowed rows (the path of a batch with a refused event)",
+        |b| {
+            b.iter(|| {
+                let batch: RawBatch<'_> = serde_json::from_str(black_box(&body)).unwrap();
+                let events: Vec<&RawValue> = batch.events.unwrap();
+                let req = v.request(&ctx);
+                let (ok, _) = req.validate_raw(&events);
+                black_box(clicktrail::spool::encode_events(&ok))
+            })
+        },
+    );
+    // The intake's path now: one pass over the body, rows borrowing the body and the request.
+    g.bench_function("one pass, borrowed rows (the intake path)", |b| {
+        b.iter(|| {
+            let batch: ParsedBatch<'_> = serde_json::from_str(black_box(&body)).unwrap();
+            let req = v.request(&ctx);
+            let ok = req
+                .validate_parsed(batch.events.unwrap().into_iter().map(|e| e.0).collect())
+                .unwrap();
+            black_box(clicktrail::spool::encode_events(&ok))
+        })
+    });
+    g.bench_function("one pass: envelope and events parse only", |b| {
+        b.iter(|| {
+            let batch: ParsedBatch<'_> = serde_json::from_str(black_box(&body)).unwrap();
+            black_box(batch.events.unwrap().len())
+        })
+    });
+    g.bench_function(
+        "per-request enrichment only (user agent, ip, visitor)",
+        |b| b.iter(|| black_box(v.request(black_box(&ctx)))),
+    );
     g.finish();
 }
 

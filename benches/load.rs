@@ -11,7 +11,17 @@
 //!
 //! Figures are reported as ratios against those references (the machine is shared and noisy).
 //!
+//! Besides, it measures the collector's own cost in two phases of one run each:
+//! - **intake**: ClickHouse paused (`SIGSTOP`), so only validation, the fsynced spool and the
+//!   answer run; as a ratio of the bare endpoint, with the CPU µs per event of both;
+//! - **drain**: the backlog that intake left, from `SIGCONT` until the sink has inserted all of
+//!   it, against ClickHouse inserting the same rows itself (one-shot RowBinary insert into a
+//!   fresh database migrated like the collector's, with the rollup views; best of two). The
+//!   same insert into a bare copy of the table, without the views, is reported beside it.
+//!
 //! Options: --clients N (32) --batch N events per POST (20) --seconds S per phase (15)
+//! --intake lz4:batch,none:batch,lz4:batch:2ms,lz4:never (one intake + drain run each:
+//! `[clickhouse] compression`, `[spool] fsync` and optionally `[spool] commit_interval`)
 //! --json (machine-readable) --quick (short phases, for a smoke run).
 
 use std::collections::HashMap;
@@ -44,6 +54,8 @@ struct Opts {
     batch: usize,
     seconds: u64,
     json: bool,
+    /// `compression:fsync[:commit_interval]` of each intake + drain run.
+    intake: Vec<String>,
 }
 
 fn parse_opts() -> Opts {
@@ -52,6 +64,9 @@ fn parse_opts() -> Opts {
         batch: 20,
         seconds: 15,
         json: false,
+        intake: ["lz4:batch", "none:batch", "lz4:batch:2ms", "lz4:never"]
+            .map(String::from)
+            .to_vec(),
     };
     let args: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -75,6 +90,15 @@ fn parse_opts() -> Opts {
                 i += 1;
             }
             "--json" => o.json = true,
+            "--intake" => {
+                o.intake = args
+                    .get(i + 1)
+                    .expect("--intake needs a list, e.g. lz4:batch,none:batch")
+                    .split(',')
+                    .map(str::to_string)
+                    .collect();
+                i += 1;
+            }
             "--quick" => o.seconds = 4,
             _ => {} // cargo bench passes --bench
         }
@@ -190,12 +214,24 @@ impl Drop for ClickHouse {
 }
 
 fn collector_config(dir: &Path, port: u16, ch: &ClickHouse, fsync: &str) -> PathBuf {
+    collector_config_with(dir, port, ch, fsync, "", "")
+}
+
+/// `ch_extra` and `spool_extra`: more lines of the `[clickhouse]` and `[spool]` tables.
+fn collector_config_with(
+    dir: &Path,
+    port: u16,
+    ch: &ClickHouse,
+    fsync: &str,
+    ch_extra: &str,
+    spool_extra: &str,
+) -> PathBuf {
     let p = dir.join("bench.toml");
     std::fs::write(
         &p,
         format!(
-            "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n[log]\nlevel = \"warn\"\n[clickhouse]\nurl = \"{}\"\n\
-             [spool]\nfsync = \"{fsync}\"\n[compactor]\nenabled = false\n\
+            "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n[log]\nlevel = \"warn\"\n[clickhouse]\nurl = \"{}\"\n{ch_extra}\n\
+             [spool]\nfsync = \"{fsync}\"\n{spool_extra}\n[compactor]\nenabled = false\n\
              [rate_limit]\nper_ip_per_second = 0\nper_site_per_second = 0\n[[sites]]\nkey = \"bench\"\norigins = [\"*\"]\n",
             dir.join("data").display(),
             ch.url()
@@ -543,6 +579,237 @@ async fn collector_phase(
     phase
 }
 
+/// An intake phase (ClickHouse paused) and the drain of its backlog, one collector process.
+struct IntakeDrain {
+    /// `compression:fsync[:commit_interval]`.
+    compression: String,
+    intake: Phase,
+    /// fdatasync calls of the spool during intake.
+    fsyncs: u64,
+    /// Acknowledged events left for the sink when ClickHouse resumed.
+    backlog: u64,
+    drain_seconds: f64,
+    /// CPU of the collector and of ClickHouse during the drain, in cores.
+    drain_collector_cores: f64,
+    drain_ch_cores: f64,
+    drain_rss: u64,
+    all_queryable: bool,
+}
+
+impl IntakeDrain {
+    fn drain_rows_per_s(&self) -> f64 {
+        self.backlog as f64 / self.drain_seconds
+    }
+}
+
+fn signal(pid: u32, sig: &str) {
+    let st = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success(), "kill {sig} {pid}");
+}
+
+/// `clicktrail_sink_rows_inserted_total` of a running collector.
+async fn rows_inserted(http: &reqwest::Client, base: &str) -> u64 {
+    counter(http, base, "clicktrail_sink_rows_inserted_total").await
+}
+
+/// A counter without labels of a running collector.
+async fn counter(http: &reqwest::Client, base: &str, name: &str) -> u64 {
+    let Ok(r) = http.get(format!("{base}/metrics")).send().await else {
+        return 0;
+    };
+    let text = r.text().await.unwrap_or_default();
+    let prefix = format!("{name} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(0.0) as u64
+}
+
+async fn intake_drain_phase(ch: &ClickHouse, o: &Opts, variant: &str) -> IntakeDrain {
+    let mut parts = variant.split(':');
+    let compression = parts.next().unwrap_or("lz4");
+    let fsync = parts.next().unwrap_or("batch");
+    let spool_extra = match parts.next() {
+        Some(interval) => format!("max_bytes = 17179869184\ncommit_interval = \"{interval}\""),
+        None => "max_bytes = 17179869184".to_string(),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    // The insert that is in flight when ClickHouse stops must wait for it, not time out into
+    // the retry backoff (which would count as drain time); the spool holds the whole backlog.
+    let ch_extra = if compression == "lz4" {
+        "timeout = \"300s\"".to_string()
+    } else {
+        format!("timeout = \"300s\"\ncompression = \"{compression}\"")
+    };
+    let cfg = collector_config_with(dir.path(), port, ch, fsync, &ch_extra, &spool_extra);
+    let child = Command::new(env!("CARGO_BIN_EXE_clicktrail"))
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let _proc = Proc(child);
+    let base = format!("http://127.0.0.1:{port}");
+    wait_http(&format!("{base}/healthz"));
+    let http = reqwest::Client::new();
+    let run = format!(
+        "intake{}{}",
+        variant.replace(|c: char| !c.is_ascii_alphanumeric(), ""),
+        now_ms() % 100_000
+    );
+    // Let the first canary land, so the paused server holds no more than one insert.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let inserted0 = rows_inserted(&http, &base).await;
+    let fsyncs0 = counter(&http, &base, "clicktrail_spool_fsyncs_total").await;
+    signal(ch.pid(), "-STOP");
+    // BENCH_PERF_DIR=dir: a flat CPU profile of the collector during intake, for `perf report`.
+    let perf = std::env::var("BENCH_PERF_DIR").ok().map(|d| {
+        Proc(
+            Command::new("perf")
+                .args(["record", "-F", "400", "-p", &pid.to_string(), "-o"])
+                .arg(Path::new(&d).join(format!("intake-{}.data", variant.replace(':', "-"))))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    });
+    let usage0 = [pid, std::process::id()].map(proc_usage);
+    let mut intake = drive(&base, "bench", &run, o, None, None).await;
+    let usage1 = [pid, std::process::id()].map(proc_usage);
+    if let Some(mut p) = perf {
+        signal(p.0.id(), "-INT");
+        let _ = p.0.wait();
+    }
+    intake.cpu_cores = (usage1[0].1 - usage0[0].1) / intake.seconds;
+    intake.gen_cores = (usage1[1].1 - usage0[1].1) / intake.seconds;
+    intake.rss = usage1[0].0;
+    intake.name = format!("collector intake, ClickHouse paused, {variant}");
+    let backlog = intake.events;
+    let fsyncs = counter(&http, &base, "clicktrail_spool_fsyncs_total").await - fsyncs0;
+
+    let d0 = [pid, ch.pid()].map(proc_usage);
+    signal(ch.pid(), "-CONT");
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(600);
+    while rows_inserted(&http, &base).await < inserted0 + backlog && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let drain_seconds = started.elapsed().as_secs_f64();
+    let d1 = [pid, ch.pid()].map(proc_usage);
+    let seen: u64 = ch
+        .query(
+            &http,
+            &format!("SELECT count() FROM clicktrail.events WHERE startsWith(event_id, '{run}-')"),
+        )
+        .await
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    IntakeDrain {
+        compression: variant.to_string(),
+        intake,
+        fsyncs,
+        backlog,
+        drain_seconds,
+        drain_collector_cores: (d1[0].1 - d0[0].1) / drain_seconds,
+        drain_ch_cores: (d1[1].1 - d0[1].1) / drain_seconds,
+        drain_rss: d1[0].0,
+        all_queryable: seen == backlog,
+    }
+}
+
+/// RowBinary of `rows` generator events as the collector would store them (same mix, same
+/// validation and enrichment), for ClickHouse's own insert of "the same rows".
+fn reference_rows(rows: u64) -> Vec<u8> {
+    use clicktrail::event::{RawBatch, RequestContext, Validator};
+    let v = Validator::new(Default::default(), Default::default());
+    let ctx = RequestContext {
+        site: "bench".into(),
+        received_at_ms: now_ms(),
+        user_agent: "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0 Safari/537.36".into(),
+        client_ip: Some("203.0.113.9".parse().unwrap()),
+        replay: None,
+    };
+    let mut out = Vec::with_capacity(rows as usize * 300);
+    let mut done = 0u64;
+    let mut seq = 0u64;
+    while done < rows {
+        let n = (rows - done).min(1000) as usize;
+        let mut body = String::from(r#"{"site":"bench","events":["#);
+        for i in 0..n {
+            if i > 0 {
+                body.push(',');
+            }
+            write_event(
+                &mut body,
+                &format!("ref-{seq}-{i}"),
+                (seq % 32) as usize,
+                seq,
+                i,
+            );
+        }
+        body.push_str("]}");
+        let batch: RawBatch<'_> = serde_json::from_str(&body).unwrap();
+        let (ok, bad) = v.validate_batch(&ctx, &batch.events.unwrap());
+        assert!(bad.is_empty(), "{bad:?}");
+        out.extend_from_slice(&clicktrail::spool::encode_events(&ok)[5..]);
+        done += n as u64;
+        seq += 1;
+    }
+    out
+}
+
+/// ClickHouse inserting `rows` (RowBinary) itself: one INSERT, LZ4 like the sink, into a fresh
+/// database; `with_views` migrates it like the collector's (the rollup views included),
+/// otherwise it is a bare copy of the events table. Best of two; rows/s.
+async fn clickhouse_one_shot(ch: &ClickHouse, rows: &[u8], n: u64, with_views: bool) -> f64 {
+    let http = reqwest::Client::new();
+    let mut best = 0f64;
+    for attempt in 0..2 {
+        let db = format!("ref{}{attempt}", if with_views { "views" } else { "bare" });
+        ch.query(&http, &format!("DROP DATABASE IF EXISTS {db}"))
+            .await;
+        if with_views {
+            let st = Command::new(env!("CARGO_BIN_EXE_clicktrail"))
+                .args(["migrate"])
+                .env("CLICKTRAIL_CLICKHOUSE_URL", ch.url())
+                .env("CLICKTRAIL_CLICKHOUSE_DATABASE", &db)
+                .env("CLICKTRAIL_LOG_LEVEL", "warn")
+                .stdout(Stdio::null())
+                .status()
+                .unwrap();
+            assert!(st.success(), "migrate {db} failed");
+        } else {
+            ch.query(&http, &format!("CREATE DATABASE {db}")).await;
+            ch.query(
+                &http,
+                &format!("CREATE TABLE {db}.events AS clicktrail.events"),
+            )
+            .await;
+        }
+        let client = clickhouse::Client::default()
+            .with_url(ch.url())
+            .with_database(&db)
+            .with_validation(false)
+            .with_compression(clickhouse::Compression::Lz4);
+        let started = Instant::now();
+        clicktrail::sink::client::insert(&client, rows, Duration::from_secs(600))
+            .await
+            .unwrap();
+        best = best.max(n as f64 / started.elapsed().as_secs_f64());
+        ch.query(&http, &format!("DROP DATABASE IF EXISTS {db}"))
+            .await;
+    }
+    best
+}
+
 async fn clickhouse_bulk(ch: &ClickHouse, rows: u64) -> f64 {
     let client = clickhouse::Client::default()
         .with_url(ch.url())
@@ -622,6 +889,23 @@ fn main() {
         let bulk = clickhouse_bulk(&ch, bulk_rows).await;
         eprintln!("bench: ClickHouse bulk insert {bulk:.0} rows/s");
 
+        let drains: Vec<IntakeDrain> = {
+            let mut v = Vec::new();
+            for c in &o.intake {
+                let d = intake_drain_phase(&ch, &o, c).await;
+                eprintln!("bench: intake ({c}) {:.0} events/s, drain {:.0} rows/s", d.intake.eps(), d.drain_rows_per_s());
+                v.push(d);
+            }
+            v
+        };
+        // The same rows as the largest backlog, capped: they are held in memory here.
+        let ref_n = drains.iter().map(|d| d.backlog).max().unwrap_or(0).clamp(100_000, 600_000);
+        let ref_rows = reference_rows(ref_n);
+        let one_shot_views = clickhouse_one_shot(&ch, &ref_rows, ref_n, true).await;
+        let one_shot_bare = clickhouse_one_shot(&ch, &ref_rows, ref_n, false).await;
+        drop(ref_rows);
+        eprintln!("bench: ClickHouse one-shot insert of {ref_n} rows: {one_shot_views:.0} rows/s with the views, {one_shot_bare:.0} without");
+
         let phases = [&bare_phase, &peak, &half, &never, &never_half];
         // The ceiling of this machine for any collector that must at least do what the bare
         // endpoint does (HTTP + parse) and have ClickHouse insert the rows, on the same cores as
@@ -656,6 +940,22 @@ fn main() {
                 "ceiling_events_per_s": ceiling, "ceiling_vs_bare": ceiling / bare_phase.eps(),
                 "collector_peak_vs_ceiling": peak.eps() / ceiling,
                 "collector_peak_vs_clickhouse_bulk": peak.eps() / bulk,
+                "clickhouse_one_shot_insert": {"rows": ref_n, "rows_per_s_with_views": one_shot_views, "rows_per_s_bare_table": one_shot_bare},
+                "intake_drain": drains.iter().map(|d| json!({
+                    "variant": d.compression,
+                    "intake_requests_per_fsync": d.intake.requests as f64 / d.fsyncs.max(1) as f64,
+                    "intake_events_per_s": d.intake.eps(), "intake_errors": d.intake.errors,
+                    "intake_vs_bare": d.intake.eps() / bare_phase.eps(),
+                    "intake_ack_ms": {"p50": Phase::pct(&d.intake.lat_us, 0.5) as f64 / 1000.0, "p99": Phase::pct(&d.intake.lat_us, 0.99) as f64 / 1000.0},
+                    "intake_cpu_us_per_event": {"collector": d.intake.us(d.intake.cpu_cores), "bare_endpoint": bare_us, "generator": d.intake.us(d.intake.gen_cores)},
+                    "intake_rss_mb": d.intake.rss as f64 / 1e6,
+                    "backlog_rows": d.backlog, "drain_seconds": d.drain_seconds, "drain_rows_per_s": d.drain_rows_per_s(),
+                    "drain_vs_clickhouse_one_shot_with_views": d.drain_rows_per_s() / one_shot_views,
+                    "drain_vs_clickhouse_one_shot_bare_table": d.drain_rows_per_s() / one_shot_bare,
+                    "drain_cpu_us_per_row": {"collector": d.drain_collector_cores / d.drain_rows_per_s() * 1e6, "clickhouse": d.drain_ch_cores / d.drain_rows_per_s() * 1e6},
+                    "drain_rss_mb": d.drain_rss as f64 / 1e6,
+                    "all_acknowledged_queryable": d.all_queryable,
+                })).collect::<Vec<_>>(),
             })).unwrap());
         } else {
             println!("\n{:<46} {:>11} {:>7} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>7} {:>6} {:>6} {:>9}",
@@ -684,6 +984,17 @@ fn main() {
             );
             for p in &phases[1..] {
                 println!("{}: every acknowledged event queryable: {}", p.name, p.all_queryable.unwrap_or(false));
+            }
+            println!("\nClickHouse one-shot RowBinary insert of {ref_n} rows into a fresh database (best of two): {one_shot_views:.0} rows/s with the rollup views, {one_shot_bare:.0} rows/s into a bare copy of the table");
+            for d in &drains {
+                println!(
+                    "{}: intake {:.0} events/s = {:.2}x bare (ack p99 {:.1} ms, errors {}), CPU/event collector {:.2} us vs bare {bare_us:.2} us, RSS {:.0} MB; \
+                     drain of {} rows in {:.2} s = {:.0} rows/s = {:.2}x ClickHouse's own insert with views ({:.2}x bare table), CPU/row collector {:.2} us, ClickHouse {:.2} us, RSS {:.0} MB; all queryable: {}",
+                    d.compression, d.intake.eps(), d.intake.eps() / bare_phase.eps(), Phase::pct(&d.intake.lat_us, 0.99) as f64 / 1000.0, d.intake.errors,
+                    d.intake.us(d.intake.cpu_cores), d.intake.rss as f64 / 1e6,
+                    d.backlog, d.drain_seconds, d.drain_rows_per_s(), d.drain_rows_per_s() / one_shot_views, d.drain_rows_per_s() / one_shot_bare,
+                    d.drain_collector_cores / d.drain_rows_per_s() * 1e6, d.drain_ch_cores / d.drain_rows_per_s() * 1e6, d.drain_rss as f64 / 1e6, d.all_queryable,
+                );
             }
         }
     });

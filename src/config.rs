@@ -77,6 +77,7 @@ pub struct Config {
     pub query: QueryConfig,
     pub server: ServerConfig,
     pub rate_limit: RateLimitConfig,
+    pub observability: ObservabilityConfig,
     pub sites: Vec<SiteConfig>,
 }
 
@@ -98,7 +99,36 @@ impl Default for Config {
             query: QueryConfig::default(),
             server: ServerConfig::default(),
             rate_limit: RateLimitConfig::default(),
+            observability: ObservabilityConfig::default(),
             sites: Vec::new(),
+        }
+    }
+}
+
+/// Thresholds of slow-call detection: a call slower than its threshold is logged with its
+/// context and counted (`clicktrail_slow_calls_total{kind}`), so a slow ClickHouse shows
+/// before the freshness alert fires. `"0s"` turns one kind off.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ObservabilityConfig {
+    /// One attempt of a sink insert (kind `insert`).
+    #[serde(with = "humantime_serde")]
+    pub slow_insert: Duration,
+    /// One `/v1/query/*` call, answer included (kind `query`).
+    #[serde(with = "humantime_serde")]
+    pub slow_query: Duration,
+    /// The compactor's work on one day (export, publish, verify, delete), or one resumed step
+    /// (kind `compactor`).
+    #[serde(with = "humantime_serde")]
+    pub slow_compactor_step: Duration,
+}
+
+impl Default for ObservabilityConfig {
+    fn default() -> Self {
+        Self {
+            slow_insert: Duration::from_secs(5),
+            slow_query: Duration::from_secs(2),
+            slow_compactor_step: Duration::from_secs(600),
         }
     }
 }
@@ -280,6 +310,18 @@ pub struct ClickHouseConfig {
     /// How often the health probe (`SELECT 1`) runs.
     #[serde(with = "humantime_serde")]
     pub probe_interval: Duration,
+    /// Compression of request and answer bodies on the HTTP interface.
+    pub compression: Compression,
+}
+
+/// How bodies travel to and from ClickHouse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// ClickHouse's LZ4 framing: a third of the bytes for some CPU on both ends.
+    Lz4,
+    /// Plain bodies: no compression work, more bytes (cheapest on loopback).
+    None,
 }
 
 impl std::fmt::Debug for ClickHouseConfig {
@@ -291,6 +333,8 @@ impl std::fmt::Debug for ClickHouseConfig {
             .field("user", &self.user)
             .field("password", &self.password)
             .field("timeout", &self.timeout)
+            .field("probe_interval", &self.probe_interval)
+            .field("compression", &self.compression)
             .finish()
     }
 }
@@ -304,6 +348,7 @@ impl Default for ClickHouseConfig {
             password: Secret::default(),
             timeout: Duration::from_secs(30),
             probe_interval: Duration::from_secs(5),
+            compression: Compression::Lz4,
         }
     }
 }
@@ -313,6 +358,10 @@ impl Default for ClickHouseConfig {
 pub struct SinkConfig {
     /// A batch is sent when it holds this many rows...
     pub batch_rows: usize,
+    /// ...or, while a backlog waits behind it, up to this many: each batch cut full with more
+    /// records already committed doubles the next one's row limit up to here (the byte limit
+    /// still holds); a batch cut by age starts over at `batch_rows`.
+    pub max_batch_rows: usize,
     /// ...or this many bytes of spool payload...
     pub batch_bytes: usize,
     /// ...or its oldest event has waited this long.
@@ -334,6 +383,7 @@ impl Default for SinkConfig {
     fn default() -> Self {
         Self {
             batch_rows: 50_000,
+            max_batch_rows: 100_000,
             batch_bytes: 32 * 1024 * 1024,
             batch_age: Duration::from_secs(1),
             retry_initial: Duration::from_millis(200),
@@ -708,6 +758,15 @@ impl Config {
         positive("limits.max_id_len", self.limits.max_id_len)?;
         positive("sink.batch_rows", self.sink.batch_rows)?;
         positive("sink.batch_bytes", self.sink.batch_bytes)?;
+        if self.sink.max_batch_rows < self.sink.batch_rows {
+            return Err(invalid(
+                "sink.max_batch_rows",
+                format!(
+                    "must be at least sink.batch_rows ({})",
+                    self.sink.batch_rows
+                ),
+            ));
+        }
         positive("spool.commit_max_bytes", self.spool.commit_max_bytes)?;
         if self.http.max_decompressed_bytes < self.http.max_body_bytes {
             return Err(invalid(

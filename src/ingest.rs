@@ -35,7 +35,9 @@ use serde_json::value::RawValue;
 
 use crate::config::{Config, SiteConfig};
 use crate::dlq::{DeadLetters, NewEntry, Origin, Stage};
-use crate::event::{Event, EventType, RawBatch, Rejection, RequestContext, Validator};
+use crate::event::{
+    Event, EventRow, EventType, ParsedBatch, RawBatch, Rejection, RequestContext, Validator,
+};
 use crate::live::Live;
 use crate::metrics::{Metrics, ReasonLabel, TypeLabel};
 use crate::spool::{Lsn, SpoolError, SpoolHandle};
@@ -104,15 +106,17 @@ pub struct Validated {
 impl Validated {
     /// The reason recorded with the dead letter of the rejected events, and its class.
     pub fn failure(&self) -> Option<(String, &'static str)> {
-        let (_, first) = self.rejected.first()?;
-        Some((
-            format!(
-                "{} event(s) failed validation: {first}",
-                self.rejected.len()
-            ),
-            first.class(),
-        ))
+        failure(&self.rejected)
     }
+}
+
+/// The reason recorded with the dead letter of rejected events, and its class.
+fn failure(rejected: &[(usize, Rejection)]) -> Option<(String, &'static str)> {
+    let (_, first) = rejected.first()?;
+    Some((
+        format!("{} event(s) failed validation: {first}", rejected.len()),
+        first.class(),
+    ))
 }
 
 /// Who hands events to [`Ingest::commit`]; decides which counter they add to.
@@ -247,37 +251,28 @@ impl Ingest {
     }
 
     /// Accepts a batch posted by a client: `Ok` once its valid events are durable.
+    ///
+    /// The body is walked once in the common case: the envelope and its events are
+    /// deserialized together ([`ParsedBatch`]) and validated borrowing the body and the
+    /// request's enrichment. Only when that fails (malformed JSON, a refused event) is the body
+    /// read again keeping each event raw ([`RawBatch`]), the path that names every refusal and
+    /// keeps the refused events' text; both paths apply the same rules.
     pub async fn accept(&self, body: &[u8], meta: Meta) -> Result<Answer, IngestError> {
-        let parsed = serde_json::from_slice::<RawBatch<'_>>(body)
-            // serde's message says where; clients need that to find their bug.
-            .map_err(|e| IngestError::MalformedJson(e.to_string()))
-            .and_then(|b| match (b.site, b.events) {
-                (None, _) => Err(IngestError::MissingEnvelopeField("site")),
-                (_, None) => Err(IngestError::MissingEnvelopeField("events")),
-                (Some(s), Some(e)) => Ok((s, e)),
-            });
-        let (site, events) = match parsed {
-            Ok(p) => p,
-            Err(e) => {
-                self.count_rejected("malformed", 1);
-                let site = self.attributed_site(body, &meta);
-                if self.inner.keep_unparseable && (site.is_some() || self.sampled()) {
-                    let raw =
-                        crate::dlq::cap(&String::from_utf8_lossy(body), crate::dlq::MAX_RAW_BYTES);
-                    let entry = NewEntry::refused(
-                        Stage::Parse,
-                        "malformed",
-                        e.to_string(),
-                        self.origin_of(site.unwrap_or(""), &meta),
-                    );
-                    self.dead_letter(NewEntry {
-                        raw: Some(raw),
-                        ..entry
-                    })
-                    .await;
-                }
-                return Err(e);
+        let fast = serde_json::from_slice::<ParsedBatch<'_>>(body).ok();
+        let (site, fast_events, raw_events) = match fast {
+            Some(ParsedBatch {
+                site: Some(site),
+                events: Some(events),
+            }) => (site, Some(events), None),
+            _ => {
+                let (site, events) = self.parse_raw_batch(body, &meta).await?;
+                (site, None, Some(events))
             }
+        };
+        let count = match (&fast_events, &raw_events) {
+            (Some(e), _) => e.len(),
+            (_, Some(e)) => e.len(),
+            _ => 0,
         };
         self.check_site(&site, &meta)?;
         if let Err(retry_after) = self.inner.per_site.check(&site.to_string()) {
@@ -288,9 +283,9 @@ impl Ingest {
                 .inc();
             return Err(IngestError::SiteRateLimited { retry_after });
         }
-        if events.len() > self.inner.max_events {
+        if count > self.inner.max_events {
             return Err(IngestError::TooManyEvents {
-                count: events.len(),
+                count,
                 limit: self.inner.max_events,
             });
         }
@@ -301,11 +296,25 @@ impl Ingest {
             client_ip: meta.client_ip,
             replay: None,
         };
-        let v = self.validate(&ctx, &events);
-        for (_, r) in &v.rejected {
+        let req = self.inner.validator.request(&ctx);
+        let all_valid = fast_events
+            .and_then(|events| req.validate_parsed(events.into_iter().map(|e| e.0).collect()));
+        // A refused event (rare): the body again, each event raw, for the refusals' texts.
+        let (accepted, rejected, raw) = match all_valid {
+            Some(accepted) => (accepted, Vec::new(), Vec::new()),
+            None => {
+                let raw = match raw_events {
+                    Some(r) => r,
+                    None => self.parse_raw_batch(body, &meta).await?.1,
+                };
+                let (accepted, rejected) = req.validate_raw(&raw);
+                (accepted, rejected, raw)
+            }
+        };
+        for (_, r) in &rejected {
             self.count_rejected(r.class(), 1);
         }
-        if let Some((reason, class)) = v.failure() {
+        if let Some((reason, class)) = failure(&rejected) {
             let entry = NewEntry::refused(
                 Stage::Validation,
                 class,
@@ -313,27 +322,22 @@ impl Ingest {
                 self.origin_of(&ctx.site, &meta),
             );
             self.dead_letter(NewEntry {
-                events: v
-                    .rejected
-                    .iter()
-                    .map(|(i, _)| events[*i].to_owned())
-                    .collect(),
-                errors: v.rejected.iter().map(|(_, r)| r.to_string()).collect(),
+                events: rejected.iter().map(|(i, _)| raw[*i].to_owned()).collect(),
+                errors: rejected.iter().map(|(_, r)| r.to_string()).collect(),
                 ..entry
             })
             .await;
         }
-        let accepted = v.accepted.len();
-        if let Err(e) = self.commit(&v.accepted, Source::Client).await {
-            self.count_rejected("spool_full", accepted as u64);
+        let n = accepted.len();
+        if let Err(e) = self.commit(&accepted, Source::Client).await {
+            self.count_rejected("spool_full", n as u64);
             return Err(e.into());
         }
         // Durable now: a copy for live viewers, never waited for.
-        self.inner.live.publish(&ctx.site, &v.accepted);
+        self.inner.live.publish(&ctx.site, &accepted);
         Ok(Answer {
-            accepted,
-            rejected: v
-                .rejected
+            accepted: n,
+            rejected: rejected
                 .into_iter()
                 .map(|(index, r)| Rejected {
                     index,
@@ -341,6 +345,46 @@ impl Ingest {
                 })
                 .collect(),
         })
+    }
+
+    /// The envelope with its events kept raw; a body that is not one is counted, possibly
+    /// dead-lettered, and refused.
+    async fn parse_raw_batch<'b>(
+        &self,
+        body: &'b [u8],
+        meta: &Meta,
+    ) -> Result<(std::borrow::Cow<'b, str>, Vec<&'b RawValue>), IngestError> {
+        let parsed = serde_json::from_slice::<RawBatch<'_>>(body)
+            // serde's message says where; clients need that to find their bug.
+            .map_err(|e| IngestError::MalformedJson(e.to_string()))
+            .and_then(|b| match (b.site, b.events) {
+                (None, _) => Err(IngestError::MissingEnvelopeField("site")),
+                (_, None) => Err(IngestError::MissingEnvelopeField("events")),
+                (Some(s), Some(e)) => Ok((s, e)),
+            });
+        match parsed {
+            Ok(p) => Ok(p),
+            Err(e) => {
+                self.count_rejected("malformed", 1);
+                let site = self.attributed_site(body, meta);
+                if self.inner.keep_unparseable && (site.is_some() || self.sampled()) {
+                    let raw =
+                        crate::dlq::cap(&String::from_utf8_lossy(body), crate::dlq::MAX_RAW_BYTES);
+                    let entry = NewEntry::refused(
+                        Stage::Parse,
+                        "malformed",
+                        e.to_string(),
+                        self.origin_of(site.unwrap_or(""), meta),
+                    );
+                    self.dead_letter(NewEntry {
+                        raw: Some(raw),
+                        ..entry
+                    })
+                    .await;
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Validates events of one request context; accepted events keep their order.
@@ -353,7 +397,7 @@ impl Ingest {
     /// committed (`None` for no events).
     pub async fn commit(
         &self,
-        events: &[Event],
+        events: &[EventRow<'_>],
         source: Source,
     ) -> Result<Option<Lsn>, SpoolError> {
         if events.is_empty() {

@@ -53,4 +53,5 @@ pub mod row;
 pub mod rowbinary;
 pub mod serve;
 pub mod sink;
+pub mod slow;
 pub mod spool;

@@ -23,7 +23,7 @@ use serde_json::json;
 use tokio::sync::{mpsc, watch};
 
 use crate::metrics::Metrics;
-use crate::row::Event;
+use crate::row::EventRow;
 
 /// One event as the live view shows it: a JSON object (see docs/api.md, "Live view").
 pub type Message = Arc<str>;
@@ -172,7 +172,7 @@ impl Live {
 
     /// Hands acknowledged events of one site to its subscribers. Never blocks on them: a
     /// subscriber whose queue is full is dropped.
-    pub fn publish(&self, site: &str, events: &[Event]) {
+    pub fn publish(&self, site: &str, events: &[EventRow<'_>]) {
         if events.is_empty() || self.inner.count.load(Ordering::Relaxed) == 0 {
             return;
         }
@@ -220,7 +220,7 @@ impl Live {
 
 /// The live view's JSON of one event: what an analyst watching the site needs, no IP, user
 /// agent or visitor id.
-pub fn message(e: &Event) -> Message {
+pub fn message(e: &EventRow<'_>) -> Message {
     let ts = i64::from(e.ts) * 1000 + i64::from(e.ts_ms);
     let mut v = json!({
         "id": e.event_id,
@@ -271,6 +271,7 @@ pub fn message(e: &Event) -> Message {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::row::Event;
 
     fn click(site: &str) -> Event {
         Event {

@@ -61,6 +61,11 @@ pub struct ScopeLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VersionLabel {
     pub version: &'static str,
 }
@@ -107,6 +112,7 @@ pub struct Metrics {
     pub sink_batch_rows: Histogram,
     pub sink_insert_duration: Histogram,
     pub sink_insert_errors: Family<ClassLabel, Counter>,
+    pub slow_calls: Family<KindLabel, Counter>,
     pub sink_destination_held: Gauge,
     pub sink_held: Family<ReasonLabel, Gauge>,
     pub sink_last_success: FGauge,
@@ -284,6 +290,12 @@ impl Metrics {
             "sink_insert_errors",
             "Failed inserts by class: retryable, permanent, schema, destination",
             sink_insert_errors.clone(),
+        );
+        let slow_calls = Family::<KindLabel, Counter>::default();
+        r.register(
+            "slow_calls",
+            "Calls slower than their [observability] threshold, by kind: insert (one sink insert attempt), query (one /v1/query call), compactor (one step on one day)",
+            slow_calls.clone(),
         );
         let sink_destination_held = Gauge::default();
         r.register(
@@ -503,6 +515,7 @@ impl Metrics {
             sink_batch_rows,
             sink_insert_duration,
             sink_insert_errors,
+            slow_calls,
             sink_destination_held,
             sink_held,
             sink_last_success,

@@ -87,6 +87,8 @@ pub async fn run_with_reload(
         dlq.clone(),
         metrics.clone(),
     );
+    let slow = crate::slow::SlowCalls::new(&config.observability, metrics.clone());
+    let sink = sink.with_slow_calls(slow.clone());
     let (fatal_tx, fatal_rx) = oneshot::channel::<std::io::Error>();
     let mut sink_task = tokio::spawn(sink.run());
 
@@ -113,7 +115,7 @@ pub async fn run_with_reload(
             &config.data_dir,
             metrics.clone(),
         )
-        .map(|c| c.with_clock(clock.clone()))
+        .map(|c| c.with_clock(clock.clone()).with_slow_calls(slow.clone()))
         {
             Ok(c) => {
                 tracing::info!(archive = %c.archive_url(), hot_days = config.compactor.hot_days, "compactor enabled");

@@ -51,8 +51,13 @@ pub(crate) async fn run(
         cfg.hot_days = h;
     }
     let hot = cfg.hot_days;
-    let compactor = Compactor::new(&config.clickhouse, cfg, &config.data_dir, Metrics::new())
-        .context("cannot start the compactor (key `compactor.archive_url`)")?;
+    let metrics = Metrics::new();
+    let compactor = Compactor::new(&config.clickhouse, cfg, &config.data_dir, metrics.clone())
+        .context("cannot start the compactor (key `compactor.archive_url`)")?
+        .with_slow_calls(clicktrail::slow::SlowCalls::new(
+            &config.observability,
+            metrics,
+        ));
     if !once {
         let (_tx, rx) = tokio::sync::watch::channel(false);
         compactor.run(rx).await;

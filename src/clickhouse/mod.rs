@@ -35,7 +35,10 @@ pub fn client(cfg: &ClickHouseConfig) -> ::clickhouse::Client {
         .with_user(&cfg.user)
         .with_database(&cfg.database)
         .with_validation(false)
-        .with_compression(::clickhouse::Compression::Lz4);
+        .with_compression(match cfg.compression {
+            crate::config::Compression::Lz4 => ::clickhouse::Compression::Lz4,
+            crate::config::Compression::None => ::clickhouse::Compression::None,
+        });
     let password = cfg.password.expose();
     if !password.is_empty() {
         c = c.with_password(password);

@@ -139,6 +139,7 @@ pub struct Compactor {
     cfg: CompactorConfig,
     metrics: Metrics,
     clock: crate::clock::Clock,
+    slow: crate::slow::SlowCalls,
 }
 
 /// "YYYY-MM-DD" of a day number (days since 1970-01-01), proleptic Gregorian.
@@ -153,6 +154,37 @@ impl Compactor {
     pub fn with_clock(mut self, clock: crate::clock::Clock) -> Self {
         self.clock = clock;
         self
+    }
+
+    /// Slow-call detection of its steps (`[observability] slow_compactor_step`).
+    pub fn with_slow_calls(mut self, slow: crate::slow::SlowCalls) -> Self {
+        self.slow = slow;
+        self
+    }
+
+    /// Runs one step of one part, logging and counting it when it was slow.
+    async fn step<T>(
+        &self,
+        step: &'static str,
+        partition: &str,
+        rows: u64,
+        work: impl std::future::Future<Output = Result<T, CompactError>>,
+    ) -> Result<T, CompactError> {
+        let started = Instant::now();
+        let result = work.await;
+        let took = started.elapsed();
+        if self.slow.is_slow(crate::slow::SlowKind::Compactor, took) {
+            tracing::warn!(
+                kind = "compactor",
+                step,
+                partition,
+                rows,
+                elapsed_ms = took.as_millis() as u64,
+                ok = result.is_ok(),
+                "slow compactor step"
+            );
+        }
+        result
     }
 
     pub fn new(
@@ -176,6 +208,7 @@ impl Compactor {
             store_url,
             staging,
             cfg,
+            slow: crate::slow::SlowCalls::new(&Default::default(), metrics.clone()),
             metrics,
             clock: crate::clock::Clock::system(),
         })
@@ -354,8 +387,13 @@ impl Compactor {
         let entry = ManifestEntry::new(&day_s, day, cutoff, Checksum::default());
         manifest::store(self.store.as_ref(), &entry).await?;
         progress.partition(&day_s, present);
-        self.export_publish_verify(entry, progress, "archived")
-            .await
+        self.step(
+            "archive",
+            &day_s,
+            present,
+            self.export_publish_verify(entry, progress, "archived"),
+        )
+        .await
     }
 
     async fn resume(
@@ -369,9 +407,25 @@ impl Compactor {
                 // Nothing was deleted yet: ClickHouse still holds every row of the part, and
                 // the export recomputes what the part must contain.
                 progress.partition(&entry.partition, entry.rows);
-                self.export_publish_verify(entry, progress, "resumed").await
+                let (partition, rows) = (entry.partition.clone(), entry.rows);
+                self.step(
+                    "archive",
+                    &partition,
+                    rows,
+                    self.export_publish_verify(entry, progress, "resumed"),
+                )
+                .await
             }
-            PartState::Verified => self.delete_archived(entry, "resumed").await,
+            PartState::Verified => {
+                let (partition, rows) = (entry.partition.clone(), entry.rows);
+                self.step(
+                    "delete",
+                    &partition,
+                    rows,
+                    self.delete_archived(entry, "resumed"),
+                )
+                .await
+            }
             PartState::Dropped => Ok(Outcome {
                 day: entry.partition,
                 action: "archived",

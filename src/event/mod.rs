@@ -3,7 +3,8 @@
 //! per-request enrichment: user agent, IP anonymisation, the cookieless visitor (`enrich.rs`).
 //!
 //! Invariants:
-//! - An [`Event`] exists only through [`Validator::validate_batch`]: every string is within
+//! - An [`Event`] (or an [`EventRow`] borrowing the body and the request, on the intake path:
+//!   [`Validator::request`]) exists only through the validator: every string is within
 //!   its configured length, numbers are in range, `ts` is within the clock-skew window around
 //!   `received_at`, and enrichment (path, host, user agent, visitor) has been applied.
 //! - Validation is per event: one bad event yields one [`Rejection`] and never fails its batch.
@@ -16,8 +17,13 @@ mod wire;
 
 pub use enrich::{anonymize_ip, parse_user_agent, DailySalt};
 pub(crate) use validate::truncate;
-pub use validate::{clamp_ts, device_class, ReplayContext, RequestContext, Validator};
-pub use wire::{EpochMillis, EventType, Number, RawBatch, RawEvent, Rejection};
+pub use validate::{
+    clamp_ts, device_class, page_url_parts, ReplayContext, Request, RequestContext, UrlPart,
+    Validator,
+};
+pub use wire::{
+    EpochMillis, EventType, Number, ObjectEvent, ParsedBatch, RawBatch, RawEvent, Rejection,
+};
 
 pub use crate::row::{Event, EventRow};
 

@@ -10,7 +10,7 @@ use serde_json::value::RawValue;
 use super::enrich::{anonymize_ip, parse_user_agent, DailySalt, RequestEnrichment};
 use super::wire::{EventType, Number, RawEvent, Rejection};
 use crate::config::{IpMode, LimitsConfig, PrivacyConfig};
-use crate::row::Event;
+use crate::row::{Event, EventRow};
 
 /// What the server knows about a request, shared by all of its events.
 #[derive(Debug, Clone)]
@@ -49,22 +49,30 @@ impl Validator {
     }
 
     /// Validates every event of a batch. Accepted events keep their order; rejections carry the
-    /// event's index in the batch.
+    /// event's index in the batch. The events own their strings (replay, tests); the intake
+    /// path borrows them instead ([`Validator::request`]).
     pub fn validate_batch(
         &self,
         ctx: &RequestContext,
         events: &[&RawValue],
     ) -> (Vec<Event>, Vec<(usize, Rejection)>) {
-        let enrich = self.enrich_request(ctx);
-        let mut accepted = Vec::with_capacity(events.len());
-        let mut rejected = Vec::new();
-        for (i, raw) in events.iter().enumerate() {
-            match self.validate_one(ctx, &enrich, i, raw) {
-                Ok(e) => accepted.push(e),
-                Err(r) => rejected.push((i, r)),
-            }
+        let req = self.request(ctx);
+        let (accepted, rejected) = req.validate_raw(events);
+        (
+            accepted.into_iter().map(EventRow::into_owned).collect(),
+            rejected,
+        )
+    }
+
+    /// What a request adds to each of its events, computed once: the events of
+    /// [`Request::validate_parsed`] and [`Request::validate_raw`] borrow it (and the body)
+    /// instead of each owning a copy of the request-wide strings.
+    pub fn request<'c>(&'c self, ctx: &'c RequestContext) -> Request<'c> {
+        Request {
+            validator: self,
+            ctx,
+            enrich: self.enrich_request(ctx),
         }
-        (accepted, rejected)
     }
 
     fn enrich_request(&self, ctx: &RequestContext) -> RequestEnrichment {
@@ -96,40 +104,65 @@ impl Validator {
             _ => String::new(),
         }
     }
+}
 
-    fn validate_one(
-        &self,
-        ctx: &RequestContext,
-        enrich: &RequestEnrichment,
-        index: usize,
-        raw: &RawValue,
-    ) -> Result<Event, Rejection> {
-        if !raw.get().trim_start().starts_with('{') {
-            return Err(Rejection::Malformed("expected an object".into()));
+/// One request being validated: its context and enrichment, which its events borrow.
+pub struct Request<'c> {
+    validator: &'c Validator,
+    ctx: &'c RequestContext,
+    enrich: RequestEnrichment,
+}
+
+impl<'c> Request<'c> {
+    /// Events the envelope parse already deserialized (the intake's one pass over the body):
+    /// every row, in order, or `None` as soon as one is refused. The caller then validates the
+    /// raw events ([`Request::validate_raw`]), which names each refusal and keeps the refused
+    /// event's text for its dead letter; both paths apply the same rules.
+    pub fn validate_parsed<'a>(&'a self, events: Vec<RawEvent<'a>>) -> Option<Vec<EventRow<'a>>> {
+        let mut out = Vec::with_capacity(events.len());
+        for (i, ev) in events.into_iter().enumerate() {
+            out.push(self.check(i, ev).ok()?);
         }
-        // Path tracking doubles the cost of a parse, and only a failing event needs it: parse
-        // plainly, and only on failure again with the path, to name the field.
-        let ev: RawEvent<'_> = match serde_json::from_str(raw.get()) {
-            Ok(ev) => ev,
-            Err(_) => return Err(describe_parse_error(raw.get())),
-        };
+        Some(out)
+    }
 
-        let l = &self.limits;
+    /// Events kept raw by the envelope parse: each is parsed, then checked. Accepted events
+    /// keep their order; rejections carry the event's index in the batch.
+    pub fn validate_raw<'a>(
+        &'a self,
+        events: &[&'a RawValue],
+    ) -> (Vec<EventRow<'a>>, Vec<(usize, Rejection)>) {
+        let mut accepted = Vec::with_capacity(events.len());
+        let mut rejected = Vec::new();
+        for (i, raw) in events.iter().enumerate() {
+            match parse_raw(raw).and_then(|ev| self.check(i, ev)) {
+                Ok(e) => accepted.push(e),
+                Err(r) => rejected.push((i, r)),
+            }
+        }
+        (accepted, rejected)
+    }
+
+    /// The rules and the enrichment of one parsed event. Strings the event or the request
+    /// already hold are borrowed, not copied.
+    fn check<'a>(&'a self, index: usize, ev: RawEvent<'a>) -> Result<EventRow<'a>, Rejection> {
+        let (ctx, enrich) = (self.ctx, &self.enrich);
+        let l = &self.validator.limits;
         let kind_str = ev.kind.as_deref().ok_or(Rejection::MissingField("type"))?;
         let kind =
             EventType::parse(kind_str).ok_or_else(|| Rejection::UnknownType(kind_str.into()))?;
 
-        let event_id = match ev.id.as_deref() {
+        let event_id: Cow<'a, str> = match ev.id {
             Some(id) => {
-                check_token("id", id, l.max_id_len)?;
-                id.to_string()
+                check_token("id", &id, l.max_id_len)?;
+                id
             }
             // A client that sends no id still gets exactly-once delivery for everything after
             // the collector: the id is fixed before the event reaches the spool.
-            None => match &ctx.replay {
+            None => Cow::Owned(match &ctx.replay {
                 Some(r) => format!("{}-{index}", r.id_seed),
                 None => uuid::Uuid::new_v4().simple().to_string(),
-            },
+            }),
         };
 
         let ts_ms = ev.ts.ok_or(Rejection::MissingField("ts"))?.0;
@@ -146,79 +179,73 @@ impl Validator {
             l.max_clock_skew_future.as_millis() as i64,
         );
 
-        let url = ev.url.as_deref().ok_or(Rejection::MissingField("url"))?;
-        check_len("url", url, l.max_url_len)?;
-        let (host, path) = parse_page_url(url)?;
+        let url = ev.url.ok_or(Rejection::MissingField("url"))?;
+        check_len("url", &url, l.max_url_len)?;
+        let (host, path) = page_url_parts(&url)?;
 
-        let session = ev
-            .session
-            .as_deref()
-            .ok_or(Rejection::MissingField("session"))?;
-        check_token("session", session, l.max_id_len)?;
-        let visitor_id = match ev.visitor.as_deref() {
+        let session = ev.session.ok_or(Rejection::MissingField("session"))?;
+        check_token("session", &session, l.max_id_len)?;
+        let visitor_id = match ev.visitor {
             Some(v) if !v.is_empty() => {
-                check_token("visitor", v, l.max_id_len)?;
-                v.to_string()
+                check_token("visitor", &v, l.max_id_len)?;
+                v
             }
             // Cookieless mode: the snippet stores nothing, the visitor is a keyed hash that
             // cannot be linked across days (the key rotates and is never stored).
-            _ => enrich.cookieless_visitor.clone(),
+            _ => Cow::Borrowed(enrich.cookieless_visitor.as_str()),
         };
 
         // Display fields are cut, not refused: a long page title is no reason to lose the page
         // view. Identifiers and the URL are refused instead, since a cut one would be wrong.
-        let cut = |s: Option<&str>, max: usize| truncate(s.unwrap_or(""), max).to_string();
-        let title = cut(ev.title.as_deref(), l.max_title_len);
-        let referrer = cut(ev.referrer.as_deref(), l.max_url_len);
-        let selector = cut(ev.selector.as_deref(), l.max_selector_len);
-        let text = cut(ev.text.as_deref(), l.max_text_len);
+        let title = cut(ev.title, l.max_title_len);
+        let referrer = cut(ev.referrer, l.max_url_len);
+        let selector = cut(ev.selector, l.max_selector_len);
+        let text = cut(ev.text, l.max_text_len);
 
-        let mut e = Event {
-            event_id: event_id.into(),
-            site: ctx.site.clone().into(),
-            kind: kind.as_str().into(),
+        let pageview_id = match (kind, ev.pv) {
+            (EventType::Pageview, _) => event_id.clone(),
+            (_, Some(pv)) if !pv.is_empty() => {
+                check_token("pv", &pv, l.max_id_len)?;
+                pv
+            }
+            _ => Cow::Borrowed(""),
+        };
+        let mut e = EventRow {
+            event_id,
+            site: Cow::Borrowed(ctx.site.as_str()),
+            kind: Cow::Borrowed(kind.as_str()),
             name: Default::default(),
             ts: (ts_ms / 1000) as u32,
             ts_ms: (ts_ms % 1000) as u16,
             received_at: (ctx.received_at_ms / 1000) as u32,
-            url: url.to_string().into(),
-            host: host.into(),
-            path: path.into(),
-            referrer: referrer.into(),
-            title: title.into(),
-            session_id: session.to_string().into(),
-            visitor_id: visitor_id.into(),
+            host: host.of(&url),
+            path: path.of(&url),
+            url,
+            referrer,
+            title,
+            session_id: session,
+            visitor_id,
             x: 0,
             y: 0,
             viewport_w: int_in("vw", ev.vw, 0, u16::MAX as i64)? as u16,
             viewport_h: int_in("vh", ev.vh, 0, u16::MAX as i64)? as u16,
             doc_w: int_in("dw", ev.dw, 0, u32::MAX as i64)? as u32,
             doc_h: int_in("dh", ev.dh, 0, u32::MAX as i64)? as u32,
-            selector: selector.into(),
-            text: text.into(),
+            selector,
+            text,
             rage: 0,
             scroll_depth: 0,
             duration_ms: 0,
             props: Default::default(),
-            browser: enrich.browser.clone().into(),
-            os: enrich.os.clone().into(),
-            device: enrich.device.clone().into(),
-            user_agent: enrich.user_agent.clone().into(),
-            ip: enrich.ip.clone().into(),
-            device_class: device_class(ev.vw.map_or(0, |v| v.0 as i64)).into(),
-            pageview_id: match (kind, ev.pv.as_deref()) {
-                (EventType::Pageview, _) => Cow::Owned(String::new()),
-                (_, Some(pv)) if !pv.is_empty() => {
-                    check_token("pv", pv, l.max_id_len)?;
-                    Cow::Owned(pv.to_string())
-                }
-                _ => Cow::Owned(String::new()),
-            },
-            ..Event::default()
+            browser: Cow::Borrowed(enrich.browser.as_str()),
+            os: Cow::Borrowed(enrich.os.as_str()),
+            device: Cow::Borrowed(enrich.device.as_str()),
+            user_agent: Cow::Borrowed(enrich.user_agent.as_str()),
+            ip: Cow::Borrowed(enrich.ip.as_str()),
+            device_class: Cow::Borrowed(device_class(ev.vw.map_or(0, |v| v.0 as i64))),
+            pageview_id,
+            ..EventRow::default()
         };
-        if kind == EventType::Pageview {
-            e.pageview_id = e.event_id.clone();
-        }
 
         match kind {
             EventType::Pageview => {}
@@ -241,12 +268,12 @@ impl Validator {
                     required_int("duration_ms", ev.duration_ms, 0, u32::MAX as i64)? as u32;
             }
             EventType::Custom => {
-                let name = ev.name.as_deref().ok_or(Rejection::MissingField("name"))?;
+                let name = ev.name.ok_or(Rejection::MissingField("name"))?;
                 if name.is_empty() {
                     return Err(Rejection::MissingField("name"));
                 }
-                check_len("name", name, l.max_name_len)?;
-                e.name = name.to_string().into();
+                check_len("name", &name, l.max_name_len)?;
+                e.name = name;
                 if let Some(props) = ev.props {
                     let p = props.get();
                     if !p.trim_start().starts_with('{') {
@@ -256,11 +283,34 @@ impl Validator {
                         });
                     }
                     check_len("props", p, l.max_props_bytes)?;
-                    e.props = p.to_string().into();
+                    e.props = Cow::Borrowed(p);
                 }
             }
         }
         Ok(e)
+    }
+}
+
+/// One raw event parsed, or why it is not an event.
+fn parse_raw<'a>(raw: &'a RawValue) -> Result<RawEvent<'a>, Rejection> {
+    if !raw.get().trim_start().starts_with('{') {
+        return Err(Rejection::Malformed("expected an object".into()));
+    }
+    // Path tracking doubles the cost of a parse, and only a failing event needs it: parse
+    // plainly, and only on failure again with the path, to name the field.
+    serde_json::from_str(raw.get()).map_err(|_| describe_parse_error(raw.get()))
+}
+
+/// A display field cut to `max` bytes on a character boundary, borrowed when it was.
+fn cut(s: Option<Cow<'_, str>>, max: usize) -> Cow<'_, str> {
+    match s {
+        None => Cow::Borrowed(""),
+        Some(Cow::Borrowed(b)) => Cow::Borrowed(truncate(b, max)),
+        Some(Cow::Owned(mut o)) => {
+            let keep = truncate(&o, max).len();
+            o.truncate(keep);
+            Cow::Owned(o)
+        }
     }
 }
 
@@ -364,7 +414,29 @@ fn to_int(field: &'static str, n: Number, min: i64, max: i64) -> Result<i64, Rej
     Ok(v as i64)
 }
 
-fn parse_page_url(url: &str) -> Result<(String, String), Rejection> {
+/// Where the host or the path of a URL is: a range of the URL itself (the fast path, nothing
+/// copied), or the normalised text `url::Url` made of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UrlPart {
+    At(std::ops::Range<usize>),
+    Owned(String),
+}
+
+impl UrlPart {
+    fn of<'a>(self, url: &Cow<'a, str>) -> Cow<'a, str> {
+        match (self, url) {
+            (UrlPart::At(r), Cow::Borrowed(u)) => Cow::Borrowed(&u[r]),
+            (UrlPart::At(r), Cow::Owned(u)) => Cow::Owned(u[r].to_string()),
+            (UrlPart::Owned(s), _) => Cow::Owned(s),
+        }
+    }
+}
+
+/// Host and path of a page URL, as `url::Url` reads them (`host_str()`, `path()`).
+pub fn page_url_parts(url: &str) -> Result<(UrlPart, UrlPart), Rejection> {
+    if let Some(parts) = split_plain_url(url) {
+        return Ok(parts);
+    }
     let bad = || Rejection::InvalidValue {
         field: "url".into(),
         problem: "expected an absolute http(s) URL".into(),
@@ -374,7 +446,98 @@ fn parse_page_url(url: &str) -> Result<(String, String), Rejection> {
         return Err(bad());
     }
     let host = u.host_str().ok_or_else(bad)?.to_string();
-    Ok((host, u.path().to_string()))
+    Ok((UrlPart::Owned(host), UrlPart::Owned(u.path().to_string())))
+}
+
+/// The common URL, split without `url::Url` (which allocates and normalises): `http(s)://`,
+/// a lower-case DNS name without port, and a path of characters that the URL standard keeps
+/// as they are. `None` for anything else (upper case, IP addresses, punycode, ports, percent
+/// escapes, dot segments, characters it would encode), which then takes the full parser; a
+/// property test holds the two to the same answer.
+fn split_plain_url(url: &str) -> Option<(UrlPart, UrlPart)> {
+    let b = url.as_bytes();
+    let scheme = if b.starts_with(b"https://") {
+        8
+    } else if b.starts_with(b"http://") {
+        7
+    } else {
+        return None;
+    };
+    let host_end = b[scheme..]
+        .iter()
+        .position(|c| matches!(c, b'/' | b'?' | b'#'))
+        .map_or(b.len(), |p| scheme + p);
+    let host = &b[scheme..host_end];
+    if host.is_empty() || host.len() > 253 {
+        return None;
+    }
+    for label in host.split(|c| *c == b'.') {
+        if label.is_empty()
+            || label.len() > 63
+            || label.starts_with(b"xn--")
+            || !label
+                .iter()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        {
+            return None;
+        }
+    }
+    // A last label of digits (or 0x...) makes the URL standard read the host as IPv4.
+    let last = host.rsplit(|c| *c == b'.').next()?;
+    if last.iter().all(u8::is_ascii_digit) || last.starts_with(b"0x") {
+        return None;
+    }
+    let path_end = b[host_end..]
+        .iter()
+        .position(|c| matches!(c, b'?' | b'#'))
+        .map_or(b.len(), |p| host_end + p);
+    let path = &b[host_end..path_end];
+    if path.is_empty() {
+        // `https://a.b` and `https://a.b?q`: the standard's path is "/".
+        return Some((UrlPart::At(scheme..host_end), UrlPart::Owned("/".into())));
+    }
+    let plain = |c: &u8| {
+        c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'/' | b'-'
+                    | b'_'
+                    | b'.'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+                    | b':'
+                    | b'@'
+            )
+    };
+    if !path.iter().all(plain)
+        || path
+            .split(|c| *c == b'/')
+            .any(|seg| seg == b"." || seg == b"..")
+    {
+        return None;
+    }
+    // The query and the fragment do not change host or path, but the standard strips tabs and
+    // newlines anywhere and trims the ends: leave such URLs to it.
+    if b[path_end..]
+        .iter()
+        .any(|c| matches!(c, b'\t' | b'\n' | b'\r') || *c <= b' ')
+    {
+        return None;
+    }
+    Some((
+        UrlPart::At(scheme..host_end),
+        UrlPart::At(host_end..path_end),
+    ))
 }
 
 pub(crate) fn truncate(s: &str, max: usize) -> &str {
@@ -589,6 +752,83 @@ mod tests {
             "2001:db8:abcd::"
         );
         assert_eq!(anonymize_ip("::ffff:10.1.2.3".parse().unwrap()), "10.1.2.0");
+    }
+
+    /// The fast split's answer, as owned text.
+    fn fast(url: &str) -> Option<(String, String)> {
+        let text = |p: UrlPart| match p {
+            UrlPart::At(r) => url[r].to_string(),
+            UrlPart::Owned(s) => s,
+        };
+        split_plain_url(url).map(|(h, p)| (text(h), text(p)))
+    }
+
+    fn full(url: &str) -> Option<(String, String)> {
+        let u = url::Url::parse(url).ok()?;
+        Some((u.host_str()?.to_string(), u.path().to_string()))
+    }
+
+    #[test]
+    fn plain_urls_split_like_the_url_crate() {
+        for (url, taken) in [
+            ("https://shop.example/products/42?utm=x#top", true),
+            ("http://a.b", true),
+            ("https://a.b?q=1", true),
+            ("https://a-b.c0.example/x/y.html;v=1", true),
+            ("https://Shop.example/", false),
+            ("https://127.0.0.1/", false),
+            ("https://0x7f.1/", false),
+            ("https://a.b:8443/", false),
+            ("https://u@a.b/", false),
+            ("https://a.b/x/../y", false),
+            ("https://a.b/%2e%2e/y", false),
+            ("https://a.b/caf\u{e9}", false),
+            ("https://a.b/a b", false),
+            ("https://a.b\\x", false),
+            ("https://xn--caf-dma.example/", false),
+            ("https://a.b/x?q=a\tb", false),
+            ("ftp://a.b/", false),
+        ] {
+            assert_eq!(fast(url).is_some(), taken, "{url}");
+            if let Some(f) = fast(url) {
+                assert_eq!(Some(f), full(url), "{url}");
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_fast_split_agrees_with_the_url_crate(
+            url in "(https?|HTTPS|ftp)://[a-zA-Z0-9.\\-_:@]{0,12}(/[a-zA-Z0-9._~%!$&'()*+,;=:@ |\\\\\t\\-]{0,10}){0,3}(\\?[a-z= \t]{0,5})?(#[a-z./]{0,4})?"
+        ) {
+            if let Some(f) = fast(&url) {
+                proptest::prop_assert_eq!(Some(f), full(&url), "{}", url);
+            }
+        }
+    }
+
+    #[test]
+    fn parsed_and_raw_paths_give_the_same_rows() {
+        let body = format!(
+            r#"{{"site":"demo","events":[{{"type":"click",{BASE},"x":1,"y":2,"text":"a\"b","selector":"x"}},{{"type":"pageview",{BASE},"title":"T","referrer":"https://r.example/"}},{{"type":"custom",{BASE},"name":"n","props":{{"a":1}}}}]}}"#
+        );
+        let v = validator();
+        let c = ctx();
+        let req = v.request(&c);
+        let parsed: crate::event::ParsedBatch<'_> = serde_json::from_str(&body).unwrap();
+        let fast = req
+            .validate_parsed(parsed.events.unwrap().into_iter().map(|e| e.0).collect())
+            .unwrap();
+        let raw: crate::event::RawBatch<'_> = serde_json::from_str(&body).unwrap();
+        let (slow, rejected) = req.validate_raw(&raw.events.unwrap());
+        assert!(rejected.is_empty());
+        assert_eq!(fast, slow);
+        assert_eq!(fast[0].text, "a\"b");
+        // One refused event: the fast path gives up, the raw path names it.
+        let bad = body.replace(r#""x":1"#, r#""x":"left""#);
+        assert!(serde_json::from_str::<crate::event::ParsedBatch<'_>>(&bad).is_err());
+        let arr = r#"{"site":"demo","events":[["pageview"]]}"#;
+        assert!(serde_json::from_str::<crate::event::ParsedBatch<'_>>(arr).is_err());
     }
 
     #[test]

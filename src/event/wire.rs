@@ -16,6 +16,39 @@ pub struct RawBatch<'a> {
     pub events: Option<Vec<&'a RawValue>>,
 }
 
+/// The envelope with its events deserialized in the same pass: the intake's fast path, one
+/// walk over the body. Any problem (malformed JSON, an event that is not an object or has a
+/// field of the wrong type) fails the whole parse; the caller then reads the body as a
+/// [`RawBatch`], which keeps each event raw so that each can fail on its own.
+#[derive(Debug, Deserialize)]
+pub struct ParsedBatch<'a> {
+    #[serde(borrow)]
+    pub site: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub events: Option<Vec<ObjectEvent<'a>>>,
+}
+
+/// A [`RawEvent`] that was a JSON object (serde's derive would also take an array, field by
+/// position, which [`RawBatch`]'s path refuses).
+#[derive(Debug)]
+pub struct ObjectEvent<'a>(pub RawEvent<'a>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for ObjectEvent<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = ObjectEvent<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an event object")
+            }
+            fn visit_map<M: de::MapAccess<'de>>(self, map: M) -> Result<ObjectEvent<'a>, M::Error> {
+                RawEvent::deserialize(de::value::MapAccessDeserializer::new(map)).map(ObjectEvent)
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
+}
+
 /// One event as the client sent it. Fields are optional here so that a missing field becomes
 /// a validation error that names it, not a generic parse failure.
 #[derive(Debug, Default, Deserialize)]

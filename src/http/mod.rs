@@ -100,6 +100,7 @@ impl AppState {
             None => Bytes::from_static(SNIPPET.as_bytes()),
         };
         let snippet_etag = format!("\"{}\"", &blake3::hash(&snippet).to_hex()[..16]);
+        let reports = crate::query::Reports::new(config, metrics.clone());
         Ok(Self {
             inner: Arc::new(Inner {
                 ingest,
@@ -111,7 +112,7 @@ impl AppState {
                 snippet,
                 snippet_etag,
                 admin_token,
-                reports: crate::query::Reports::new(config),
+                reports,
                 limits: limits::ClientLimits::new(&config.rate_limit),
                 inflight: limits::InflightBytes::new(config.server.max_inflight_body_bytes),
             }),

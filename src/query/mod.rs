@@ -61,6 +61,7 @@ pub struct Reports {
     limits: QueryConfig,
     max_path_len: usize,
     sites: Vec<SiteKeys>,
+    slow: crate::slow::SlowCalls,
 }
 
 struct SiteKeys {
@@ -69,7 +70,7 @@ struct SiteKeys {
 }
 
 impl Reports {
-    pub fn new(config: &Config) -> Self {
+    pub fn new(config: &Config, metrics: crate::metrics::Metrics) -> Self {
         let secs = config.query.timeout.as_secs().max(1);
         let client = crate::clickhouse::client(&config.clickhouse)
             .with_setting("readonly", "1")
@@ -80,6 +81,7 @@ impl Reports {
             database: config.clickhouse.database.clone(),
             limits: config.query.clone(),
             max_path_len: config.limits.max_url_len,
+            slow: crate::slow::SlowCalls::new(&config.observability, metrics),
             sites: config
                 .sites
                 .iter()
@@ -138,7 +140,23 @@ impl Reports {
             let mut cursor = self.client.query_raw(&sql).fetch_bytes("JSONEachRow")?;
             cursor.collect().await
         };
-        let bytes = match tokio::time::timeout(timeout, fetch).await {
+        let started = std::time::Instant::now();
+        let answer = tokio::time::timeout(timeout, fetch).await;
+        let took = started.elapsed();
+        if self.slow.is_slow(crate::slow::SlowKind::Query, took) {
+            // The request's span carries its id.
+            tracing::warn!(
+                kind = "query",
+                report,
+                elapsed_ms = took.as_millis() as u64,
+                bytes = answer
+                    .as_ref()
+                    .map_or(0, |r| r.as_ref().map_or(0, |b| b.len())),
+                ok = matches!(answer, Ok(Ok(_))),
+                "slow report query"
+            );
+        }
+        let bytes = match answer {
             Err(_) => return Err(ApiError::QueryTimeout(timeout)),
             Ok(Err(e)) => {
                 let msg = e.to_string();

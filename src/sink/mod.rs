@@ -29,15 +29,18 @@ pub mod client;
 
 use std::ops::Range;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::clickhouse::codes::{classify, exception_code, row_specific, ErrorClass};
 use crate::config::{ClickHouseConfig, SinkConfig};
 use crate::dlq::{DeadLetters, NewEntry, Origin, Stage};
 use crate::metrics::{ClassLabel, Metrics, ReasonLabel};
 use crate::row::EventRow;
+use crate::slow::{SlowCalls, SlowKind};
 use crate::spool::{Checkpoint, Lsn, SpoolConsumer, SpoolReader, StoredRows};
 
 /// What the rest of the process may know about the sink (readiness, freshness).
@@ -60,23 +63,32 @@ pub struct SinkStatus {
 /// dead letters.
 pub const HELD_REASONS: [&str; 3] = ["destination", "schema", "dead_letters"];
 
-/// A fixed range of spool records. The records' bytes are kept, and rows are decoded from them
-/// borrowed (no per-field allocation) for each delivery; every attempt sends the same rows.
+/// A fixed range of spool records, prepared for its insert: the records' rows concatenated
+/// (the insert body, kept until ClickHouse confirmed it, so every attempt sends the same
+/// bytes) and where each row ends. Records that do not decode are set aside for the dead-letter
+/// store; their rows are not in the body.
 struct Batch {
     start: Lsn,
     end: Lsn,
-    /// (lsn, payload) of every record.
-    payloads: Vec<(Lsn, Vec<u8>)>,
     rows: usize,
     bytes: usize,
     oldest_ms: u64,
+    body: Vec<u8>,
+    ends: Vec<usize>,
+    /// (lsn, payload, why) of every record that does not decode.
+    undecodable: Vec<(Lsn, Vec<u8>, String)>,
 }
 
 pub struct Sink {
     client: clickhouse::Client,
     cfg: SinkConfig,
     insert_timeout: Duration,
-    reader: SpoolReader,
+    /// Cuts and prepares the batches; runs on its own task from [`Sink::run`] on.
+    prep: Option<Preparer>,
+    /// Buffers of delivered batches, back to the preparer for reuse.
+    recycle: mpsc::UnboundedSender<(Vec<u8>, Vec<usize>)>,
+    building_oldest_ms: Arc<AtomicU64>,
+    slow: SlowCalls,
     spool_dir: PathBuf,
     checkpoint: Checkpoint,
     delivered_tx: watch::Sender<Lsn>,
@@ -85,10 +97,6 @@ pub struct Sink {
     /// The dead-letter store's: an entry's times and the sink's agree.
     clock: crate::clock::Clock,
     status: watch::Sender<SinkStatus>,
-    /// The insert body and its row ends, kept between batches: a fresh multi-megabyte buffer
-    /// per batch cost a page fault (and the kernel zeroing a page) every 4 KiB.
-    body: Vec<u8>,
-    ends: Vec<usize>,
 }
 
 impl Sink {
@@ -109,12 +117,25 @@ impl Sink {
             delivered: checkpoint.delivered,
             ..SinkStatus::default()
         });
+        let (recycle, recycled) = mpsc::unbounded_channel();
+        let building_oldest_ms = Arc::new(AtomicU64::new(0));
+        let prep = Preparer {
+            reader,
+            cfg: cfg.clone(),
+            target_rows: cfg.batch_rows,
+            status: status.clone(),
+            building_oldest_ms: building_oldest_ms.clone(),
+            recycled,
+        };
         (
             Self {
                 client: crate::clickhouse::client(ch),
+                slow: SlowCalls::new(&Default::default(), metrics.clone()),
                 cfg,
                 insert_timeout: ch.timeout,
-                reader,
+                prep: Some(prep),
+                recycle,
+                building_oldest_ms,
                 spool_dir,
                 checkpoint,
                 delivered_tx,
@@ -122,28 +143,43 @@ impl Sink {
                 dlq,
                 metrics,
                 status,
-                body: Vec::new(),
-                ends: Vec::new(),
             },
             rx,
         )
     }
 
+    /// Slow-call detection of the inserts (`[observability] slow_insert`).
+    pub fn with_slow_calls(self, slow: SlowCalls) -> Self {
+        Self { slow, ..self }
+    }
+
     /// Delivers until the spool writer stops and everything it committed is in ClickHouse.
     /// Dropping the future (shutdown deadline) is safe: the checkpoint is always consistent.
+    ///
+    /// The next batch is read from the spool and prepared on its own task while the current one
+    /// is inserted; batches still reach ClickHouse one at a time, in spool order, and each is
+    /// in the checkpoint as `inflight` before its first attempt, as without the pipeline. A
+    /// prepared batch that never became `inflight` is only memory: after a crash it is cut
+    /// again from `delivered`.
     pub async fn run(mut self) -> std::io::Result<()> {
-        self.reader.seek(self.checkpoint.delivered)?;
+        let mut prep = self.prep.take().expect("run once");
+        prep.reader.seek(self.checkpoint.delivered)?;
         if let Some((start, end)) = self.checkpoint.inflight {
             tracing::info!(
                 start,
                 end,
                 "resending the batch that was in flight at the last stop"
             );
-            let batch = self.read_range(start, end)?;
+            let batch = prep.read_range(start, end)?;
             self.deliver(batch).await?;
         }
-        while let Some(batch) = self.next_batch().await? {
-            self.deliver(batch).await?;
+        // One batch prepared ahead at most: the preparer reserves the slot before cutting.
+        let (tx, mut rx) = mpsc::channel(1);
+        // Dropping `tasks` (this future dropped at the shutdown deadline) stops the preparer.
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(prep.run(tx));
+        while let Some(batch) = rx.recv().await {
+            self.deliver(batch?).await?;
         }
         self.status.send_modify(|s| s.oldest_pending_ms = None);
         tracing::info!(
@@ -151,53 +187,6 @@ impl Sink {
             "sink drained the spool"
         );
         Ok(())
-    }
-
-    /// Cuts the next batch: up to `batch_rows` rows or `batch_bytes` bytes, or whatever has
-    /// arrived when the oldest record is `batch_age` old. `None` when the spool is closed and
-    /// empty.
-    async fn next_batch(&mut self) -> std::io::Result<Option<Batch>> {
-        let Some(first) = self.reader.next().await? else {
-            return Ok(None);
-        };
-        let mut batch = Batch {
-            start: first.lsn,
-            end: first.lsn,
-            payloads: Vec::new(),
-            rows: 0,
-            bytes: 0,
-            oldest_ms: first.appended_ms,
-        };
-        self.status
-            .send_modify(|s| s.oldest_pending_ms = Some(first.appended_ms));
-        self.add(&mut batch, first);
-        let deadline = tokio::time::Instant::now() + self.cfg.batch_age;
-        while batch.rows < self.cfg.batch_rows && batch.bytes < self.cfg.batch_bytes {
-            // Drain what is already committed without waiting (backlog after a restart).
-            if let Some(r) = self.reader.try_next()? {
-                self.add(&mut batch, r);
-                continue;
-            }
-            tokio::select! {
-                r = self.reader.next() => match r? {
-                    Some(r) => self.add(&mut batch, r),
-                    None => break,
-                },
-                _ = tokio::time::sleep_until(deadline) => break,
-            }
-        }
-        Ok(Some(batch))
-    }
-
-    fn add(&self, batch: &mut Batch, rec: crate::spool::Record) {
-        batch.end = rec.lsn + 1;
-        batch.bytes += rec.payload.len();
-        // A record without a header is dead-lettered by `deliver`, which can wait until the
-        // entry is stored.
-        if let Some((n, _)) = crate::spool::payload_parts(&rec.payload) {
-            batch.rows += n as usize;
-        }
-        batch.payloads.push((rec.lsn, rec.payload));
     }
 
     /// A CRC-valid record that does not decode (written by an incompatible build): kept in
@@ -277,83 +266,30 @@ impl Sink {
         });
     }
 
-    fn read_range(&mut self, start: Lsn, end: Lsn) -> std::io::Result<Batch> {
-        self.reader.seek(start)?;
-        let mut batch = Batch {
-            start,
-            end: start,
-            payloads: Vec::new(),
-            rows: 0,
-            bytes: 0,
-            oldest_ms: 0,
-        };
-        while batch.end < end {
-            match self.reader.try_next()? {
-                Some(r) => {
-                    if batch.oldest_ms == 0 {
-                        batch.oldest_ms = r.appended_ms;
-                    }
-                    self.add(&mut batch, r)
-                }
-                None => break,
-            }
-        }
-        Ok(batch)
-    }
-
     async fn deliver(&mut self, batch: Batch) -> std::io::Result<()> {
         self.status
             .send_modify(|s| s.oldest_pending_ms = Some(batch.oldest_ms));
         self.checkpoint.inflight = Some((batch.start, batch.end));
         self.store_checkpoint().await?;
-        // The insert's body is the records' rows as stored; each record's row boundaries are
-        // checked (a structural scan, no decoding) so that a malformed record is dead-lettered
-        // alone and a refused batch can be cut into rows.
-        let mut body = std::mem::take(&mut self.body);
-        let mut ends = std::mem::take(&mut self.ends);
-        body.clear();
-        ends.clear();
-        body.reserve(batch.bytes);
-        ends.reserve(batch.rows);
-        for (lsn, payload) in &batch.payloads {
-            let start = body.len();
-            let scanned = match crate::spool::payload_parts(payload) {
-                Some((n, StoredRows::RowBinary(rows))) => crate::row::row_ends(rows, n as usize)
-                    .inspect(|_| body.extend_from_slice(rows))
-                    .map_err(|e| e.to_string()),
-                // A record of an older version: re-encoded once.
-                Some((_, StoredRows::Json(_))) => crate::spool::decode_events(payload)
-                    .map(|r| {
-                        r.iter()
-                            .map(|e| {
-                                e.encode(&mut body);
-                                body.len() - start
-                            })
-                            .collect()
-                    })
-                    .map_err(|e| e.to_string()),
-                None => Err("record without a known header".to_string()),
-            };
-            match scanned {
-                Ok(e) => ends.extend(e.into_iter().map(|end| start + end)),
-                Err(why) => {
-                    body.truncate(start);
-                    self.dead_letter_record(*lsn, payload, &why).await?
-                }
-            }
+        for (lsn, payload, why) in &batch.undecodable {
+            self.dead_letter_record(*lsn, payload, why).await?;
         }
-        self.insert_isolating(&body, &ends).await?;
-        (self.body, self.ends) = (body, ends);
+        self.insert_isolating(&batch).await?;
         self.checkpoint = Checkpoint {
             delivered: batch.end,
             inflight: None,
         };
         self.store_checkpoint().await?;
         self.delivered_tx.send_replace(batch.end);
+        // The oldest record still pending is the first of the batch being cut, if any.
+        let building = self.building_oldest_ms.load(Ordering::Acquire);
         self.status.send_modify(|s| {
-            s.oldest_pending_ms = None;
+            s.oldest_pending_ms = (building != 0).then_some(building);
             s.delivered = batch.end;
         });
+        // The preparer reuses the buffers: a fresh multi-megabyte buffer per batch cost a page
+        // fault (and the kernel zeroing a page) every 4 KiB.
+        let _ = self.recycle.send((batch.body, batch.ends));
         Ok(())
     }
 
@@ -380,7 +316,8 @@ impl Sink {
     /// Inserts the rows of `body` (row `i` ends at `ends[i]`), retrying per error class. A range
     /// refused with a permanent error is split in halves until the refused rows stand alone;
     /// they go to the dead-letter store.
-    async fn insert_isolating(&mut self, body: &[u8], ends: &[usize]) -> std::io::Result<()> {
+    async fn insert_isolating(&mut self, batch: &Batch) -> std::io::Result<()> {
+        let (body, ends) = (&batch.body[..], &batch.ends[..]);
         if ends.is_empty() {
             return Ok(());
         }
@@ -400,9 +337,23 @@ impl Sink {
                 let rows = range.len();
                 let started = Instant::now();
                 let result = client::insert(&self.client, slice, self.insert_timeout).await;
+                let took = started.elapsed();
                 self.metrics
                     .sink_insert_duration
-                    .observe(started.elapsed().as_secs_f64());
+                    .observe(took.as_secs_f64());
+                if self.slow.is_slow(SlowKind::Insert, took) {
+                    tracing::warn!(
+                        kind = "insert",
+                        elapsed_ms = took.as_millis() as u64,
+                        batch_start = batch.start,
+                        batch_end = batch.end,
+                        rows,
+                        bytes = slice.len(),
+                        attempt = attempt + 1,
+                        ok = result.is_ok(),
+                        "slow ClickHouse insert"
+                    );
+                }
                 let err = match result {
                     Ok(()) => {
                         self.record_success(rows);
@@ -516,5 +467,161 @@ impl Sink {
         let capped = exp.min(self.cfg.retry_max);
         let half = capped / 2;
         half + half.mul_f64(rand::random::<f64>())
+    }
+}
+
+/// Cuts the spool into batches and prepares each for its insert (the rows concatenated, their
+/// ends found), one batch ahead of the delivery.
+struct Preparer {
+    reader: SpoolReader,
+    cfg: SinkConfig,
+    /// The row limit of the next batch: `batch_rows`, doubled up to `max_batch_rows` while
+    /// batches are cut full with more records waiting behind them.
+    target_rows: usize,
+    status: watch::Sender<SinkStatus>,
+    /// Append time of the first record of the batch being cut (0: none), for the sink's
+    /// oldest-pending time between two deliveries.
+    building_oldest_ms: Arc<AtomicU64>,
+    recycled: mpsc::UnboundedReceiver<(Vec<u8>, Vec<usize>)>,
+}
+
+impl Preparer {
+    /// Hands batches over in spool order until the spool is closed and empty (or the sink is
+    /// gone). A read error is handed over too, and ends the preparer.
+    async fn run(mut self, tx: mpsc::Sender<std::io::Result<Batch>>) {
+        loop {
+            let Ok(slot) = tx.reserve().await else {
+                return;
+            };
+            match self.next_batch().await {
+                Ok(Some(b)) => slot.send(Ok(b)),
+                Ok(None) => return,
+                Err(e) => {
+                    slot.send(Err(e));
+                    return;
+                }
+            }
+        }
+    }
+
+    fn empty_batch(&mut self, start: Lsn, oldest_ms: u64) -> Batch {
+        let (mut body, mut ends) = self.recycled.try_recv().unwrap_or_default();
+        body.clear();
+        ends.clear();
+        Batch {
+            start,
+            end: start,
+            rows: 0,
+            bytes: 0,
+            oldest_ms,
+            body,
+            ends,
+            undecodable: Vec::new(),
+        }
+    }
+
+    /// Cuts the next batch: up to `target_rows` rows or `batch_bytes` bytes, or whatever has
+    /// arrived when the oldest record is `batch_age` old. `None` when the spool is closed and
+    /// empty.
+    async fn next_batch(&mut self) -> std::io::Result<Option<Batch>> {
+        let Some(first) = self.reader.next().await? else {
+            return Ok(None);
+        };
+        let mut batch = self.empty_batch(first.lsn, first.appended_ms);
+        self.building_oldest_ms
+            .store(first.appended_ms, Ordering::Release);
+        // Pending from now on, unless an older batch is still being delivered.
+        self.status.send_if_modified(|s| {
+            let idle = s.oldest_pending_ms.is_none();
+            if idle {
+                s.oldest_pending_ms = Some(first.appended_ms);
+            }
+            idle
+        });
+        add(&mut batch, first);
+        let deadline = tokio::time::Instant::now() + self.cfg.batch_age;
+        let mut full = false;
+        loop {
+            if batch.rows >= self.target_rows || batch.bytes >= self.cfg.batch_bytes {
+                full = true;
+                break;
+            }
+            // Drain what is already committed without waiting (backlog after a restart).
+            if let Some(r) = self.reader.try_next()? {
+                add(&mut batch, r);
+                continue;
+            }
+            tokio::select! {
+                r = self.reader.next() => match r? {
+                    Some(r) => add(&mut batch, r),
+                    None => break,
+                },
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        // A backlog: larger inserts (fewer parts for ClickHouse to write and merge) until it
+        // is gone.
+        self.target_rows = if full && self.reader.has_committed() {
+            (self.target_rows * 2).min(self.cfg.max_batch_rows)
+        } else {
+            self.cfg.batch_rows
+        };
+        self.building_oldest_ms.store(0, Ordering::Release);
+        Ok(Some(batch))
+    }
+
+    /// The records `[start, end)` again (the batch in flight at the last stop).
+    fn read_range(&mut self, start: Lsn, end: Lsn) -> std::io::Result<Batch> {
+        self.reader.seek(start)?;
+        let mut batch = self.empty_batch(start, 0);
+        while batch.end < end {
+            match self.reader.try_next()? {
+                Some(r) => {
+                    if batch.oldest_ms == 0 {
+                        batch.oldest_ms = r.appended_ms;
+                    }
+                    add(&mut batch, r)
+                }
+                None => break,
+            }
+        }
+        Ok(batch)
+    }
+}
+
+/// Appends a record's rows to the batch's body. Each record's row boundaries are checked (a
+/// structural scan, no decoding) so that a malformed record is dead-lettered alone and a
+/// refused batch can be cut into rows.
+fn add(batch: &mut Batch, rec: crate::spool::Record) {
+    batch.end = rec.lsn + 1;
+    batch.bytes += rec.payload.len();
+    let start = batch.body.len();
+    let body = &mut batch.body;
+    let scanned = match crate::spool::payload_parts(&rec.payload) {
+        Some((n, StoredRows::RowBinary(rows))) => crate::row::row_ends(rows, n as usize)
+            .inspect(|_| body.extend_from_slice(rows))
+            .map_err(|e| e.to_string()),
+        // A record of an older version: re-encoded once.
+        Some((_, StoredRows::Json(_))) => crate::spool::decode_events(&rec.payload)
+            .map(|r| {
+                r.iter()
+                    .map(|e| {
+                        e.encode(body);
+                        body.len() - start
+                    })
+                    .collect()
+            })
+            .map_err(|e| e.to_string()),
+        None => Err("record without a known header".to_string()),
+    };
+    match scanned {
+        Ok(e) => {
+            batch.rows += e.len();
+            batch.ends.extend(e.into_iter().map(|end| start + end));
+        }
+        Err(why) => {
+            body.truncate(start);
+            batch.undecodable.push((rec.lsn, rec.payload, why));
+        }
     }
 }

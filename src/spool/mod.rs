@@ -57,7 +57,7 @@ use crate::rowbinary::RowError;
 /// The payload of a record: `row count: u32 LE`, a format byte, then the rows in ClickHouse's
 /// RowBinary ([`crate::rowbinary`]). The count lets the sink cut batches without decoding; the
 /// rows are the insert's body as they are.
-pub fn encode_events(events: &[crate::event::Event]) -> Vec<u8> {
+pub fn encode_events(events: &[crate::row::EventRow<'_>]) -> Vec<u8> {
     let mut out = Vec::with_capacity(5 + events.len() * 320);
     out.extend_from_slice(&(events.len() as u32).to_le_bytes());
     out.push(FORMAT_ROWBINARY);

@@ -100,6 +100,11 @@ impl SpoolReader {
     }
 
     /// The next record if one is committed, without waiting.
+    /// Whether a committed record waits to be read (a backlog, when the sink is behind).
+    pub fn has_committed(&self) -> bool {
+        self.next_lsn < *self.committed.borrow()
+    }
+
     pub fn try_next(&mut self) -> std::io::Result<Option<Record>> {
         if self.next_lsn < *self.committed.borrow() {
             self.read_one().map(Some)

@@ -118,6 +118,18 @@ impl ClickHouse {
         false
     }
 
+    /// Pauses (`SIGSTOP`) or resumes (`SIGCONT`) the server: a ClickHouse that is slow for
+    /// real, its connections open and unanswered.
+    pub fn pause(&self, paused: bool) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let sig = if paused { "-STOP" } else { "-CONT" };
+        assert!(Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success());
+    }
+
     /// Stops the server (SIGKILL: an outage, not a maintenance window).
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -359,6 +371,15 @@ impl Binary {
 
     /// [`Binary::start`] under a wrapper command that execs it (e.g. `prlimit --nofile=64:64`).
     pub fn start_with(config: &Config, wrapper: &[&str]) -> Binary {
+        Binary::start_inner(config, wrapper, Stdio::inherit())
+    }
+
+    /// [`Binary::start`] with its log (stderr) written to `log`.
+    pub fn start_logged(config: &Config, log: &Path) -> Binary {
+        Binary::start_inner(config, &[], std::fs::File::create(log).unwrap().into())
+    }
+
+    fn start_inner(config: &Config, wrapper: &[&str], stderr: Stdio) -> Binary {
         let mut c = config.clone();
         c.listen = "127.0.0.1:0".parse().unwrap();
         let config_path = Binary::config_path(&c);
@@ -374,7 +395,7 @@ impl Binary {
             .arg(&config_path)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);

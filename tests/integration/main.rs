@@ -4,6 +4,7 @@
 
 mod compactor;
 mod dlq;
+mod drain;
 mod durability;
 mod faults;
 mod harness;
@@ -13,3 +14,4 @@ mod live;
 mod migrations;
 mod query;
 mod reload;
+mod slow;
