@@ -19,8 +19,10 @@
 //!   row-level refusals split the batch to isolate the refused rows, which go to
 //!   [`DeadLetters`]; the good rows still land.
 //! - A dead letter that cannot be stored (the store's quota, a full disk) holds the batch too
-//!   (`reason="dead_letters"`): the rows stay in the spool and the put is retried; nothing is
-//!   evicted from the store to make room and nothing is skipped.
+//!   (`reason="dead_letters"`): the rows stay in the spool, and the insert is retried before
+//!   each new put, so rows whose refusal was fixed meanwhile land without a replay; nothing is
+//!   evicted from the store to make room and nothing is skipped. (A spool record that does
+//!   not decode has no insert to retry: only its put is.)
 //!
 //! (Over 500 lines: the delivery loop, its holds and its isolation of refused rows are one state
 //! machine around the checkpoint; the insert itself is in `client.rs`.)
@@ -223,28 +225,34 @@ impl Sink {
         &self,
         entry: impl Fn() -> NewEntry + Send + Sync + 'static,
     ) -> std::io::Result<()> {
-        let entry = std::sync::Arc::new(entry);
         let mut attempt: u32 = 0;
         loop {
-            let (dlq, make) = (self.dlq.clone(), entry.clone());
-            let result = tokio::task::spawn_blocking(move || dlq.put_without_eviction(make()))
-                .await
-                .map_err(std::io::Error::other)?;
-            match result {
-                Ok(_) => {
-                    if attempt > 0 {
-                        self.set_held(None);
-                    }
-                    return Ok(());
+            if self.try_put_dead_letter(entry()).await? {
+                if attempt > 0 {
+                    self.set_held(None);
                 }
-                Err(e) => {
-                    attempt += 1;
-                    tracing::error!(error = %e, attempt, "cannot store refused rows as a dead letter; holding them in the spool and retrying");
-                    self.status
-                        .send_modify(|s| s.last_error = Some(format!("dead-letter store: {e}")));
-                    self.set_held(Some("dead_letters"));
-                    tokio::time::sleep(self.backoff(attempt)).await;
-                }
+                return Ok(());
+            }
+            attempt += 1;
+            tokio::time::sleep(self.backoff(attempt)).await;
+        }
+    }
+
+    /// One attempt to store a dead letter. `false`: the store refused it (quota, disk); the
+    /// batch is then held (`reason="dead_letters"`, alerted) and the caller retries.
+    async fn try_put_dead_letter(&self, entry: NewEntry) -> std::io::Result<bool> {
+        let dlq = self.dlq.clone();
+        let result = tokio::task::spawn_blocking(move || dlq.put_without_eviction(entry))
+            .await
+            .map_err(std::io::Error::other)?;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot store refused rows as a dead letter; holding them in the spool and retrying");
+                self.status
+                    .send_modify(|s| s.last_error = Some(format!("dead-letter store: {e}")));
+                self.set_held(Some("dead_letters"));
+                Ok(false)
             }
         }
     }
@@ -403,8 +411,18 @@ impl Sink {
                                 // Boundaries were checked when the batch was assembled.
                                 let refused = crate::row::decode_all(slice, rows)
                                     .map_err(std::io::Error::other)?;
-                                self.dead_letter(&refused, code, msg, first_failed_ms, attempt)
+                                let stored = self
+                                    .dead_letter(&refused, code, msg, first_failed_ms, attempt)
                                     .await?;
+                                if !stored {
+                                    // Nowhere to keep them: held in the spool, and the insert
+                                    // is tried again after the backoff, since the refusal may
+                                    // be fixed meanwhile (then they land without a replay).
+                                    // permanent_failures stays at its limit, so the next
+                                    // refusal goes straight back to the store.
+                                    tokio::time::sleep(self.backoff(attempt)).await;
+                                    continue;
+                                }
                             }
                             break;
                         }
@@ -423,27 +441,33 @@ impl Sink {
         reason: String,
         first_failed_ms: i64,
         attempts: u32,
-    ) -> std::io::Result<()> {
+    ) -> std::io::Result<bool> {
         tracing::error!(rows = rows.len(), ?code, %reason, "ClickHouse refused rows for good; moving them to dead letters");
         let site = rows.first().map(|r| r.site.to_string()).unwrap_or_default();
         let rows: Vec<_> = rows.iter().map(|r| r.clone().into_owned()).collect();
-        self.put_dead_letter(move || NewEntry {
-            stage: Stage::Insert,
-            reason_class: DeadLetters::reason_class_for_code(code),
-            reason: reason.clone(),
-            code,
-            first_failed_ms,
-            attempts,
-            origin: Origin {
-                site: site.clone(),
-                ..Origin::default()
-            },
-            events: Vec::new(),
-            errors: Vec::new(),
-            rows: rows.clone(),
-            raw: None,
-        })
-        .await
+        let held = self.status.borrow().held_reason == Some("dead_letters");
+        let stored = self
+            .try_put_dead_letter(NewEntry {
+                stage: Stage::Insert,
+                reason_class: DeadLetters::reason_class_for_code(code),
+                reason,
+                code,
+                first_failed_ms,
+                attempts,
+                origin: Origin {
+                    site,
+                    ..Origin::default()
+                },
+                events: Vec::new(),
+                errors: Vec::new(),
+                rows,
+                raw: None,
+            })
+            .await?;
+        if stored && held {
+            self.set_held(None);
+        }
+        Ok(stored)
     }
 
     fn record_success(&self, rows: usize) {

@@ -96,32 +96,44 @@ async fn a_second_serve_on_the_same_data_dir_is_refused_naming_the_first_and_fil
     }
 }
 
-/// A tmpfs of `size` mounted at a temp dir for the test (needs root), unmounted on drop.
+/// A tmpfs of `size` mounted at a temp dir (or a given directory) for the test (needs root),
+/// unmounted on drop.
 struct SmallDisk {
-    dir: tempfile::TempDir,
+    dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
 }
 
 impl SmallDisk {
     fn mount(size: &str) -> SmallDisk {
-        let dir = tempfile::tempdir().unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let mut disk = SmallDisk::mount_at(tmp.path(), size);
+        disk._tmp = Some(tmp);
+        disk
+    }
+
+    /// Mounts it on the existing directory `dir`.
+    fn mount_at(dir: &Path, size: &str) -> SmallDisk {
         let ok = Command::new("mount")
             .args([
                 "-t",
                 "tmpfs",
                 "-o",
-                &format!("size={size},mode=0755"),
+                &format!("size={size},mode=0700"),
                 "tmpfs",
             ])
-            .arg(dir.path())
+            .arg(dir)
             .status()
             .unwrap()
             .success();
         assert!(ok, "mount a tmpfs (the test runs as root)");
-        SmallDisk { dir }
+        SmallDisk {
+            dir: dir.to_path_buf(),
+            _tmp: None,
+        }
     }
 
     fn path(&self) -> &Path {
-        self.dir.path()
+        &self.dir
     }
 
     /// Writes a file until the disk refuses with ENOSPC.
@@ -144,10 +156,7 @@ impl SmallDisk {
 
 impl Drop for SmallDisk {
     fn drop(&mut self) {
-        let _ = Command::new("umount")
-            .arg("-l")
-            .arg(self.dir.path())
-            .status();
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
     }
 }
 
@@ -166,6 +175,143 @@ async fn post_one(app: &App, id: &str) -> (u16, Option<String>) {
         .get("retry-after")
         .map(|v| v.to_str().unwrap().to_string());
     (r.status().as_u16(), retry)
+}
+
+/// The `clicktrail_sink_held` gauge for `reason`, from the metrics text.
+fn held(metrics: &str, reason: &str) -> Option<i64> {
+    let key = format!("clicktrail_sink_held{{reason=\"{reason}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&key))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Rows ClickHouse refuses for their value, with nowhere to keep them: the dead-letter store
+/// sits on a tiny disk that fills up. The sink must hold the rest in the spool (held
+/// `dead_letters`), evict nothing, and once the refusal is fixed deliver every held row once,
+/// without a replay; the dead letters stored before the disk filled replay after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_rows_that_cannot_be_dead_lettered_stay_in_the_spool_and_land_after_the_fix() {
+    let ch = ClickHouse::start();
+    let data = tempfile::tempdir().unwrap();
+    let mut cfg = test_config(&ch, &data.path().join("data"));
+    cfg.sink.permanent_error_attempts = 2;
+    cfg.sink.batch_age = Duration::from_secs(2);
+    let dlq_dir = cfg.dlq_dir();
+    std::fs::create_dir_all(&dlq_dir).unwrap();
+    let _disk = SmallDisk::mount_at(&dlq_dir, "64k");
+    migrate(&cfg).await;
+    ch.query("SYSTEM STOP MERGES clicktrail.events");
+    let config_path = data.path().join("cli.toml");
+    std::fs::write(&config_path, toml_of(&cfg)).unwrap();
+    let app = App::spawn(cfg).await;
+
+    ch.query(
+        "ALTER TABLE clicktrail.events ADD COLUMN chk UInt8 MATERIALIZED throwIf(title = 'poison')",
+    );
+    let pad = "x".repeat(1900);
+    let mut ids = Vec::new();
+    for post in 0..4 {
+        let evs: Vec<serde_json::Value> = (0..10)
+            .map(|i| {
+                let id = format!("d{post}-{i}");
+                ids.push(id.clone());
+                let mut e = pageview(&id);
+                if i % 4 != 3 {
+                    e["title"] = serde_json::json!("poison");
+                    e["props"] = serde_json::json!({ "pad": pad });
+                }
+                e
+            })
+            .collect();
+        let (status, body) = app.post(&batch(evs)).await;
+        assert_eq!(
+            (status, body["accepted"].as_u64()),
+            (200, Some(10)),
+            "{body}"
+        );
+    }
+
+    // 30 refused rows of ~2 KB each, 64 KB for dead letters: the store fills and the sink holds.
+    eventually_some(
+        "the sink holds: refused rows cannot be dead-lettered",
+        Duration::from_secs(60),
+        || async { (held(&app.metrics().await, "dead_letters") == Some(1)).then_some(()) },
+    )
+    .await;
+    let stored = std::fs::read_dir(dlq_dir.join("entries")).unwrap().count();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let m = app.metrics().await;
+    assert_eq!(held(&m, "dead_letters"), Some(1), "still held");
+    assert!(
+        !m.lines()
+            .any(|l| l.starts_with("clicktrail_dlq_evictions_total") && !l.ends_with(" 0")),
+        "nothing evicted: {m}"
+    );
+    assert_eq!(
+        std::fs::read_dir(dlq_dir.join("entries")).unwrap().count(),
+        stored,
+        "no entry evicted or replaced while held"
+    );
+    assert!(
+        stored < 30,
+        "the disk took all {stored} entries: the test proves nothing"
+    );
+
+    // The fix: the check goes. Every held row lands once, without a replay.
+    ch.query("ALTER TABLE clicktrail.events DROP COLUMN chk");
+    eventually_some("the held rows land", Duration::from_secs(60), || async {
+        (held(&app.metrics().await, "dead_letters") == Some(0)).then_some(())
+    })
+    .await;
+    eventually(
+        "every row not dead-lettered is in ClickHouse",
+        Duration::from_secs(30),
+        || {
+            ch.query("SELECT count(), uniqExact(event_id) FROM clicktrail.events FORMAT TSV")
+                .trim()
+                == format!("{0}\t{0}", 40 - stored_events(&config_path))
+        },
+    )
+    .await;
+
+    // The dead letters stored before the disk filled replay; then all 40 are there once.
+    let out = Command::new(env!("CARGO_BIN_EXE_clicktrail"))
+        .args(["dlq", "replay", "--stage", "insert", "--config"])
+        .arg(&config_path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        ch.query("SELECT count(), uniqExact(event_id) FROM clicktrail.events FORMAT TSV")
+            .trim(),
+        "40\t40"
+    );
+    let got: std::collections::HashSet<String> = ch
+        .query("SELECT event_id FROM clicktrail.events FORMAT TSV")
+        .lines()
+        .map(String::from)
+        .collect();
+    assert_eq!(got, ids.into_iter().collect());
+    app.shutdown().await;
+}
+
+/// Events held as dead letters, as `clicktrail dlq list --json` counts them.
+fn stored_events(config_path: &Path) -> usize {
+    let out = Command::new(env!("CARGO_BIN_EXE_clicktrail"))
+        .args(["dlq", "list", "--json", "--config"])
+        .arg(config_path)
+        .output()
+        .unwrap();
+    let entries: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    entries
+        .iter()
+        .map(|e| e["events"].as_u64().unwrap() as usize)
+        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
