@@ -314,6 +314,8 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         "freshness",
         "server",
         "rate_limit",
+        "bots",
+        "admin",
     ] {
         if a.get(key) != b.get(key) {
             changed.push(key);
