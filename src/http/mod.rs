@@ -140,7 +140,21 @@ impl AppState {
     }
 }
 
+/// Every route on one listener (`[admin] listen` empty).
 pub fn router(state: AppState) -> Router {
+    layered(public_routes().merge(admin_routes()), state)
+}
+
+/// The public routes, and the admin routes with `/metrics` for a listener of their own: the
+/// public router answers 404 for those.
+pub fn split_routers(state: AppState) -> (Router, Router) {
+    (
+        layered(public_routes(), state.clone()),
+        layered(admin_routes(), state),
+    )
+}
+
+fn public_routes() -> Router<AppState> {
     Router::new()
         .route("/v1/events", post(post_events))
         .route("/v1/snippet.js", get(get_snippet))
@@ -153,14 +167,22 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/v1/admin/replay", post(admin::replay))
-        .route("/v1/admin/status", get(admin::status))
         .route("/v1/query/pages", get(crate::query::pages))
         .route("/v1/query/heatmap", get(crate::query::heatmap))
         .route("/v1/query/elements", get(crate::query::elements))
         .route("/v1/query/scroll", get(crate::query::scroll))
         .route("/v1/live", get(live::live))
+}
+
+fn admin_routes() -> Router<AppState> {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/v1/admin/replay", post(admin::replay))
+        .route("/v1/admin/status", get(admin::status))
+}
+
+fn layered(routes: Router<AppState>, state: AppState) -> Router {
+    routes
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .fallback(|| async { ApiError::NotFound })
         .layer(cors_layer(state.inner.ingest.clone()))

@@ -11,5 +11,6 @@ mod ingest;
 mod limits;
 mod live;
 mod migrations;
+mod privacy;
 mod query;
 mod reload;
