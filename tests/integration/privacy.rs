@@ -98,7 +98,28 @@ async fn urls_text_opt_outs_and_bots_by_default() {
     assert_eq!(got[2]["referrer"], "https://mail.test/inbox");
     assert_eq!(got[0]["text"], "Dear John", "text of a button is kept");
     assert_eq!(got[1]["text"], "", "text of a div is not");
+
+    // A refused event's dead letter keeps no more of the User-Agent than a row would: with
+    // privacy.keep_user_agent = false, its parse and the cookieless id, not the string.
+    let long_ua = format!("{CHROME} {}", "x".repeat(100_000));
+    let bad = post_as(&app, &long_ua, &[], vec![json!({"type": "pageview", "id": "bad-1"})]).await;
+    assert_eq!(bad["rejected"].as_array().unwrap().len(), 1, "{bad}");
     app.shutdown().await;
+    let dir = data.path().join("dlq");
+    let entries: Vec<clicktrail::dlq::Entry> = std::fs::read_dir(dir.join("entries"))
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().into_string().unwrap();
+            let id = name.split('.').next()?.parse().ok()?;
+            clicktrail::dlq::read(&dir, id).ok()
+        })
+        .collect();
+    assert_eq!(entries.len(), 1);
+    let origin = &entries[0].origin;
+    assert_eq!(origin.user_agent, "", "the raw User-Agent is not kept");
+    let agent = origin.agent.as_ref().expect("the parse is kept");
+    assert_eq!((agent.browser.as_str(), agent.device.as_str()), ("Chrome", "desktop"));
+    assert!(agent.cookieless_visitor.starts_with('c'));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
