@@ -19,6 +19,11 @@
 //!   entry is cut to `limits.max_user_agent_len`; and the store gives refused input its own
 //!   quotas ([`crate::dlq`]).
 //! - A site over `rate_limit.per_site_*` is refused before validation.
+//! - A request whose browser opted out (`Sec-GPC: 1`, `DNT: 1`, with
+//!   `privacy.honor_do_not_track`) or whose User-Agent is a known bot (`bots.action = "drop"`)
+//!   stores nothing, not even a dead letter: it is answered with [`Answer::dropped`] and
+//!   counted (`clicktrail_events_dropped_total`).
+//! - Dead letters keep no more of the User-Agent than a row does ([`Validator::stored_agent`]).
 //!
 //! Architecture invariant: this module knows nothing of HTTP (no status codes, headers or
 //! bodies); `http::error` maps [`IngestError`] to answers.

@@ -239,8 +239,14 @@ pub async fn run_with_reload(
     let admin = async {
         match (admin_listener, admin_app) {
             (Some(l), Some(a)) => {
-                crate::http::server::serve(l, a, &config.server, metrics_http, stopped(http_stop_rx))
-                    .await
+                crate::http::server::serve(
+                    l,
+                    a,
+                    &config.server,
+                    metrics_http,
+                    stopped(http_stop_rx),
+                )
+                .await
             }
             _ => Ok(()),
         }

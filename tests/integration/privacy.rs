@@ -67,7 +67,11 @@ async fn urls_text_opt_outs_and_bots_by_default() {
         &app,
         CHROME,
         &[],
-        vec![pv, click("c-btn", "main>button"), click("c-div", "main>div")],
+        vec![
+            pv,
+            click("c-btn", "main>button"),
+            click("c-div", "main>div"),
+        ],
     )
     .await;
     assert_eq!(a["accepted"], 3, "{a}");
@@ -75,16 +79,34 @@ async fn urls_text_opt_outs_and_bots_by_default() {
     // Opted out, or a headless browser: answered 200, nothing stored, counted.
     let gpc = post_as(&app, CHROME, &[("sec-gpc", "1")], vec![pageview("gpc-1")]).await;
     let dnt = post_as(&app, CHROME, &[("dnt", "1")], vec![pageview("dnt-1")]).await;
-    let bot = post_as(&app, HEADLESS, &[], vec![pageview("bot-1"), pageview("bot-2")]).await;
-    assert_eq!((gpc["accepted"].clone(), gpc["dropped"].clone()), (json!(0), json!(1)));
+    let bot = post_as(
+        &app,
+        HEADLESS,
+        &[],
+        vec![pageview("bot-1"), pageview("bot-2")],
+    )
+    .await;
+    assert_eq!(
+        (gpc["accepted"].clone(), gpc["dropped"].clone()),
+        (json!(0), json!(1))
+    );
     assert_eq!(dnt["dropped"], 1);
-    assert_eq!((bot["accepted"].clone(), bot["dropped"].clone()), (json!(0), json!(2)));
+    assert_eq!(
+        (bot["accepted"].clone(), bot["dropped"].clone()),
+        (json!(0), json!(2))
+    );
     let m = app.metrics().await;
     assert_eq!(
-        counter(&m, "clicktrail_events_dropped_total{reason=\"do_not_track\"} "),
+        counter(
+            &m,
+            "clicktrail_events_dropped_total{reason=\"do_not_track\"} "
+        ),
         2
     );
-    assert_eq!(counter(&m, "clicktrail_events_dropped_total{reason=\"bot\"} "), 2);
+    assert_eq!(
+        counter(&m, "clicktrail_events_dropped_total{reason=\"bot\"} "),
+        2
+    );
 
     let got = rows(
         &ch,
@@ -92,9 +114,19 @@ async fn urls_text_opt_outs_and_bots_by_default() {
         "SELECT event_id, url, referrer, text FROM clicktrail.events ORDER BY event_id",
     )
     .await;
-    let ids: Vec<&str> = got.iter().map(|r| r["event_id"].as_str().unwrap()).collect();
-    assert_eq!(ids, ["c-btn", "c-div", "p-1"], "dropped events are not stored");
-    assert_eq!(got[2]["url"], "https://shop.test/cart?utm_source=mail&gclid=G");
+    let ids: Vec<&str> = got
+        .iter()
+        .map(|r| r["event_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        ["c-btn", "c-div", "p-1"],
+        "dropped events are not stored"
+    );
+    assert_eq!(
+        got[2]["url"],
+        "https://shop.test/cart?utm_source=mail&gclid=G"
+    );
     assert_eq!(got[2]["referrer"], "https://mail.test/inbox");
     assert_eq!(got[0]["text"], "Dear John", "text of a button is kept");
     assert_eq!(got[1]["text"], "", "text of a div is not");
@@ -102,7 +134,13 @@ async fn urls_text_opt_outs_and_bots_by_default() {
     // A refused event's dead letter keeps no more of the User-Agent than a row would: with
     // privacy.keep_user_agent = false, its parse and the cookieless id, not the string.
     let long_ua = format!("{CHROME} {}", "x".repeat(100_000));
-    let bad = post_as(&app, &long_ua, &[], vec![json!({"type": "pageview", "id": "bad-1"})]).await;
+    let bad = post_as(
+        &app,
+        &long_ua,
+        &[],
+        vec![json!({"type": "pageview", "id": "bad-1"})],
+    )
+    .await;
     assert_eq!(bad["rejected"].as_array().unwrap().len(), 1, "{bad}");
     app.shutdown().await;
     let dir = data.path().join("dlq");
@@ -118,7 +156,10 @@ async fn urls_text_opt_outs_and_bots_by_default() {
     let origin = &entries[0].origin;
     assert_eq!(origin.user_agent, "", "the raw User-Agent is not kept");
     let agent = origin.agent.as_ref().expect("the parse is kept");
-    assert_eq!((agent.browser.as_str(), agent.device.as_str()), ("Chrome", "desktop"));
+    assert_eq!(
+        (agent.browser.as_str(), agent.device.as_str()),
+        ("Chrome", "desktop")
+    );
     assert!(agent.cookieless_visitor.starts_with('c'));
 }
 
@@ -159,9 +200,7 @@ async fn replaying_yesterday_keeps_today_visitor_ids() {
     )
     .unwrap()
     .with_clock(clicktrail::clock::Clock::manual(yesterday));
-    let cookieless = |id: &str, ts: i64| {
-        json!({"type": "pageview", "id": id, "ts": ts, "url": "https://shop.test/", "session": "s", "visitor": ""})
-    };
+    let cookieless = |id: &str, ts: i64| json!({"type": "pageview", "id": id, "ts": ts, "url": "https://shop.test/", "session": "s", "visitor": ""});
     let entry = clicktrail::dlq::NewEntry {
         events: vec![serde_json::value::to_raw_value(&cookieless("old-1", yesterday)).unwrap()],
         errors: vec!["field url: too long".into()],
@@ -220,7 +259,11 @@ async fn replaying_yesterday_keeps_today_visitor_ids() {
         visitor("today-2"),
         "the replay of yesterday changed today's visitor id"
     );
-    assert_ne!(visitor("old-1"), visitor("today-1"), "yesterday had its own salt");
+    assert_ne!(
+        visitor("old-1"),
+        visitor("today-1"),
+        "yesterday had its own salt"
+    );
     app.shutdown().await;
     assert!(
         cfg.salts_dir().read_dir().unwrap().count() >= 2,
@@ -250,7 +293,10 @@ async fn admin_routes_and_metrics_can_have_a_listener_of_their_own() {
     assert_eq!(replay.status(), 404);
     assert_eq!(status(format!("{}/healthz", app.base)).await, 200);
 
-    assert!(app.metrics().await.contains("clicktrail_events_accepted_total"));
+    assert!(app
+        .metrics()
+        .await
+        .contains("clicktrail_events_accepted_total"));
     // Served there (a token is still needed), and the public routes are not.
     assert_eq!(status(format!("{}/v1/admin/status", app.admin)).await, 401);
     assert_eq!(status(format!("{}/healthz", app.admin)).await, 404);
