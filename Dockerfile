@@ -16,8 +16,10 @@ COPY config/clicktrail.toml /etc/clicktrail/clicktrail.toml
 USER 10001:10001
 ENV CLICKTRAIL_CONFIG=/etc/clicktrail/clicktrail.toml \
     CLICKTRAIL_DATA_DIR=/var/lib/clicktrail \
-    CLICKTRAIL_LISTEN=0.0.0.0:8080
+    CLICKTRAIL_LISTEN=0.0.0.0:8080 \
+    CLICKTRAIL_ADMIN_LISTEN=0.0.0.0:9091
 VOLUME /var/lib/clicktrail
-EXPOSE 8080
+# 9091: /metrics and the admin routes, for the container network only (do not publish it).
+EXPOSE 8080 9091
 HEALTHCHECK CMD curl -fsS http://127.0.0.1:8080/healthz || exit 1
 CMD ["sh", "-c", "clicktrail migrate && exec clicktrail serve"]

@@ -86,6 +86,15 @@ fn decode_validate(c: &mut Criterion) {
             )))
         })
     });
+    // The UA parse (woothee + the isbot regex) against the LRU cache the validator uses: a hit
+    // is one lock and one hash of the string.
+    let agents = clicktrail::event::UserAgents::new(10_000);
+    g.bench_function("user-agent parse + bot check, uncached", |b| {
+        b.iter(|| black_box(agents.parse_uncached(black_box(&ctx.user_agent))))
+    });
+    g.bench_function("user-agent parse + bot check, cache hit", |b| {
+        b.iter(|| black_box(agents.parse(black_box(&ctx.user_agent))))
+    });
     g.bench_function("encode spool record only (RowBinary)", |b| {
         b.iter(|| black_box(clicktrail::spool::encode_events(black_box(&accepted))))
     });

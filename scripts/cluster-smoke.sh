@@ -56,8 +56,8 @@ for i in 1 2; do
   cat > "$s/c$i/clicktrail.toml" <<EOF
 listen = "127.0.0.1:$port"
 data_dir = "$s/c$i/data"
-[http]
-trust_forwarded_for = true
+[server]
+trusted_proxies = ["127.0.0.1"]
 [clickhouse]
 url = "http://127.0.0.1:$ch"
 database = "clicktrail"

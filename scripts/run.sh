@@ -14,6 +14,7 @@ listen="${CLICKTRAIL_LISTEN:-127.0.0.1:8080}"
 echo
 echo "  demo page:   http://$listen/   (click around, then:)"
 echo "  your events: curl '$CLICKTRAIL_CLICKHOUSE_URL/?query=SELECT+type,x,y,selector,path+FROM+clicktrail.events+ORDER+BY+received_at+DESC+LIMIT+20'"
-echo "  metrics:     http://$listen/metrics      stop: Ctrl-C"
+admin="${CLICKTRAIL_ADMIN_LISTEN:-127.0.0.1:9091}"
+echo "  metrics:     http://$admin/metrics   ([admin] listen)   stop: Ctrl-C"
 echo
 target/release/clicktrail serve

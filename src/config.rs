@@ -40,6 +40,8 @@ const SECTIONS: &[&str] = &[
     "query",
     "server",
     "rate_limit",
+    "bots",
+    "admin",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +80,8 @@ pub struct Config {
     pub server: ServerConfig,
     pub rate_limit: RateLimitConfig,
     pub observability: ObservabilityConfig,
+    pub bots: BotsConfig,
+    pub admin: AdminConfig,
     pub sites: Vec<SiteConfig>,
 }
 
@@ -100,6 +104,8 @@ impl Default for Config {
             server: ServerConfig::default(),
             rate_limit: RateLimitConfig::default(),
             observability: ObservabilityConfig::default(),
+            bots: BotsConfig::default(),
+            admin: AdminConfig::default(),
             sites: Vec::new(),
         }
     }
@@ -172,8 +178,6 @@ pub struct HttpConfig {
     pub request_timeout: Duration,
     /// Seconds put in `Retry-After` when the collector cannot take events now.
     pub retry_after_secs: u32,
-    /// Take the client address from `X-Forwarded-For` (only behind a trusted proxy).
-    pub trust_forwarded_for: bool,
     /// Serve this file at `/v1/snippet.js` instead of the copy built into the binary.
     pub snippet_file: Option<PathBuf>,
 }
@@ -189,7 +193,6 @@ impl Default for HttpConfig {
             max_events_per_batch: 500,
             request_timeout: Duration::from_secs(10),
             retry_after_secs: 5,
-            trust_forwarded_for: false,
             snippet_file: None,
         }
     }
@@ -246,6 +249,18 @@ pub struct PrivacyConfig {
     pub ip: IpMode,
     /// Store the raw user-agent string besides the parsed browser / OS / device.
     pub keep_user_agent: bool,
+    /// Query parameters kept in stored page URLs and referrers besides `utm_*` (always kept);
+    /// every other parameter is removed. Names compare exactly.
+    pub keep_query_params: Vec<String>,
+    /// Keep the `#fragment` of page URLs and referrers (hash-routed single-page apps).
+    pub keep_fragment: bool,
+    /// Element tags whose click text is stored (`"*"`: any element); other clicks keep no text.
+    pub text_for_tags: Vec<String>,
+    /// Drop requests that carry `Sec-GPC: 1` or `DNT: 1` (counted, answered 200).
+    pub honor_do_not_track: bool,
+    /// UTC days whose cookieless salt is kept on disk (today included); older ones are deleted,
+    /// and with them any way to recompute that day's visitor ids.
+    pub salt_retention_days: u32,
 }
 
 impl Default for PrivacyConfig {
@@ -253,7 +268,107 @@ impl Default for PrivacyConfig {
         Self {
             ip: IpMode::Anonymize,
             keep_user_agent: false,
+            keep_query_params: Vec::new(),
+            keep_fragment: false,
+            text_for_tags: vec!["a".into(), "button".into()],
+            honor_do_not_track: true,
+            salt_retention_days: 2,
         }
+    }
+}
+
+impl PrivacyConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.salt_retention_days == 0 {
+            return Err(invalid(
+                "privacy.salt_retention_days",
+                "must be at least 1 (today's salt)",
+            ));
+        }
+        for (i, p) in self.keep_query_params.iter().enumerate() {
+            if p.is_empty() {
+                return Err(invalid(
+                    &format!("privacy.keep_query_params[{i}]"),
+                    "is empty",
+                ));
+            }
+        }
+        for (i, t) in self.text_for_tags.iter().enumerate() {
+            if t != "*"
+                && (t.is_empty() || !t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+            {
+                return Err(invalid(
+                    &format!("privacy.text_for_tags[{i}]"),
+                    "must be a tag name such as \"a\" or \"button\", or \"*\"",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What happens to events from known crawlers and headless browsers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BotAction {
+    /// Not stored; counted in `clicktrail_events_dropped_total{reason="bot"}`.
+    Drop,
+    /// Stored with `device = 'bot'`; counted in `clicktrail_bot_events_total`.
+    Flag,
+}
+
+/// `[bots]`: crawler and headless-browser detection by User-Agent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BotsConfig {
+    pub action: BotAction,
+    /// Distinct User-Agent strings whose parse (browser, OS, device, bot) is cached (LRU).
+    pub user_agent_cache: usize,
+}
+
+impl Default for BotsConfig {
+    fn default() -> Self {
+        Self {
+            action: BotAction::Drop,
+            user_agent_cache: 10_000,
+        }
+    }
+}
+
+/// `[admin]`: where the admin routes (`/v1/admin/*`) and `/metrics` are served.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// A separate listener for them (e.g. `127.0.0.1:9091`); the public listener then answers
+    /// 404 for them. Empty: served on the public listener.
+    #[serde(with = "optional_addr")]
+    pub listen: Option<SocketAddr>,
+}
+
+/// An address that may be written `""` for none (env overrides cannot unset a key).
+mod optional_addr {
+    use std::net::SocketAddr;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(
+        a: &Option<SocketAddr>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match a {
+            Some(a) => s.serialize_str(&a.to_string()),
+            None => s.serialize_str(""),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<SocketAddr>, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.trim().is_empty() {
+            return Ok(None);
+        }
+        s.trim().parse().map(Some).map_err(serde::de::Error::custom)
     }
 }
 
@@ -567,6 +682,9 @@ pub struct ServerConfig {
     /// Request body bytes (as received, and again once inflated) held at once by all requests
     /// not yet answered; past it requests get 503 + Retry-After before their body is read.
     pub max_inflight_body_bytes: usize,
+    /// Proxies (CIDR ranges) whose `X-Forwarded-For` is believed: the client is the right-most
+    /// address that is not one of them. Empty: the header is ignored, the peer is the client.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -576,11 +694,31 @@ impl Default for ServerConfig {
             keep_alive_timeout: Duration::from_secs(5),
             max_connections: 10_000,
             max_inflight_body_bytes: 64 * 1024 * 1024,
+            trusted_proxies: Vec::new(),
         }
     }
 }
 
 impl ServerConfig {
+    /// The parsed `trusted_proxies`; a bare address is a /32 (/128).
+    pub fn trusted_proxy_nets(&self) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+        self.trusted_proxies
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                s.parse::<ipnet::IpNet>()
+                    .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map(|n| n.trunc())
+                    .map_err(|_| {
+                        invalid(
+                            &format!("server.trusted_proxies[{i}]"),
+                            format!("`{s}` is not an address or CIDR range (10.0.0.0/8, fd00::/8)"),
+                        )
+                    })
+            })
+            .collect()
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         if self.header_read_timeout.is_zero() {
             return Err(invalid(
@@ -597,6 +735,7 @@ impl ServerConfig {
         if self.max_connections == 0 {
             return Err(invalid("server.max_connections", "must be greater than 0"));
         }
+        self.trusted_proxy_nets()?;
         Ok(())
     }
 }
@@ -830,6 +969,18 @@ impl Config {
         }
         self.server.validate()?;
         self.rate_limit.validate()?;
+        self.privacy.validate()?;
+        positive("bots.user_agent_cache", self.bots.user_agent_cache)?;
+        if self
+            .admin
+            .listen
+            .is_some_and(|a| a == self.listen && a.port() != 0)
+        {
+            return Err(invalid(
+                "admin.listen",
+                "must differ from listen (leave it empty to serve admin routes there)",
+            ));
+        }
         if self.clickhouse.timeout.is_zero() {
             return Err(invalid("clickhouse.timeout", "must be greater than 0"));
         }
@@ -947,6 +1098,11 @@ impl Config {
     pub fn dlq_dir(&self) -> PathBuf {
         self.data_dir.join("dlq")
     }
+
+    /// The cookieless visitor salts, one file per UTC day (`privacy.salt_retention_days`).
+    pub fn salts_dir(&self) -> PathBuf {
+        self.data_dir.join("salts")
+    }
 }
 
 pub(crate) fn is_identifier(s: &str) -> bool {
@@ -979,6 +1135,13 @@ mod tests {
             ..Config::default()
         };
         defaults.data_dir = shipped.data_dir.clone();
+        // The one deliberate difference: the shipped file keeps the admin routes and /metrics
+        // on loopback; the code's default (one listener) is what embedders and tests get.
+        assert!(
+            shipped.admin.listen.is_some_and(|a| a.ip().is_loopback()),
+            "config/clicktrail.toml should bind [admin] listen to loopback"
+        );
+        defaults.admin = shipped.admin.clone();
         assert_eq!(
             toml_of(&shipped),
             toml_of(&defaults),
@@ -1093,6 +1256,24 @@ mod tests {
             (
                 format!("[dlq]\nparse_max_bytes = 200000000\n{SITE}"),
                 "dlq.validation_max_bytes",
+            ),
+            (
+                format!("[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"10.0.0/8\"]\n{SITE}"),
+                "server.trusted_proxies[1]",
+            ),
+            (
+                format!("[privacy]\ntext_for_tags = [\"a b\"]\n{SITE}"),
+                "privacy.text_for_tags[0]",
+            ),
+            (
+                format!("[privacy]\nsalt_retention_days = 0\n{SITE}"),
+                "privacy.salt_retention_days",
+            ),
+            (format!("[bots]\naction = \"ban\"\n{SITE}"), "action"),
+            (format!("[admin]\nlisten = \"loopback\"\n{SITE}"), "listen"),
+            (
+                format!("listen = \"127.0.0.1:8080\"\n[admin]\nlisten = \"127.0.0.1:8080\"\n{SITE}"),
+                "admin.listen",
             ),
         ];
         for (body, key) in cases {

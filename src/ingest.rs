@@ -19,6 +19,11 @@
 //!   entry is cut to `limits.max_user_agent_len`; and the store gives refused input its own
 //!   quotas ([`crate::dlq`]).
 //! - A site over `rate_limit.per_site_*` is refused before validation.
+//! - A request whose browser opted out (`Sec-GPC: 1`, `DNT: 1`, with
+//!   `privacy.honor_do_not_track`) or whose User-Agent is a known bot (`bots.action = "drop"`)
+//!   stores nothing, not even a dead letter: it is answered with [`Answer::dropped`] and
+//!   counted (`clicktrail_events_dropped_total`).
+//! - Dead letters keep no more of the User-Agent than a row does ([`Validator::stored_agent`]).
 //!
 //! Architecture invariant: this module knows nothing of HTTP (no status codes, headers or
 //! bodies); `http::error` maps [`IngestError`] to answers.
@@ -52,6 +57,8 @@ pub struct Meta {
     pub origin: Option<String>,
     /// The request comes from a page the collector served itself (the demo page).
     pub same_origin: bool,
+    /// The browser asked not to be tracked (`Sec-GPC: 1` or `DNT: 1`).
+    pub do_not_track: bool,
 }
 
 /// Why a whole batch is refused.
@@ -95,6 +102,14 @@ pub struct Rejected {
 pub struct Answer {
     pub accepted: usize,
     pub rejected: Vec<Rejected>,
+    /// Events not stored on purpose: the browser asked not to be tracked, or a bot sent them
+    /// (`privacy.honor_do_not_track`, `bots.action = "drop"`). Absent when 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub dropped: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// A batch after validation.
@@ -175,6 +190,8 @@ struct Inner {
     dlq: DeadLetters,
     metrics: Metrics,
     max_user_agent_len: usize,
+    honor_do_not_track: bool,
+    bot_action: crate::config::BotAction,
     per_site: crate::ratelimit::KeyedLimit<String>,
     /// Unparseable bodies that name no site this collector takes: sampled, not all kept.
     unattributed: Option<governor::DefaultDirectRateLimiter>,
@@ -188,7 +205,14 @@ impl Ingest {
                 sites: RwLock::new(Arc::new(SitePolicy::new(&config.sites))),
                 max_events: config.http.max_events_per_batch,
                 keep_unparseable: config.dlq.keep_unparseable_bodies,
-                validator: Validator::new(config.limits.clone(), config.privacy.clone()),
+                validator: Validator::new(config.limits.clone(), config.privacy.clone())
+                    .with_salts(crate::event::Salts::persistent(
+                        config.salts_dir(),
+                        config.privacy.salt_retention_days,
+                    ))
+                    .with_user_agents(crate::event::UserAgents::new(config.bots.user_agent_cache)),
+                honor_do_not_track: config.privacy.honor_do_not_track,
+                bot_action: config.bots.action,
                 spool,
                 dlq,
                 live: Live::new(
@@ -289,6 +313,14 @@ impl Ingest {
                 limit: self.inner.max_events,
             });
         }
+        if let Some(reason) = self.drop_reason(&meta) {
+            self.count_dropped(reason, count as u64);
+            return Ok(Answer {
+                accepted: 0,
+                rejected: Vec::new(),
+                dropped: count,
+            });
+        }
         let ctx = RequestContext {
             site: site.into_owned(),
             received_at_ms: meta.received_at_ms,
@@ -333,9 +365,13 @@ impl Ingest {
             self.count_rejected("spool_full", n as u64);
             return Err(e.into());
         }
+        if n > 0 && self.inner.validator.agent(&ctx.user_agent).bot {
+            self.inner.metrics.bot_events_flagged.inc_by(n as u64);
+        }
         // Durable now: a copy for live viewers, never waited for.
         self.inner.live.publish(&ctx.site, &accepted);
         Ok(Answer {
+            dropped: 0,
             accepted: n,
             rejected: rejected
                 .into_iter()
@@ -471,13 +507,44 @@ impl Ingest {
         sampled
     }
 
+    /// Why a request's events are not stored at all, if they are not: the browser's opt-out
+    /// (when honoured), or a bot's User-Agent under `bots.action = "drop"`.
+    fn drop_reason(&self, meta: &Meta) -> Option<&'static str> {
+        if meta.do_not_track && self.inner.honor_do_not_track {
+            return Some("do_not_track");
+        }
+        let drop_bots = self.inner.bot_action == crate::config::BotAction::Drop;
+        (drop_bots && self.inner.validator.agent(&meta.user_agent).bot).then_some("bot")
+    }
+
+    fn count_dropped(&self, reason: &'static str, n: u64) {
+        self.inner
+            .metrics
+            .events_dropped
+            .get_or_create(&ReasonLabel { reason })
+            .inc_by(n);
+    }
+
+    /// Where refused input came from, as a dead letter keeps it: the User-Agent under the same
+    /// policy as the events (cut, and the raw string only with `privacy.keep_user_agent`), with
+    /// its parse and the cookieless visitor id so that a replay needs neither.
     fn origin_of(&self, site: &str, meta: &Meta) -> Origin {
-        Origin {
-            site: crate::event::truncate(site, 64).to_string(),
+        let site = crate::event::truncate(site, 64).to_string();
+        let ctx = RequestContext {
+            site: site.clone(),
             received_at_ms: meta.received_at_ms,
-            user_agent: crate::event::truncate(&meta.user_agent, self.inner.max_user_agent_len)
-                .to_string(),
+            user_agent: meta.user_agent.clone(),
+            client_ip: meta.client_ip,
+            replay: None,
+        };
+        let (user_agent, agent) = self.inner.validator.stored_agent(&ctx);
+        debug_assert!(user_agent.len() <= self.inner.max_user_agent_len);
+        Origin {
+            site,
+            received_at_ms: meta.received_at_ms,
+            user_agent,
             ip: self.inner.validator.stored_ip(meta.client_ip),
+            agent: Some(agent),
         }
     }
 

@@ -95,6 +95,8 @@ pub struct Metrics {
 
     pub events_accepted: Family<TypeLabel, Counter>,
     pub events_rejected: Family<ReasonLabel, Counter>,
+    pub events_dropped: Family<ReasonLabel, Counter>,
+    pub bot_events_flagged: Counter,
 
     pub spool_bytes: Gauge,
     pub spool_quota_bytes: Gauge,
@@ -202,6 +204,18 @@ impl Metrics {
             "events_rejected",
             "Events refused, by reason class",
             events_rejected.clone(),
+        );
+        let events_dropped = Family::<ReasonLabel, Counter>::default();
+        r.register(
+            "events_dropped",
+            "Events not stored on purpose (do_not_track: Sec-GPC or DNT; bot: bots.action = drop)",
+            events_dropped.clone(),
+        );
+        let bot_events_flagged = Counter::default();
+        r.register(
+            "bot_events_flagged",
+            "Events of known bots stored with device = 'bot' (bots.action = flag)",
+            bot_events_flagged.clone(),
         );
 
         let spool_bytes = Gauge::default();
@@ -453,6 +467,9 @@ impl Metrics {
         ] {
             let _ = events_rejected.get_or_create(&ReasonLabel { reason });
         }
+        for reason in ["do_not_track", "bot"] {
+            let _ = events_dropped.get_or_create(&ReasonLabel { reason });
+        }
         for scope in ["ip", "site"] {
             let _ = http_rate_limited.get_or_create(&ScopeLabel { scope });
         }
@@ -500,6 +517,8 @@ impl Metrics {
             http_overloaded,
             events_accepted,
             events_rejected,
+            events_dropped,
+            bot_events_flagged,
             spool_bytes,
             spool_quota_bytes,
             spool_segments,

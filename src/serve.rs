@@ -13,7 +13,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::config::Config;
 use crate::dlq::DeadLetters;
-use crate::http::{router, AppState};
+use crate::http::{router, split_routers, AppState};
 use crate::metrics::Metrics;
 use crate::sink::Sink;
 use crate::spool::Spool;
@@ -132,7 +132,22 @@ pub async fn run_with_reload(
         None
     };
 
-    let local = listener.local_addr().map_err(ServeError::Http)?;
+    // The admin routes and /metrics on a listener of their own, if configured; the admin file
+    // names whichever listener serves them.
+    let admin_listener = match config.admin.listen {
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
+            ServeError::Http(std::io::Error::new(
+                e.kind(),
+                format!("cannot listen on {addr} (key `admin.listen`): {e}"),
+            ))
+        })?),
+        None => None,
+    };
+    let local = match &admin_listener {
+        Some(l) => l.local_addr(),
+        None => listener.local_addr(),
+    }
+    .map_err(ServeError::Http)?;
     let admin_host = if local.ip().is_unspecified() {
         "127.0.0.1".to_string()
     } else {
@@ -182,8 +197,14 @@ pub async fn run_with_reload(
         canary_stop_tx.subscribe(),
     ));
     let live = state.live().clone();
-    let app = router(state);
-    tracing::info!(listen = %listener.local_addr().map_err(ServeError::Http)?, "collector listening");
+    let (app, admin_app) = match &admin_listener {
+        Some(_) => {
+            let (public, admin) = split_routers(state);
+            (public, Some(admin))
+        }
+        None => (router(state), None),
+    };
+    tracing::info!(listen = %listener.local_addr().map_err(ServeError::Http)?, admin = %local, "collector listening");
 
     // The sink must not die silently while HTTP keeps acknowledging into a spool nobody drains.
     let (sink_done_tx, sink_done_rx) = oneshot::channel();
@@ -196,6 +217,7 @@ pub async fn run_with_reload(
         let _ = sink_done_tx.send(result);
     });
     let mut fatal_rx = fatal_rx;
+    let (http_stop_tx, http_stop_rx) = watch::channel(false);
     let stop_http = async move {
         tokio::select! {
             _ = shutdown => {}
@@ -204,10 +226,35 @@ pub async fn run_with_reload(
         tracing::info!("shutting down: no new requests");
         // Live streams never end by themselves; graceful shutdown waits for every connection.
         live.close();
+        let _ = http_stop_tx.send(true);
     };
-    crate::http::server::serve(listener, app, &config.server, metrics_http, stop_http)
-        .await
-        .map_err(ServeError::Http)?;
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let public = crate::http::server::serve(
+        listener,
+        app,
+        &config.server,
+        metrics_http.clone(),
+        stopped(http_stop_rx.clone()),
+    );
+    let admin = async {
+        match (admin_listener, admin_app) {
+            (Some(l), Some(a)) => {
+                crate::http::server::serve(
+                    l,
+                    a,
+                    &config.server,
+                    metrics_http,
+                    stopped(http_stop_rx),
+                )
+                .await
+            }
+            _ => Ok(()),
+        }
+    };
+    let ((), public, admin) = tokio::join!(stop_http, public, admin);
+    public.and(admin).map_err(ServeError::Http)?;
 
     let _ = canary_stop_tx.send(true);
     let _ = housekeeping.await;
@@ -316,6 +363,8 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         "freshness",
         "server",
         "rate_limit",
+        "bots",
+        "admin",
     ] {
         if a.get(key) != b.get(key) {
             changed.push(key);

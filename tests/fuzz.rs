@@ -1137,6 +1137,7 @@ fn entry() -> impl Strategy<Value = Entry> {
                     received_at_ms: ms,
                     user_agent: "fuzz".into(),
                     ip: String::new(),
+                    agent: None,
                 },
                 errors: events.iter().map(|_| "bad".to_string()).collect(),
                 events: events

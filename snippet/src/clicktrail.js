@@ -9,7 +9,9 @@
  *                     or a path resolved against the page (a first-party proxy, e.g. /ct/events)
  *   data-no-text      never send the text of clicked elements
  *   data-cookieless   store nothing in the browser; send visitor "" (the collector derives one)
- *   data-respect-dnt  send nothing when Do-Not-Track or Global Privacy Control is on
+ *   data-respect-dnt="false"  send events even when Global Privacy Control or Do-Not-Track is
+ *                     on (by default the snippet then sends nothing; the collector drops requests
+ *                     with Sec-GPC: 1 or DNT: 1 too, unless privacy.honor_do_not_track = false)
  *   #clicktrail=heatmap&token=READ_TOKEN in the page URL: heatmap mode. The snippet sends nothing
  *                     and loads {script origin}/v1/overlay.js (src/overlay.js), which paints the
  *                     heatmap over the page
@@ -28,7 +30,8 @@
  *               hashchange) that changes location.href; title, referrer (the previous URL on
  *               SPA navigation). The title is read at the navigation: an SPA should set
  *               document.title before calling pushState.
- *   click       page x/y, a short CSS selector and the trimmed text of the clicked element;
+ *   click       page x/y, a short CSS selector and the trimmed text of the clicked link or
+ *               button (other elements: no text; the collector keeps text_for_tags only);
  *               ex/ey: where in that element's box the click fell, 0..65535 from its left/top
  *               edge to its right/bottom edge; rage: true on the click that completes a burst
  *               (3 clicks within 1 s and 30 px); dead: true when nothing followed within 1 s (no
@@ -211,7 +214,8 @@
   const onClick = (e) => {
     navigated(); // a URL change no hook saw (history methods saved before we wrapped them)
     // an icon inside a button or link counts as the button or link; a click below <body> is on it
-    let el = e.target.closest('a,button,[role=button]') || e.target;
+    const b = e.target.closest('a,button,[role=button]');
+    let el = b || e.target;
     if (el == root) el = d.body;
     const x = Math.round(e.pageX), y = Math.round(e.pageY); // clientX/Y + scroll
     const box = el.getBoundingClientRect();
@@ -228,7 +232,7 @@
     // media answer by themselves (caret, toggle, list, controls), with no mutation: never dead.
     const c = event('click', {
       x, y, ex: rel(e.clientX, box.left, box.width), ey: rel(e.clientY, box.top, box.height),
-      selector: cut(selector(el), 512), text: text(el), rage,
+      selector: cut(selector(el), 512), text: b ? text(el) : '', rage,
       dead: !/^(INPUT|SELECT|TEXTAREA|LABEL|OPTION|VIDEO|AUDIO)$/.test(el.tagName) && !el.isContentEditable, error: false
     });
     held.push(c);
@@ -351,7 +355,7 @@
       s.dataset.site = site;
       return d.head.append(s);
     }
-    if (!site || (dnt && 'respectDnt' in data)) return;
+    if (!site || (dnt && data.respectDnt != 'false')) return;
     // data-api: a URL or a path, resolved against the page by fetch / sendBeacon
     endpoint = data.api || new URL('/v1/events', script.src);
     noText = 'noText' in data;

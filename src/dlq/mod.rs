@@ -75,6 +75,11 @@ pub struct Origin {
     pub user_agent: String,
     /// As stored: anonymised or empty, never the raw address.
     pub ip: String,
+    /// The User-Agent's parse and the cookieless visitor id at receipt (refused input only;
+    /// absent in entries written before it was kept). With `privacy.keep_user_agent = false`
+    /// `user_agent` is empty and this is all a replay has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<crate::event::StoredAgent>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -84,6 +84,7 @@ pub async fn replay_entry(
                 replay: Some(ReplayContext {
                     stored_ip: entry.origin.ip.clone(),
                     id_seed: format!("dlq{id}"),
+                    agent: entry.origin.agent.clone(),
                 }),
             };
             let parsed_events: Vec<Box<serde_json::value::RawValue>> =

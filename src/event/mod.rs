@@ -1,6 +1,8 @@
 //! The event model: what the snippet sends ([`RawEvent`], `wire.rs`), what validation turns
 //! it into ([`Event`], the ClickHouse row), and the rules in between (`validate.rs`), with the
-//! per-request enrichment: user agent, IP anonymisation, the cookieless visitor (`enrich.rs`).
+//! per-request enrichment: user agent, IP anonymisation, the cookieless visitor (`enrich.rs`),
+//! what of a page is stored (`privacy.rs`), the User-Agent parse with bot detection and its
+//! cache (`bots.rs`), and the per-day salts of the cookieless visitor (`salt.rs`).
 //!
 //! Invariants:
 //! - An [`Event`] (or an [`EventRow`] borrowing the body and the request, on the intake path:
@@ -11,15 +13,20 @@
 //! - [`Event`] is the row of `clicktrail.events` ([`crate::row`], where the columns are
 //!   listed once); the spool stores it as RowBinary, dead letters as JSON.
 
+mod bots;
 mod enrich;
+mod privacy;
+mod salt;
 mod validate;
 mod wire;
 
-pub use enrich::{anonymize_ip, parse_user_agent, DailySalt};
+pub use bots::{parse_user_agent, Agent, UserAgents};
+pub use enrich::anonymize_ip;
+pub use salt::Salts;
 pub(crate) use validate::truncate;
 pub use validate::{
-    clamp_ts, device_class, page_url_parts, ReplayContext, Request, RequestContext, UrlPart,
-    Validator,
+    clamp_ts, device_class, page_url_parts, ReplayContext, Request, RequestContext, StoredAgent,
+    UrlPart, Validator,
 };
 pub use wire::{
     EpochMillis, EventType, Number, ObjectEvent, ParsedBatch, RawBatch, RawEvent, Rejection,

@@ -7,7 +7,12 @@ use std::net::IpAddr;
 
 use serde_json::value::RawValue;
 
-use super::enrich::{anonymize_ip, parse_user_agent, DailySalt, RequestEnrichment};
+use serde::{Deserialize, Serialize};
+
+use super::bots::UserAgents;
+use super::enrich::{anonymize_ip, cookieless_visitor, RequestEnrichment};
+use super::privacy::PagePolicy;
+use super::salt::Salts;
 use super::wire::{EventType, Number, RawEvent, Rejection};
 use crate::config::{IpMode, LimitsConfig, PrivacyConfig};
 use crate::row::{Event, EventRow};
@@ -29,6 +34,22 @@ pub struct RequestContext {
 pub struct ReplayContext {
     pub stored_ip: String,
     pub id_seed: String,
+    /// What the request's User-Agent gave when it was received, stored with the dead letter
+    /// instead of the raw string (`privacy.keep_user_agent = false`); `None` for entries
+    /// written before it was stored: then the stored User-Agent is parsed again.
+    pub agent: Option<StoredAgent>,
+}
+
+/// A request's User-Agent as a dead letter keeps it: the parse and the cookieless visitor id
+/// computed at receipt, so that a replay yields the same rows without the raw string.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredAgent {
+    pub browser: String,
+    pub os: String,
+    pub device: String,
+    #[serde(default)]
+    pub bot: bool,
+    pub cookieless_visitor: String,
 }
 
 /// Applies the configured rules; cheap to clone and shared by all handlers.
@@ -36,16 +57,60 @@ pub struct ReplayContext {
 pub struct Validator {
     limits: LimitsConfig,
     privacy: PrivacyConfig,
-    salt: std::sync::Arc<DailySalt>,
+    page: PagePolicy,
+    salts: std::sync::Arc<Salts>,
+    agents: std::sync::Arc<UserAgents>,
 }
 
 impl Validator {
+    /// Salts in memory and a User-Agent cache of 10 000 strings; [`Validator::with_salts`] and
+    /// [`Validator::with_user_agents`] replace them.
     pub fn new(limits: LimitsConfig, privacy: PrivacyConfig) -> Self {
         Self {
+            page: PagePolicy::new(&privacy),
+            salts: std::sync::Arc::new(Salts::in_memory(privacy.salt_retention_days)),
+            agents: std::sync::Arc::new(UserAgents::new(10_000)),
             limits,
             privacy,
-            salt: std::sync::Arc::new(DailySalt::new()),
         }
+    }
+
+    pub fn with_salts(self, salts: Salts) -> Self {
+        Self {
+            salts: std::sync::Arc::new(salts),
+            ..self
+        }
+    }
+
+    pub fn with_user_agents(self, agents: UserAgents) -> Self {
+        Self {
+            agents: std::sync::Arc::new(agents),
+            ..self
+        }
+    }
+
+    /// The (cached) parse of a User-Agent, cut to `limits.max_user_agent_len` first as the
+    /// events' enrichment does.
+    pub fn agent(&self, user_agent: &str) -> std::sync::Arc<super::bots::Agent> {
+        self.agents
+            .parse(truncate(user_agent, self.limits.max_user_agent_len))
+    }
+
+    /// What a dead letter of this request keeps of its User-Agent: the raw string (cut) only
+    /// with `privacy.keep_user_agent`, and always the parse and the cookieless visitor id.
+    pub fn stored_agent(&self, ctx: &RequestContext) -> (String, StoredAgent) {
+        let e = self.enrich_request(ctx);
+        let raw = e.user_agent.clone();
+        (
+            raw,
+            StoredAgent {
+                browser: e.browser,
+                os: e.os,
+                device: e.device,
+                bot: e.bot,
+                cookieless_visitor: e.cookieless_visitor,
+            },
+        )
     }
 
     /// Validates every event of a batch. Accepted events keep their order; rejections carry the
@@ -77,23 +142,35 @@ impl Validator {
 
     fn enrich_request(&self, ctx: &RequestContext) -> RequestEnrichment {
         let ua = truncate(&ctx.user_agent, self.limits.max_user_agent_len);
-        let (browser, os, device) = parse_user_agent(ua);
+        let user_agent = if self.privacy.keep_user_agent {
+            ua.to_string()
+        } else {
+            String::new()
+        };
         let ip = match (&ctx.replay, ctx.client_ip) {
             (Some(r), _) => r.stored_ip.clone(),
             (None, ip) => self.stored_ip(ip),
         };
-        let cookieless_visitor = self.salt.visitor_id(ctx);
+        if let Some(stored) = ctx.replay.as_ref().and_then(|r| r.agent.clone()) {
+            return RequestEnrichment {
+                browser: stored.browser,
+                os: stored.os,
+                device: stored.device,
+                user_agent,
+                ip,
+                cookieless_visitor: stored.cookieless_visitor,
+                bot: stored.bot,
+            };
+        }
+        let agent = self.agents.parse(ua);
         RequestEnrichment {
-            browser,
-            os,
-            device,
-            user_agent: if self.privacy.keep_user_agent {
-                ua.to_string()
-            } else {
-                String::new()
-            },
+            browser: agent.browser.clone(),
+            os: agent.os.clone(),
+            device: agent.device.clone(),
+            user_agent,
             ip,
-            cookieless_visitor,
+            cookieless_visitor: cookieless_visitor(&self.salts, ctx),
+            bot: agent.bot,
         }
     }
 
@@ -181,7 +258,21 @@ impl<'c> Request<'c> {
 
         let url = ev.url.ok_or(Rejection::MissingField("url"))?;
         check_len("url", &url, l.max_url_len)?;
-        let (host, path) = page_url_parts(&url)?;
+        // The common page URL (no query, fragment or user info) is stored as sent and split in
+        // place; any other goes through `url::Url` and the privacy policy (what of it is kept).
+        let (url, host, path) = if !url.contains(['?', '#', '@']) {
+            let (host, path) = page_url_parts(&url)?;
+            (url, host, path)
+        } else {
+            let page = parse_page_url(&url)?;
+            let host = UrlPart::Owned(page.host_str().unwrap_or_default().to_string());
+            let path = UrlPart::Owned(page.path().to_string());
+            (
+                Cow::Owned(self.validator.page.page_url(&url, page)),
+                host,
+                path,
+            )
+        };
 
         let session = ev.session.ok_or(Rejection::MissingField("session"))?;
         check_token("session", &session, l.max_id_len)?;
@@ -198,9 +289,16 @@ impl<'c> Request<'c> {
         // Display fields are cut, not refused: a long page title is no reason to lose the page
         // view. Identifiers and the URL are refused instead, since a cut one would be wrong.
         let title = cut(ev.title, l.max_title_len);
-        let referrer = cut(ev.referrer, l.max_url_len);
+        let referrer = match cut(ev.referrer, l.max_url_len) {
+            r if r.contains(['?', '#', '@']) => Cow::Owned(self.validator.page.referrer(&r)),
+            r => r,
+        };
         let selector = cut(ev.selector, l.max_selector_len);
-        let text = cut(ev.text, l.max_text_len);
+        let text = if self.validator.page.keeps_text(&selector) {
+            cut(ev.text, l.max_text_len)
+        } else {
+            Cow::Borrowed("")
+        };
 
         let pageview_id = match (kind, ev.pv) {
             (EventType::Pageview, _) => event_id.clone(),
@@ -437,16 +535,22 @@ pub fn page_url_parts(url: &str) -> Result<(UrlPart, UrlPart), Rejection> {
     if let Some(parts) = split_plain_url(url) {
         return Ok(parts);
     }
+    let u = parse_page_url(url)?;
+    let host = u.host_str().unwrap_or_default().to_string();
+    Ok((UrlPart::Owned(host), UrlPart::Owned(u.path().to_string())))
+}
+
+/// A page URL as `url::Url`: absolute, http(s), with a host.
+fn parse_page_url(url: &str) -> Result<url::Url, Rejection> {
     let bad = || Rejection::InvalidValue {
         field: "url".into(),
         problem: "expected an absolute http(s) URL".into(),
     };
     let u = url::Url::parse(url).map_err(|_| bad())?;
-    if u.scheme() != "http" && u.scheme() != "https" {
+    if (u.scheme() != "http" && u.scheme() != "https") || u.host_str().is_none() {
         return Err(bad());
     }
-    let host = u.host_str().ok_or_else(bad)?.to_string();
-    Ok((UrlPart::Owned(host), UrlPart::Owned(u.path().to_string())))
+    Ok(u)
 }
 
 /// The common URL, split without `url::Url` (which allocates and normalises): `http(s)://`,
@@ -608,6 +712,74 @@ mod tests {
         assert_eq!(e.browser, "Chrome");
         assert_eq!(e.device, "desktop");
         assert_eq!(e.user_agent, "", "raw UA is not kept by default");
+        assert_eq!(e.url, "https://shop.example/cart", "query string removed");
+        assert_eq!(e.text, "Buy");
+    }
+
+    #[test]
+    fn privacy_rules_apply_to_urls_referrers_and_text() {
+        let e = run(r##"{"type":"pageview","id":"e","ts":1700000000000,"session":"s","url":"https://a.b/p?email=x%40y.z&utm_source=n#tok","referrer":"https://c.d/search?q=secret"}"##).unwrap();
+        assert_eq!(
+            (e.url.as_ref(), e.path.as_ref()),
+            ("https://a.b/p?utm_source=n", "/p")
+        );
+        assert_eq!(e.referrer, "https://c.d/search");
+        let div = format!(
+            r#"{{"type":"click",{BASE},"x":1,"y":1,"selector":"main>div","text":"Dear John"}}"#
+        );
+        assert_eq!(run(&div).unwrap().text, "", "text of a div is not kept");
+        let all = Validator::new(
+            LimitsConfig::default(),
+            PrivacyConfig {
+                text_for_tags: vec!["*".into()],
+                keep_query_params: vec!["email".into()],
+                ..PrivacyConfig::default()
+            },
+        );
+        assert_eq!(run_with(&all, &div).unwrap().text, "Dear John");
+        assert_eq!(
+            run_with(&all, &format!(r#"{{"type":"pageview",{BASE}}}"#))
+                .unwrap()
+                .url,
+            "https://shop.example/cart"
+        );
+    }
+
+    #[test]
+    fn a_replay_of_an_earlier_day_uses_that_day_and_keeps_today_visitor_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = validator().with_salts(Salts::persistent(dir.path().join("salts"), 2));
+        let day = 86_400_000;
+        let today = ctx();
+        let yesterday = RequestContext {
+            received_at_ms: today.received_at_ms - day,
+            ..ctx()
+        };
+        let pv = r#"{"type":"pageview","ts":1700000000000,"url":"https://a.b/","session":"s"}"#;
+        let visitor = |v: &Validator, c: &RequestContext| {
+            let raw: Box<RawValue> = serde_json::from_str(pv).unwrap();
+            v.validate_batch(c, &[&raw])
+                .0
+                .pop()
+                .unwrap()
+                .visitor_id
+                .to_string()
+        };
+        let before = visitor(&v, &today);
+        let old = visitor(&v, &yesterday);
+        assert_ne!(before, old, "another day, another salt");
+        assert_eq!(
+            visitor(&v, &today),
+            before,
+            "yesterday's salt did not replace today's"
+        );
+        let restarted = validator().with_salts(Salts::persistent(dir.path().join("salts"), 2));
+        assert_eq!(
+            visitor(&restarted, &today),
+            before,
+            "a restart keeps today's ids"
+        );
+        assert_eq!(visitor(&restarted, &yesterday), old);
     }
 
     #[test]
@@ -671,7 +843,7 @@ mod tests {
         assert_eq!(err.class(), "too_long");
         assert_eq!(err.to_string(), "field url: longer than 2048 bytes");
         let e = run(&format!(
-            r#"{{"type":"click",{BASE},"x":1,"y":1,"text":"a{}","title":"{long}"}}"#,
+            r#"{{"type":"click",{BASE},"x":1,"y":1,"selector":"button","text":"a{}","title":"{long}"}}"#,
             "é".repeat(200)
         ))
         .unwrap();
@@ -752,6 +924,19 @@ mod tests {
             "2001:db8:abcd::"
         );
         assert_eq!(anonymize_ip("::ffff:10.1.2.3".parse().unwrap()), "10.1.2.0");
+        // 6to4 of 192.0.2.77, Teredo of client 203.0.113.77 (inverted), NAT64 of 198.51.100.9.
+        assert_eq!(
+            anonymize_ip("2002:c000:024d:1::5".parse().unwrap()),
+            "192.0.2.0"
+        );
+        assert_eq!(
+            anonymize_ip("2001:0:4136:e378:8000:63bf:34ff:8eb2".parse().unwrap()),
+            "203.0.113.0"
+        );
+        assert_eq!(
+            anonymize_ip("64:ff9b::c633:6409".parse().unwrap()),
+            "198.51.100.0"
+        );
     }
 
     /// The fast split's answer, as owned text.
@@ -810,7 +995,7 @@ mod tests {
     #[test]
     fn parsed_and_raw_paths_give_the_same_rows() {
         let body = format!(
-            r#"{{"site":"demo","events":[{{"type":"click",{BASE},"x":1,"y":2,"text":"a\"b","selector":"x"}},{{"type":"pageview",{BASE},"title":"T","referrer":"https://r.example/"}},{{"type":"custom",{BASE},"name":"n","props":{{"a":1}}}}]}}"#
+            r#"{{"site":"demo","events":[{{"type":"click",{BASE},"x":1,"y":2,"text":"a\"b","selector":"main>a"}},{{"type":"pageview",{BASE},"title":"T","referrer":"https://r.example/"}},{{"type":"custom",{BASE},"name":"n","props":{{"a":1}}}}]}}"#
         );
         let v = validator();
         let c = ctx();

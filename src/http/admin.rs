@@ -3,7 +3,8 @@
 //!
 //! Authentication: `serve` writes `<data_dir>/admin.json` (mode 0600) with its URL and a random
 //! token at start. Whoever can read the data directory may replay (they can read the dead
-//! letters anyway); nobody else can, so the routes can live on the public listener.
+//! letters anyway); nobody else can, so the routes can live on the public listener. With
+//! `[admin] listen` they (and `/metrics`) are served only there, and the file names it.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

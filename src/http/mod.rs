@@ -17,13 +17,14 @@
 //! `decode.rs`, `error.rs`, `admin.rs`, `server.rs`, `limits.rs` and `live.rs`.)
 
 pub mod admin;
+mod client;
 mod decode;
 mod error;
 mod limits;
 mod live;
 pub mod server;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -80,6 +81,7 @@ struct Inner {
     reports: crate::query::Reports,
     limits: limits::ClientLimits,
     inflight: limits::InflightBytes,
+    trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl AppState {
@@ -115,6 +117,8 @@ impl AppState {
                 reports,
                 limits: limits::ClientLimits::new(&config.rate_limit),
                 inflight: limits::InflightBytes::new(config.server.max_inflight_body_bytes),
+                // Validated with the config; an unvalidated one trusts nobody.
+                trusted_proxies: config.server.trusted_proxy_nets().unwrap_or_default(),
             }),
         })
     }
@@ -137,7 +141,21 @@ impl AppState {
     }
 }
 
+/// Every route on one listener (`[admin] listen` empty).
 pub fn router(state: AppState) -> Router {
+    layered(public_routes().merge(admin_routes()), state)
+}
+
+/// The public routes, and the admin routes with `/metrics` for a listener of their own: the
+/// public router answers 404 for those.
+pub fn split_routers(state: AppState) -> (Router, Router) {
+    (
+        layered(public_routes(), state.clone()),
+        layered(admin_routes(), state),
+    )
+}
+
+fn public_routes() -> Router<AppState> {
     Router::new()
         .route("/v1/events", post(post_events))
         .route("/v1/snippet.js", get(get_snippet))
@@ -150,14 +168,22 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/v1/admin/replay", post(admin::replay))
-        .route("/v1/admin/status", get(admin::status))
         .route("/v1/query/pages", get(crate::query::pages))
         .route("/v1/query/heatmap", get(crate::query::heatmap))
         .route("/v1/query/elements", get(crate::query::elements))
         .route("/v1/query/scroll", get(crate::query::scroll))
         .route("/v1/live", get(live::live))
+}
+
+fn admin_routes() -> Router<AppState> {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/v1/admin/replay", post(admin::replay))
+        .route("/v1/admin/status", get(admin::status))
+}
+
+fn layered(routes: Router<AppState>, state: AppState) -> Router {
+    routes
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .fallback(|| async { ApiError::NotFound })
         .layer(cors_layer(state.inner.ingest.clone()))
@@ -270,10 +296,13 @@ async fn post_events(State(st): State<AppState>, req: Request) -> Response {
 async fn receive(st: &AppState, req: Request) -> Result<Answer, ApiError> {
     let received_at_ms = st.inner.clock.now_ms();
     let (parts, body) = req.into_parts();
-    let client_ip = client_ip(
+    let client_ip = client::client_ip(
         &parts.headers,
-        parts.extensions.get::<ConnectInfo<SocketAddr>>(),
-        st.inner.http.trust_forwarded_for,
+        parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0),
+        &st.inner.trusted_proxies,
     );
     if let Some(ip) = client_ip {
         if let Err(wait) = st.inner.limits.per_ip.check(&limits::ip_key(ip)) {
@@ -334,6 +363,7 @@ async fn receive(st: &AppState, req: Request) -> Result<Answer, ApiError> {
         client_ip,
         same_origin: origin.is_some_and(|o| same_origin(o, &parts.headers)),
         origin: origin.map(str::to_string),
+        do_not_track: client::do_not_track(&parts.headers),
     };
     Ok(st.inner.ingest.accept(&bytes, meta).await?)
 }
@@ -354,25 +384,6 @@ fn user_agent(headers: &HeaderMap) -> &str {
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
-}
-
-fn client_ip(
-    headers: &HeaderMap,
-    conn: Option<&ConnectInfo<SocketAddr>>,
-    trust_xff: bool,
-) -> Option<IpAddr> {
-    if trust_xff {
-        // The left-most address is the client as seen by the first trusted proxy.
-        if let Some(ip) = headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(',').next())
-            .and_then(|v| v.trim().parse().ok())
-        {
-            return Some(ip);
-        }
-    }
-    conn.map(|c| c.0.ip())
 }
 
 async fn get_snippet(State(st): State<AppState>, headers: HeaderMap) -> Response {

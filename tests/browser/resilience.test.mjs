@@ -130,20 +130,34 @@ test('collector down (connection refused): page unaffected, queue bounded, event
   await page.close();
 });
 
-test('data-respect-dnt with Global Privacy Control on: nothing is sent, the API still works', { timeout: 30000 }, async () => {
-  const stub = await stubCollector([{ status: 200 }]);
-  const context = await browser.newContext();
-  await context.addInitScript(() => Object.defineProperty(Navigator.prototype, 'globalPrivacyControl', { get: () => true }));
-  const page = await context.newPage();
-  const seen = watch(page);
-  await page.goto(`${pages.origin}/app?attrs=data-respect-dnt`);
-  await snippetLoaded(page);
-  await page.evaluate(() => window.clicktrail('event', 'ignored', { a: 1 }));
-  await pageHealthy(page, seen);
-  await page.close();
-  await sleep(2500);
-  assert.deepEqual(stub.posts(), [], 'no event sent');
-  assert.deepEqual(seen.console, []);
-  await context.close();
-  await stub.close();
-});
+// Global Privacy Control and Do-Not-Track are honoured by default; data-respect-dnt="false"
+// opts a site out of that (the collector then still drops Sec-GPC / DNT requests unless
+// privacy.honor_do_not_track = false).
+for (const [what, init] of [
+  ['Global Privacy Control', () => Object.defineProperty(Navigator.prototype, 'globalPrivacyControl', { get: () => true })],
+  ['Do-Not-Track', () => Object.defineProperty(Navigator.prototype, 'doNotTrack', { get: () => '1' })],
+]) {
+  test(`${what} on: nothing is sent by default, the API still works; data-respect-dnt="false" sends`, { timeout: 30000 }, async () => {
+    const stub = await stubCollector([{ status: 200 }]);
+    const context = await browser.newContext();
+    await context.addInitScript(init);
+    const page = await context.newPage();
+    const seen = watch(page);
+    await page.goto(`${pages.origin}/app`);
+    await snippetLoaded(page);
+    await page.evaluate(() => window.clicktrail('event', 'ignored', { a: 1 }));
+    await pageHealthy(page, seen);
+    await page.close();
+    await sleep(2500);
+    assert.deepEqual(stub.posts(), [], 'no event sent');
+    assert.deepEqual(seen.console, []);
+
+    const optedOut = await context.newPage();
+    await optedOut.goto(`${pages.origin}/app?attrs=${encodeURIComponent('data-respect-dnt="false"')}`);
+    await snippetLoaded(optedOut);
+    await optedOut.close();
+    await waitFor('events of the page that opted out', () => stub.posts().length > 0, { timeout: 10000 });
+    await context.close();
+    await stub.close();
+  });
+}

@@ -239,6 +239,9 @@ pub async fn migrate(c: &Config) {
 /// The collector running in this process.
 pub struct App {
     pub base: String,
+    /// Where the admin routes and `/metrics` are: `base`, or the `[admin] listen` listener
+    /// (read from the admin file).
+    pub admin: String,
     pub client: reqwest::Client,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Result<(), clicktrail::serve::ServeError>>>,
@@ -248,12 +251,34 @@ impl App {
     pub async fn spawn(config: Config) -> App {
         let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
+        let admin_file = clicktrail::http::admin::admin_file_path(&config.data_dir);
+        let separate_admin = config.admin.listen.is_some();
+        if separate_admin {
+            let _ = std::fs::remove_file(&admin_file);
+        }
         let (tx, rx) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(clicktrail::serve::run(config, listener, async {
             let _ = rx.await;
         }));
+        let admin = if separate_admin {
+            eventually_some("the admin file", Duration::from_secs(10), || {
+                let f = admin_file.clone();
+                async move {
+                    std::fs::read(&f)
+                        .ok()
+                        .and_then(|b| {
+                            serde_json::from_slice::<clicktrail::http::admin::AdminFile>(&b).ok()
+                        })
+                        .map(|a| a.url)
+                }
+            })
+            .await
+        } else {
+            base.clone()
+        };
         App {
             base,
+            admin,
             client: reqwest::Client::new(),
             stop: Some(tx),
             task: Some(task),
@@ -273,7 +298,7 @@ impl App {
     /// The Prometheus text of `/metrics`.
     pub async fn metrics(&self) -> String {
         self.client
-            .get(format!("{}/metrics", self.base))
+            .get(format!("{}/metrics", self.admin))
             .send()
             .await
             .expect("GET /metrics")

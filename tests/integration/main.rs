@@ -12,6 +12,7 @@ mod ingest;
 mod limits;
 mod live;
 mod migrations;
+mod privacy;
 mod query;
 mod reload;
 mod slow;

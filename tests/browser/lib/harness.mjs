@@ -115,6 +115,9 @@ export async function startCollector(dir, { chHttp, sites, port }) {
     'batch_age = "200ms"',
     '[http]',
     `snippet_file = "${SNIPPET_FILE}"`,
+    // Headless Chromium says HeadlessChrome: a bot, dropped by default. Stored, flagged.
+    '[bots]',
+    'action = "flag"',
     ...sites.flatMap((s) => ['[[sites]]', `key = "${s.key}"`, `origins = ${JSON.stringify(s.origins)}`,
       ...(s.read_tokens ? [`read_tokens = ${JSON.stringify(s.read_tokens)}`] : [])]),
     '',
