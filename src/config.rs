@@ -435,6 +435,10 @@ pub struct CompactorConfig {
     /// How long to wait for ClickHouse to finish deleting archived rows.
     #[serde(with = "humantime_serde")]
     pub mutation_timeout: Duration,
+    /// Part size of the archive's multipart uploads: a file up to this size is one put, a
+    /// bigger one goes up in parts of this size (memory: about three of them). At least 5 MiB
+    /// (S3's smallest part); S3 allows 10,000 parts, so the default allows files of 160 GiB.
+    pub upload_part_bytes: usize,
 }
 
 impl Default for CompactorConfig {
@@ -447,6 +451,7 @@ impl Default for CompactorConfig {
             row_group_rows: 262_144,
             insert_settle: Duration::from_secs(600),
             mutation_timeout: Duration::from_secs(600),
+            upload_part_bytes: 16 * 1024 * 1024,
         }
     }
 }
@@ -748,6 +753,16 @@ impl Config {
                 format!(
                     "must be at least clickhouse.timeout ({:?}): an insert may be in flight that long",
                     self.clickhouse.timeout
+                ),
+            ));
+        }
+        let part = self.compactor.upload_part_bytes;
+        if !(crate::compactor::MIN_PART_BYTES..=5 * 1024 * 1024 * 1024).contains(&part) {
+            return Err(invalid(
+                "compactor.upload_part_bytes",
+                format!(
+                    "must be between {} (5 MiB, S3's smallest part) and 5368709120 (5 GiB, its largest)",
+                    crate::compactor::MIN_PART_BYTES
                 ),
             ));
         }
