@@ -1031,6 +1031,10 @@ mod tests {
             ),
             (format!("[query]\ntimeout = \"0s\"\n{SITE}"), "query.timeout"),
             (
+                format!("[compactor]\nupload_part_bytes = 1048576\n{SITE}"),
+                "compactor.upload_part_bytes",
+            ),
+            (
                 format!("[server]\nkeep_alive_timeout = \"1m\"\n{SITE}"),
                 "server.keep_alive_timeout",
             ),

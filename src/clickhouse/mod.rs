@@ -3,7 +3,7 @@
 //! One place for what differs between servers and what their answers mean:
 //! - [`client`]: the one way to build a configured client (sink, compactor, migrate, check,
 //!   freshness all use it);
-//! - [`ping`] and [`server_version`];
+//! - [`ping`], [`server_version`] and [`table_uuid`] (where the server has table UUIDs);
 //! - [`Dialect`]: every difference between ClickHouse 18.16 and current releases that the
 //!   project depends on (SQL placeholders of the migrations, client settings, export settings);
 //! - [`codes`]: the table of exception codes with their class, whether one row can cause them,

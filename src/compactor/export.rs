@@ -84,7 +84,8 @@ impl Compactor {
             "{}-{}.verify.parquet",
             entry.partition, entry.cutoff
         ));
-        let published = publish::download(self.store.as_ref(), &self.store_url, &target, &check).await?;
+        let published =
+            publish::download(self.store.as_ref(), &self.store_url, &target, &check).await?;
         if published != staged_digest {
             let _ = tokio::fs::remove_file(&check).await;
             return Err(fail(

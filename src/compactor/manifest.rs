@@ -127,10 +127,7 @@ impl ManifestEntry {
             Some(s) if s.same_table(me) => Ownership::Own,
             Some(_) => Ownership::Foreign,
             None => {
-                let layout = format!(
-                    "{}/date={}/part-{}-",
-                    me.table, self.partition, self.cutoff
-                );
+                let layout = format!("{}/date={}/part-{}-", me.table, self.partition, self.cutoff);
                 if self.file.starts_with(&layout)
                     && self.file.ends_with(".parquet")
                     && super::day_string(self.day) == self.partition
@@ -242,20 +239,38 @@ mod tests {
     #[test]
     fn identity_tells_tables_apart() {
         let entry = |source| {
-            let mut e = ManifestEntry::new(me(None), "2026-11-01", 20_758, 1_700_000_000, Checksum::default());
+            let mut e = ManifestEntry::new(
+                me(None),
+                "2026-11-01",
+                20_758,
+                1_700_000_000,
+                Checksum::default(),
+            );
             e.source = source;
             e
         };
         assert_eq!(entry(Some(me(None))).ownership(&me(None)), Ownership::Own);
-        assert_eq!(entry(Some(me(Some("a")))).ownership(&me(Some("a"))), Ownership::Own);
+        assert_eq!(
+            entry(Some(me(Some("a")))).ownership(&me(Some("a"))),
+            Ownership::Own
+        );
         // A UUID on one side only: the same database and table.
-        assert_eq!(entry(Some(me(None))).ownership(&me(Some("a"))), Ownership::Own);
-        assert_eq!(entry(Some(me(Some("a")))).ownership(&me(Some("b"))), Ownership::Foreign);
+        assert_eq!(
+            entry(Some(me(None))).ownership(&me(Some("a"))),
+            Ownership::Own
+        );
+        assert_eq!(
+            entry(Some(me(Some("a")))).ownership(&me(Some("b"))),
+            Ownership::Foreign
+        );
         let other_db = TableIdentity {
             database: "shop".into(),
             ..me(None)
         };
-        assert_eq!(entry(Some(other_db)).ownership(&me(None)), Ownership::Foreign);
+        assert_eq!(
+            entry(Some(other_db)).ownership(&me(None)),
+            Ownership::Foreign
+        );
     }
 
     #[test]
@@ -282,11 +297,26 @@ mod tests {
 
     #[test]
     fn identity_is_written_and_read_back() {
-        let e = ManifestEntry::new(me(Some("u-1")), "2026-11-01", 20_758, 5, Checksum::default());
+        let e = ManifestEntry::new(
+            me(Some("u-1")),
+            "2026-11-01",
+            20_758,
+            5,
+            Checksum::default(),
+        );
         let json = serde_json::to_string(&e).unwrap();
-        assert!(json.contains(r#""source":{"database":"clicktrail","table":"events","uuid":"u-1"}"#), "{json}");
+        assert!(
+            json.contains(r#""source":{"database":"clicktrail","table":"events","uuid":"u-1"}"#),
+            "{json}"
+        );
         let back: ManifestEntry = serde_json::from_str(&json).unwrap();
         assert_eq!(back.source, Some(me(Some("u-1"))));
-        assert_eq!(back.file, format!("events/date=2026-11-01/{}", e.file.rsplit('/').next().unwrap()));
+        assert_eq!(
+            back.file,
+            format!(
+                "events/date=2026-11-01/{}",
+                e.file.rsplit('/').next().unwrap()
+            )
+        );
     }
 }

@@ -333,13 +333,12 @@ impl Compactor {
                 let day = entry.day;
                 let result = match entry.ownership(&me) {
                     Ownership::Foreign => Err(self.refuse_foreign(&entry, &me)),
-                    Ownership::Own | Ownership::Legacy => {
-                        self.resume(entry.adopted_by(&me), progress)
-                            .await
-                            .inspect_err(|_| {
-                                unfinished.insert(day);
-                            })
-                    }
+                    Ownership::Own | Ownership::Legacy => self
+                        .resume(entry.adopted_by(&me), progress)
+                        .await
+                        .inspect_err(|_| {
+                            unfinished.insert(day);
+                        }),
                 };
                 match result {
                     Ok(o) => outcomes.push(o),
@@ -391,10 +390,10 @@ impl Compactor {
             .inc();
         CompactError::ForeignEntry {
             file: entry.file.clone(),
-            theirs: entry
-                .source
-                .as_ref()
-                .map_or_else(|| "an unknown table (an entry without identity in another layout)".into(), |s| s.to_string()),
+            theirs: entry.source.as_ref().map_or_else(
+                || "an unknown table (an entry without identity in another layout)".into(),
+                |s| s.to_string(),
+            ),
             ours: me.to_string(),
             url: self.store_url.clone(),
         }
@@ -435,7 +434,13 @@ impl Compactor {
             });
         }
         // The expected count and checksum are filled in once the export has them.
-        let entry = ManifestEntry::new(self.identity().await?, &day_s, day, cutoff, Checksum::default());
+        let entry = ManifestEntry::new(
+            self.identity().await?,
+            &day_s,
+            day,
+            cutoff,
+            Checksum::default(),
+        );
         manifest::store(self.store.as_ref(), &entry).await?;
         progress.partition(&day_s, present);
         self.export_publish_verify(entry, progress, "archived")

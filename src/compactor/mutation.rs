@@ -116,7 +116,9 @@ impl Compactor {
             .mutations(false)
             .await?
             .into_iter()
-            .filter(|m| !before.contains(&m.id) && is_delete_of(&m.command, entry.day, entry.cutoff))
+            .filter(|m| {
+                !before.contains(&m.id) && is_delete_of(&m.command, entry.day, entry.cutoff)
+            })
             .find_map(|m| m.mutation(&partition)))
     }
 
@@ -215,9 +217,15 @@ mod tests {
             partitions: partitions.iter().map(|p| p.to_string()).collect(),
             numbers: numbers.to_vec(),
         };
-        assert_eq!(version_of(&row("mutation_5.txt", &[""], &[5]), "20240101"), Some(5));
+        assert_eq!(
+            version_of(&row("mutation_5.txt", &[""], &[5]), "20240101"),
+            Some(5)
+        );
         let replicated = row("0000000003", &["20231231", "20240101"], &[17, 9]);
         assert_eq!(version_of(&replicated, "20240101"), Some(9));
-        assert_eq!(version_of(&row("mutation_12.txt", &[], &[]), "20240101"), Some(12));
+        assert_eq!(
+            version_of(&row("mutation_12.txt", &[], &[]), "20240101"),
+            Some(12)
+        );
     }
 }

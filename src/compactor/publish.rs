@@ -6,7 +6,10 @@
 //!   in flight), so no day is held in memory whole and none meets S3's 5 GiB limit of one PUT.
 //!   On a local archive the parts go to a staged file that is fsynced and renamed into place
 //!   on completion, so the file appears whole or not at all there too.
-//! - [`download`]: the published object streamed back to a local file.
+//! - [`download`]: the published object streamed back to a local file, which the synchronous
+//!   Parquet reader then reads one row group at a time. (The parquet crate's own
+//!   `ParquetObjectReader` would read ranges straight from the store, but parquet 59's
+//!   `object_store` feature is built on object_store 0.13, and we use 0.14.)
 //!
 //! Both compute the size and CRC32C of what passed, which is how the published object is
 //! compared byte for byte with the staged file.
@@ -127,11 +130,7 @@ pub(super) async fn download(
         url: store_url.to_string(),
         source,
     };
-    let mut stream = store
-        .get(source)
-        .await
-        .map_err(store_err)?
-        .into_stream();
+    let mut stream = store.get(source).await.map_err(store_err)?.into_stream();
     let mut out = tokio::fs::File::create(dest).await?;
     let mut digest = Digest::empty();
     while let Some(chunk) = stream.next().await {
@@ -147,18 +146,20 @@ pub(super) async fn download(
 mod tests {
     use super::*;
 
-    /// A file bigger than a part goes up in parts of exactly `part_bytes` and comes back
-    /// identical; one smaller than a part is a single put.
+    /// A file bigger than a part goes up in a multipart upload and comes back identical; one
+    /// smaller than a part is a single put. (That the parts have the configured size is shown
+    /// on a real S3 API by the ETag, in tests/integration/compactor_safety.rs.)
     #[tokio::test]
-    async fn big_files_go_up_in_parts_of_the_configured_size() {
+    async fn big_files_round_trip_through_a_multipart_upload() {
         let d = tempfile::tempdir().unwrap();
         let staged = d.path().join("staged");
         let data: Vec<u8> = (0..(2 * MIN_PART_BYTES + 12_345))
             .map(|i| (i * 7 % 251) as u8)
             .collect();
         std::fs::write(&staged, &data).unwrap();
-        let (store, _) = super::super::open_store(&d.path().join("arch").display().to_string(), d.path())
-            .unwrap();
+        let (store, _) =
+            super::super::open_store(&d.path().join("arch").display().to_string(), d.path())
+                .unwrap();
         let target = ObjectPath::from("events/x.parquet");
         let up = upload(store.as_ref(), "arch", &staged, &target, MIN_PART_BYTES)
             .await
@@ -166,7 +167,9 @@ mod tests {
         assert_eq!(up.size, data.len() as u64);
         assert_eq!(up.crc32c, crc32c::crc32c(&data));
         let back = d.path().join("back");
-        let down = download(store.as_ref(), "arch", &target, &back).await.unwrap();
+        let down = download(store.as_ref(), "arch", &target, &back)
+            .await
+            .unwrap();
         assert_eq!(down, up);
         assert_eq!(std::fs::read(&back).unwrap(), data);
 
@@ -175,6 +178,9 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(up.size, 5);
-        assert_eq!(std::fs::read(d.path().join("arch/events/x.parquet")).unwrap(), b"small");
+        assert_eq!(
+            std::fs::read(d.path().join("arch/events/x.parquet")).unwrap(),
+            b"small"
+        );
     }
 }

@@ -67,7 +67,13 @@ pub(crate) fn seed(ch: &ClickHouse, from: u64, count: u64, inserted_ago_secs: i6
 }
 
 /// `seed`, keeping only the numbers that satisfy `cond` (SQL over `number`).
-pub(crate) fn seed_where(ch: &ClickHouse, from: u64, count: u64, inserted_ago_secs: i64, cond: &str) {
+pub(crate) fn seed_where(
+    ch: &ClickHouse,
+    from: u64,
+    count: u64,
+    inserted_ago_secs: i64,
+    cond: &str,
+) {
     seed_into(ch, "clicktrail", from, count, inserted_ago_secs, cond);
 }
 
@@ -462,10 +468,16 @@ async fn kill_9_between_steps_then_rerun_keeps_counts_exact() {
         assert_eq!(count(&s.ch, &cold_cond()), 0, "{step}");
         assert_eq!(count(&s.ch, "1"), total / 4, "{step}: hot day untouched");
         let (store, _) = clicktrail::compactor::open_store("", s.data.path()).unwrap();
-        for m in clicktrail::compactor::manifest::all(store.as_ref()).await.unwrap() {
+        for m in clicktrail::compactor::manifest::all(store.as_ref())
+            .await
+            .unwrap()
+        {
             assert_eq!(m.state, PartState::Dropped, "{step}");
             let source = m.source.expect("every entry names its table");
-            assert_eq!((source.database.as_str(), source.table.as_str()), ("clicktrail", "events"));
+            assert_eq!(
+                (source.database.as_str(), source.table.as_str()),
+                ("clicktrail", "events")
+            );
             assert_eq!(source.uuid, None, "18.16 has no table UUIDs");
         }
     }

@@ -25,10 +25,10 @@ fn day_cond(offset: i64) -> String {
 }
 
 fn parquet_files_of(s: &Setup, offset: i64) -> usize {
-    let d = s
-        .data
-        .path()
-        .join(format!("archive/events/date={}", day_string(today() + offset)));
+    let d = s.data.path().join(format!(
+        "archive/events/date={}",
+        day_string(today() + offset)
+    ));
     std::fs::read_dir(d).map_or(0, |r| r.count())
 }
 
@@ -38,7 +38,9 @@ fn parquet_files_of(s: &Setup, offset: i64) -> usize {
 async fn a_stuck_mutation_of_another_day_does_not_hold_the_compactor() {
     let total = 20_000;
     let mut s = setup(total).await;
-    rewrite_config(&mut s, |c| c.compactor.mutation_timeout = Duration::from_secs(20));
+    rewrite_config(&mut s, |c| {
+        c.compactor.mutation_timeout = Duration::from_secs(20)
+    });
     s.ch.query(&format!(
         "ALTER TABLE clicktrail.events DELETE WHERE throwIf({})",
         day_cond(DAYS[3])
@@ -147,7 +149,8 @@ async fn deployments_sharing_an_archive_leave_each_others_entries_alone() {
         .expect_err("B refuses A's pending entry")
         .to_string();
     assert!(
-        err.contains("clicktrail.events (no uuid)") && err.contains("clicktrail_b.events (no uuid)"),
+        err.contains("clicktrail.events (no uuid)")
+            && err.contains("clicktrail_b.events (no uuid)"),
         "{err}"
     );
     let refused = metrics
@@ -213,7 +216,8 @@ impl Moto {
             .into_iter()
             .find(|p| std::path::Path::new(p).is_file())
         else {
-            let msg = "moto_server not found (pip install 'moto[server]', or scripts/deps.sh --test)";
+            let msg =
+                "moto_server not found (pip install 'moto[server]', or scripts/deps.sh --test)";
             if std::env::var_os("CLICKTRAIL_REQUIRE_MOTO").is_some() {
                 panic!("{msg}");
             }
@@ -295,10 +299,31 @@ async fn the_archive_on_s3_takes_big_days_in_multipart_uploads() {
          'shop.test', '/', toDateTime(toUInt32(now()) - 3600) FROM system.numbers LIMIT {big}",
         day = today() + DAYS[0]
     ));
-    let env = moto.env();
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let (code, out, err) = compact(&s, &env);
-    assert_eq!(code, 0, "{out}{err}");
+    // The compactor under a parent that reports its peak RSS (the kernel's, from getrusage).
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import resource, subprocess, sys\n\
+             r = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n\
+             sys.stdout.write(r.stdout); sys.stderr.write(r.stderr)\n\
+             print('peak_rss_kib', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n\
+             sys.exit(r.returncode)",
+            env!("CARGO_BIN_EXE_clicktrail"),
+            "compact",
+            "--once",
+            "--config",
+        ])
+        .arg(&s.config_path)
+        .env("RUST_LOG", "warn")
+        .envs(moto.env())
+        .output()
+        .expect("python3");
+    let ok = out.status.success();
+    let (out, err) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(ok, "{out}{err}");
     assert_eq!(out.matches(" archived ").count(), 3, "{out}");
     assert_eq!(count(&s.ch, &cold_cond()), 0);
 
@@ -326,11 +351,27 @@ async fn the_archive_on_s3_takes_big_days_in_multipart_uploads() {
             assert!(!etag.contains('-'), "a small file is one put: {etag}");
         }
         let local = d.path().join("f.parquet");
-        let bytes = store.get(&e.file_path()).await.unwrap().bytes().await.unwrap();
+        let bytes = store
+            .get(&e.file_path())
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
         assert_eq!(format!("{:08x}", crc32c::crc32c(&bytes)), e.crc32c);
         std::fs::write(&local, &bytes).unwrap();
         parquet_io::for_each_row(&local, |_| rows += 1).unwrap();
     }
     assert!(multipart >= 1, "the big day needs several parts");
     assert_eq!(rows, total * 3 / 4 + big);
+    let peak_kib: u64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("peak_rss_kib "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("peak RSS");
+    let biggest = entries.iter().map(|e| e.bytes).max().unwrap_or(0);
+    eprintln!(
+        "archive on S3: biggest file {} KiB, compactor peak RSS {peak_kib} KiB",
+        biggest / 1024
+    );
 }
