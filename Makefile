@@ -25,9 +25,9 @@ lint:
 	cargo clippy --locked --all-targets -- -D warnings
 
 # Not --all-targets: that would also run the minutes-long load and archive benchmarks.
-# CLICKTRAIL_REQUIRE_MOTO: the S3 tests fail instead of skipping when moto (var/venv) is missing.
+# REQUIRE_MOTO: the S3 tests fail instead of skipping when moto (var/venv) is missing.
 unit-and-integration:
-	$(CH_SERVER) CLICKTRAIL_REQUIRE_MOTO=1 cargo test --locked --features failpoints
+	$(CH_SERVER) REQUIRE_MOTO=1 cargo test --locked --features failpoints
 
 test-browser:
 	cargo build --locked

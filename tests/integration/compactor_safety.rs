@@ -191,7 +191,7 @@ async fn deployments_sharing_an_archive_leave_each_others_entries_alone() {
 }
 
 /// moto's S3 server on a free loopback port, or `None` (with a loud message) when moto is not
-/// installed; `make test` sets CLICKTRAIL_REQUIRE_MOTO, which turns that into a failure.
+/// installed; `make test` sets REQUIRE_MOTO, which turns that into a failure.
 struct Moto {
     child: Child,
     endpoint: String,
@@ -218,7 +218,7 @@ impl Moto {
         else {
             let msg =
                 "moto_server not found (pip install 'moto[server]', or scripts/deps.sh --test)";
-            if std::env::var_os("CLICKTRAIL_REQUIRE_MOTO").is_some() {
+            if std::env::var_os("REQUIRE_MOTO").is_some() {
                 panic!("{msg}");
             }
             eprintln!("\n!!!!!!!! SKIPPED: {msg}: the S3 test did not run !!!!!!!!\n");
