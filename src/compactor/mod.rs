@@ -37,7 +37,8 @@ mod export;
 pub mod manifest;
 mod mutation;
 mod native;
-mod publish;
+#[doc(hidden)]
+pub mod publish;
 mod store;
 pub use checksum::archive_sql_row_hash;
 #[doc(hidden)]

@@ -24,16 +24,16 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::CompactError;
 
 /// Parts of a multipart upload sent at once: memory is `(PARTS_IN_FLIGHT + 1) * part_bytes`.
-pub(super) const PARTS_IN_FLIGHT: usize = 2;
+pub const PARTS_IN_FLIGHT: usize = 2;
 
 /// The smallest part S3 accepts (all but the last part of an upload).
 pub const MIN_PART_BYTES: usize = 5 * 1024 * 1024;
 
 /// Size and CRC32C of the bytes that went through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Digest {
-    pub(super) size: u64,
-    pub(super) crc32c: u32,
+pub struct Digest {
+    pub size: u64,
+    pub crc32c: u32,
 }
 
 impl Digest {
@@ -61,7 +61,7 @@ async fn read_full(f: &mut tokio::fs::File, buf: &mut [u8]) -> std::io::Result<u
 }
 
 /// Publishes the local file `staged` at `target`.
-pub(super) async fn upload(
+pub async fn upload(
     store: &dyn ObjectStore,
     store_url: &str,
     staged: &Path,
@@ -120,7 +120,7 @@ pub(super) async fn upload(
 }
 
 /// Streams the object at `source` into the local file `dest`.
-pub(super) async fn download(
+pub async fn download(
     store: &dyn ObjectStore,
     store_url: &str,
     source: &ObjectPath,
