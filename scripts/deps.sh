@@ -61,7 +61,8 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # --- Python tools in var/venv: chdb-core (ClickHouse 26.x in-process, migration checks),
-# pyarrow (independent reader of the Parquet archive), kubernetes-validate (deploy/k8s).
+# pyarrow (independent reader of the Parquet archive), kubernetes-validate (deploy/k8s), moto
+# (a real S3 API for the archive tests), schemathesis (API property tests).
 command -v python3 >/dev/null || apt_install python3
 if [ ! -x "$venv/bin/python3" ]; then
   # Debian and Ubuntu ship venv without ensurepip unless python3-venv is installed.

@@ -600,6 +600,10 @@ pub struct CompactorConfig {
     /// How long to wait for ClickHouse to finish deleting archived rows.
     #[serde(with = "humantime_serde")]
     pub mutation_timeout: Duration,
+    /// Part size of the archive's multipart uploads: a file up to this size is one put, a
+    /// bigger one goes up in parts of this size (memory: about three of them). At least 5 MiB
+    /// (S3's smallest part); S3 allows 10,000 parts, so the default allows files of 160 GiB.
+    pub upload_part_bytes: usize,
 }
 
 impl Default for CompactorConfig {
@@ -612,6 +616,7 @@ impl Default for CompactorConfig {
             row_group_rows: 262_144,
             insert_settle: Duration::from_secs(600),
             mutation_timeout: Duration::from_secs(600),
+            upload_part_bytes: 16 * 1024 * 1024,
         }
     }
 }
@@ -949,6 +954,16 @@ impl Config {
                 ),
             ));
         }
+        let part = self.compactor.upload_part_bytes;
+        if !(crate::compactor::MIN_PART_BYTES..=5 * 1024 * 1024 * 1024).contains(&part) {
+            return Err(invalid(
+                "compactor.upload_part_bytes",
+                format!(
+                    "must be between {} (5 MiB, S3's smallest part) and 5368709120 (5 GiB, its largest)",
+                    crate::compactor::MIN_PART_BYTES
+                ),
+            ));
+        }
         if self.compactor.interval.is_zero() {
             return Err(invalid("compactor.interval", "must be greater than 0"));
         }
@@ -1237,6 +1252,10 @@ mod tests {
                 "sites[1].read_tokens[0]",
             ),
             (format!("[query]\ntimeout = \"0s\"\n{SITE}"), "query.timeout"),
+            (
+                format!("[compactor]\nupload_part_bytes = 1048576\n{SITE}"),
+                "compactor.upload_part_bytes",
+            ),
             (
                 format!("[server]\nkeep_alive_timeout = \"1m\"\n{SITE}"),
                 "server.keep_alive_timeout",

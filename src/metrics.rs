@@ -136,6 +136,7 @@ pub struct Metrics {
     pub compactor_run_duration: Histogram,
     pub compactor_failures: Counter,
     pub compactor_last_success: FGauge,
+    pub compactor_refused: Family<ReasonLabel, Counter>,
 
     pub config_reloads: Family<ResultLabel, Counter>,
 
@@ -425,6 +426,15 @@ impl Metrics {
             "Partitions whose archiving failed (nothing was deleted for them)",
             compactor_failures.clone(),
         );
+        let compactor_refused = Family::<ReasonLabel, Counter>::default();
+        r.register(
+            "compactor_refused_entries",
+            "Manifest entries the compactor refused to act on, by reason: foreign (another table's entry in a shared archive), changed (a verified part no longer matches ClickHouse's rows)",
+            compactor_refused.clone(),
+        );
+        for reason in crate::compactor::REFUSAL_REASONS {
+            let _ = compactor_refused.get_or_create(&ReasonLabel { reason });
+        }
         let compactor_last_success = FGauge::default();
         r.register(
             "compactor_last_success_timestamp_seconds",
@@ -553,6 +563,7 @@ impl Metrics {
             compactor_run_duration,
             compactor_failures,
             compactor_last_success,
+            compactor_refused,
             config_reloads,
             live_subscribers,
             live_dropped,

@@ -3,7 +3,7 @@
 //! One place for what differs between servers and what their answers mean:
 //! - [`client`]: the one way to build a configured client (sink, compactor, migrate, check,
 //!   freshness all use it);
-//! - [`ping`] and [`server_version`];
+//! - [`ping`], [`server_version`] and [`table_uuid`] (where the server has table UUIDs);
 //! - [`Dialect`]: every difference between ClickHouse 18.16 and current releases that the
 //!   project depends on (SQL placeholders of the migrations, client settings, export settings);
 //! - [`codes`]: the table of exception codes with their class, whether one row can cause them,
@@ -73,6 +73,33 @@ pub async fn server_version(
     let v: String = client.query("SELECT version()").fetch_one().await?;
     let parsed = v.parse().unwrap_or(ServerVersion(0, 0));
     Ok((parsed, v))
+}
+
+/// The table's UUID, or `None` where the server has none: 18.16's `system.tables` has no
+/// `uuid` column, and tables of Ordinary databases report the zero UUID. Detected from the
+/// column, not the version, because whether a table has one depends on its database's engine.
+pub async fn table_uuid(
+    client: &::clickhouse::Client,
+    database: &str,
+    table: &str,
+) -> Result<Option<String>, ::clickhouse::error::Error> {
+    let has_column: u64 = client
+        .query(
+            "SELECT count() FROM system.columns \
+             WHERE database = 'system' AND table = 'tables' AND name = 'uuid'",
+        )
+        .fetch_one()
+        .await?;
+    if has_column == 0 {
+        return Ok(None);
+    }
+    let uuid: Option<String> = client
+        .query("SELECT toString(uuid) FROM system.tables WHERE database = ? AND name = ?")
+        .bind(database)
+        .bind(table)
+        .fetch_optional()
+        .await?;
+    Ok(uuid.filter(|u| u != "00000000-0000-0000-0000-000000000000"))
 }
 
 /// Server version as (major, minor).

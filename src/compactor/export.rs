@@ -64,44 +64,35 @@ impl Compactor {
         }
 
         let t_publish = Instant::now();
-        let bytes = tokio::fs::read(&staged).await?;
-        let crc = crc32c::crc32c(&bytes);
-        let size = bytes.len() as u64;
         let target = entry.file_path();
-        let store_err = |source| CompactError::Store {
-            url: self.store_url.clone(),
-            source,
-        };
-        self.store
-            .put(&target, bytes.into())
-            .await
-            .map_err(store_err)?;
+        let staged_digest = publish::upload(
+            self.store.as_ref(),
+            &self.store_url,
+            &staged,
+            &target,
+            self.cfg.upload_part_bytes,
+        )
+        .await?;
         // Crash tests stop here (FAILPOINTS=compactor::after_publish=pause, feature
         // `failpoints`): the file is published, nothing is verified or deleted.
         fail::fail_point!("compactor::after_publish");
 
-        // Verify what readers will read, not what we meant to write: download the published
-        // file, compare it byte-wise (size, CRC32C) with the staged one, then read every row of
-        // it back and compare count and content checksum with ClickHouse's.
-        let published = self
-            .store
-            .get(&target)
-            .await
-            .map_err(store_err)?
-            .bytes()
-            .await
-            .map_err(store_err)?;
-        if published.len() as u64 != size || crc32c::crc32c(&published) != crc {
-            return Err(fail(
-                "published file differs from the staged file (size or CRC32C)".into(),
-            ));
-        }
+        // Verify what readers will read, not what we meant to write: stream the published
+        // file back, compare it byte-wise (size, CRC32C) with the staged one, then read every
+        // row of it back and compare count and content checksum with ClickHouse's.
         let check = self.staging.join(format!(
             "{}-{}.verify.parquet",
             entry.partition, entry.cutoff
         ));
-        tokio::fs::write(&check, &published).await?;
-        drop(published);
+        let published =
+            publish::download(self.store.as_ref(), &self.store_url, &target, &check).await?;
+        if published != staged_digest {
+            let _ = tokio::fs::remove_file(&check).await;
+            return Err(fail(
+                "published file differs from the staged file (size or CRC32C)".into(),
+            ));
+        }
+        let (size, crc) = (published.size, published.crc32c);
         let reread = {
             let p = check.clone();
             tokio::task::spawn_blocking(move || parquet_io::checksum_file(&p))
@@ -162,7 +153,7 @@ impl Compactor {
         // contiguous key range; with FINAL the whole stream is), which is what compression and
         // row-group pruning need. Sorting doubled ClickHouse's cost of the export.
         let sql = format!(
-            "SELECT {} FROM {}.events{} WHERE {}",
+            "SELECT {} FROM {}.{TABLE}{} WHERE {}",
             native::export_columns(),
             self.db,
             if final_ { " FINAL" } else { "" },
@@ -217,39 +208,67 @@ impl Compactor {
         Ok(seen)
     }
 
-    /// Deletes exactly the archived rows and waits for ClickHouse to finish.
+    /// The check before a resumed `verified` entry's delete: ClickHouse's rows of the part
+    /// must still be the archived ones (count and content checksum, read as the export read
+    /// them). Rows may have changed since the run that verified the file (an `ALTER UPDATE`,
+    /// rows restored from a backup), or the entry may be another deployment's with the same
+    /// database and table names on a server without table UUIDs: deleting would then remove
+    /// rows the file does not hold.
+    /// `Ok(false)`: none of the part's rows is left (the interrupted run's delete finished).
+    pub(super) async fn reverify(&self, entry: &ManifestEntry) -> Result<bool, CompactError> {
+        let final_ = self.read_mode(entry.day, entry.cutoff).await? == ReadMode::Final;
+        let (rows, sum): (u64, u64) = self
+            .ch
+            .query(&format!(
+                "SELECT count(), sum({}) FROM {}.{TABLE}{} WHERE {}",
+                checksum::sql_row_hash(),
+                self.db,
+                if final_ { " FINAL" } else { "" },
+                self.day_filter(entry.day, entry.cutoff)
+            ))
+            .fetch_one()
+            .await?;
+        if rows == 0 {
+            return Ok(false);
+        }
+        if rows != entry.rows || sum.to_string() != entry.checksum {
+            self.metrics
+                .compactor_refused
+                .get_or_create(&crate::metrics::ReasonLabel { reason: "changed" })
+                .inc();
+            return Err(CompactError::Changed {
+                partition: entry.partition.clone(),
+                file: entry.file.clone(),
+                cutoff: entry.cutoff,
+                archived: entry.rows,
+                archived_sum: entry.checksum.clone(),
+                rows,
+                sum,
+            });
+        }
+        Ok(true)
+    }
+
+    /// Deletes exactly the archived rows and waits until ClickHouse has removed them.
     pub(super) async fn delete_archived(
+        &self,
+        entry: ManifestEntry,
+        action: &'static str,
+    ) -> Result<Outcome, CompactError> {
+        let mutation = self.issue_delete(&entry).await?;
+        if mutation.is_none() {
+            tracing::warn!(partition = %entry.partition, "the delete's mutation was not found in system.mutations; waiting for the rows to be gone instead");
+        }
+        self.await_delete(&entry, mutation.as_ref()).await?;
+        self.mark_dropped(entry, action).await
+    }
+
+    /// Records that the part's rows have left ClickHouse.
+    pub(super) async fn mark_dropped(
         &self,
         mut entry: ManifestEntry,
         action: &'static str,
     ) -> Result<Outcome, CompactError> {
-        let sql = format!(
-            "ALTER TABLE {}.events DELETE WHERE {}",
-            self.db,
-            self.day_filter(entry.day, entry.cutoff)
-        );
-        self.ch.query(&sql).execute().await?;
-        let deadline = Instant::now() + self.cfg.mutation_timeout;
-        loop {
-            let pending: u64 = self
-                .ch
-                .query(&format!(
-                    "SELECT count() FROM system.mutations WHERE database = '{}' AND table = 'events' AND is_done = 0",
-                    self.db
-                ))
-                .fetch_one()
-                .await?;
-            if pending == 0 {
-                break;
-            }
-            if Instant::now() > deadline {
-                return Err(CompactError::MutationTimeout(
-                    entry.partition.clone(),
-                    self.cfg.mutation_timeout,
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
         entry.state = PartState::Dropped;
         manifest::store(self.store.as_ref(), &entry).await?;
         self.metrics.compactor_partitions_archived.inc();

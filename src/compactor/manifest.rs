@@ -2,7 +2,11 @@
 //! `manifest/events/date=YYYY-MM-DD/part-<cutoff>.json` beside the data (outside `events/`, so
 //! a reader globbing `events/**/*.parquet` sees only data). It records the partition, the
 //! cutoff, rows, bytes, the content checksum ClickHouse agreed to, the file's CRC32C, when it
-//! was created and the part's state.
+//! was created, the part's state, and the table it came from ([`TableIdentity`]).
+//!
+//! Invariant: a compactor acts only on entries of its own table ([`Ownership`]). Several
+//! deployments may share one archive prefix; an entry of another one is refused, never resumed,
+//! because resuming means deleting rows from *this* deployment's table.
 
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
@@ -21,8 +25,60 @@ pub enum PartState {
     Dropped,
 }
 
+/// The ClickHouse table a part was archived from: database and table, and the table's UUID
+/// where the server has one (Atomic databases; 18.16 and Ordinary databases have none, and a
+/// zero UUID counts as none).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableIdentity {
+    pub database: String,
+    pub table: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<String>,
+}
+
+impl TableIdentity {
+    /// The same table: same database and name, and the same UUID when both sides know one. A
+    /// UUID known on one side only (the server was upgraded, or the database converted to
+    /// Atomic, between two runs) does not tell two tables apart.
+    pub fn same_table(&self, other: &TableIdentity) -> bool {
+        self.database == other.database
+            && self.table == other.table
+            && match (&self.uuid, &other.uuid) {
+                (Some(a), Some(b)) => a == b,
+                _ => true,
+            }
+    }
+}
+
+impl std::fmt::Display for TableIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.database, self.table)?;
+        match &self.uuid {
+            Some(u) => write!(f, " (uuid {u})"),
+            None => f.write_str(" (no uuid)"),
+        }
+    }
+}
+
+/// Whose entry a manifest entry is, as seen by the compactor of one table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ownership {
+    /// Written for this table.
+    Own,
+    /// Written before manifests recorded their table, with this table's file layout
+    /// (`<table>/date=<partition>/part-<cutoff>-….parquet`): adopted, and the identity is
+    /// recorded the next time the entry is stored. A `verified` one is verified again against
+    /// ClickHouse before anything is deleted, like every resumed entry.
+    Legacy,
+    /// Another table's (another deployment sharing the archive): never acted on.
+    Foreign,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ManifestEntry {
+    /// The table the part's rows came from; `None` in entries written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<TableIdentity>,
     pub partition: String,
     pub day: i64,
     pub file: String,
@@ -39,13 +95,20 @@ pub struct ManifestEntry {
 }
 
 impl ManifestEntry {
-    pub fn new(partition: &str, day: i64, cutoff: u32, expected: Checksum) -> Self {
+    pub fn new(
+        source: TableIdentity,
+        partition: &str,
+        day: i64,
+        cutoff: u32,
+        expected: Checksum,
+    ) -> Self {
         // The random suffix keeps two parts of one day apart even if their cutoffs coincide.
         let part = format!("part-{cutoff}-{:08x}", rand::random::<u32>());
         Self {
+            file: format!("{}/date={partition}/{part}.parquet", source.table),
+            source: Some(source),
             partition: partition.to_string(),
             day,
-            file: format!("events/date={partition}/{part}.parquet"),
             cutoff,
             rows: expected.rows,
             checksum: expected.sum.to_string(),
@@ -58,6 +121,35 @@ impl ManifestEntry {
 }
 
 impl ManifestEntry {
+    /// Whether the compactor of table `me` may act on this entry.
+    pub fn ownership(&self, me: &TableIdentity) -> Ownership {
+        match &self.source {
+            Some(s) if s.same_table(me) => Ownership::Own,
+            Some(_) => Ownership::Foreign,
+            None => {
+                let layout = format!("{}/date={}/part-{}-", me.table, self.partition, self.cutoff);
+                if self.file.starts_with(&layout)
+                    && self.file.ends_with(".parquet")
+                    && super::day_string(self.day) == self.partition
+                {
+                    Ownership::Legacy
+                } else {
+                    Ownership::Foreign
+                }
+            }
+        }
+    }
+
+    /// The entry as this table's compactor resumes it: an entry without identity (see
+    /// [`Ownership::Legacy`]) gets this table's, recorded with its next state.
+    pub fn adopted_by(mut self, me: &TableIdentity) -> Self {
+        if self.source.is_none() {
+            tracing::info!(file = %self.file, table = %me, "adopting a manifest entry written before entries named their table");
+            self.source = Some(me.clone());
+        }
+        self
+    }
+
     pub fn file_path(&self) -> ObjectPath {
         ObjectPath::from(self.file.as_str())
     }
@@ -130,4 +222,101 @@ pub async fn pending(store: &dyn ObjectStore) -> Result<Vec<ManifestEntry>, Comp
         .into_iter()
         .filter(|e| e.state != PartState::Dropped)
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn me(uuid: Option<&str>) -> TableIdentity {
+        TableIdentity {
+            database: "clicktrail".into(),
+            table: "events".into(),
+            uuid: uuid.map(String::from),
+        }
+    }
+
+    #[test]
+    fn identity_tells_tables_apart() {
+        let entry = |source| {
+            let mut e = ManifestEntry::new(
+                me(None),
+                "2026-11-01",
+                20_758,
+                1_700_000_000,
+                Checksum::default(),
+            );
+            e.source = source;
+            e
+        };
+        assert_eq!(entry(Some(me(None))).ownership(&me(None)), Ownership::Own);
+        assert_eq!(
+            entry(Some(me(Some("a")))).ownership(&me(Some("a"))),
+            Ownership::Own
+        );
+        // A UUID on one side only: the same database and table.
+        assert_eq!(
+            entry(Some(me(None))).ownership(&me(Some("a"))),
+            Ownership::Own
+        );
+        assert_eq!(
+            entry(Some(me(Some("a")))).ownership(&me(Some("b"))),
+            Ownership::Foreign
+        );
+        let other_db = TableIdentity {
+            database: "shop".into(),
+            ..me(None)
+        };
+        assert_eq!(
+            entry(Some(other_db)).ownership(&me(None)),
+            Ownership::Foreign
+        );
+    }
+
+    #[test]
+    fn entries_without_identity_are_adopted_only_in_this_tables_layout() {
+        let old = r#"{"partition":"2026-11-01","day":20758,
+            "file":"events/date=2026-11-01/part-1700000000-0badf00d.parquet","cutoff":1700000000,
+            "rows":5,"checksum":"7","bytes":9,"crc32c":"","created_at":"2026-11-02T00:00:00Z",
+            "state":"verified"}"#;
+        let e: ManifestEntry = serde_json::from_str(old).unwrap();
+        assert_eq!(e.source, None);
+        assert_eq!(e.ownership(&me(None)), Ownership::Legacy);
+        let other_table = TableIdentity {
+            table: "clicks".into(),
+            ..me(None)
+        };
+        assert_eq!(e.ownership(&other_table), Ownership::Foreign);
+        let mut moved = e.clone();
+        moved.file = "events/date=2026-11-02/part-1700000000-0badf00d.parquet".into();
+        assert_eq!(moved.ownership(&me(None)), Ownership::Foreign);
+        let mut other_cutoff = e.clone();
+        other_cutoff.cutoff += 1;
+        assert_eq!(other_cutoff.ownership(&me(None)), Ownership::Foreign);
+    }
+
+    #[test]
+    fn identity_is_written_and_read_back() {
+        let e = ManifestEntry::new(
+            me(Some("u-1")),
+            "2026-11-01",
+            20_758,
+            5,
+            Checksum::default(),
+        );
+        let json = serde_json::to_string(&e).unwrap();
+        assert!(
+            json.contains(r#""source":{"database":"clicktrail","table":"events","uuid":"u-1"}"#),
+            "{json}"
+        );
+        let back: ManifestEntry = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.source, Some(me(Some("u-1"))));
+        assert_eq!(
+            back.file,
+            format!(
+                "events/date=2026-11-01/{}",
+                e.file.rsplit('/').next().unwrap()
+            )
+        );
+    }
 }

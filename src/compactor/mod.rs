@@ -4,38 +4,51 @@
 //! 1. `cutoff` = ClickHouse's `now()` minus `compactor.insert_settle`; the part holds exactly the
 //!    day's rows as analysts see them (deduplicated) with `inserted_at <= cutoff`. Rows inserted
 //!    later (a replay, a long outage) stay for the next run and become an additional part.
-//! 2. A manifest entry is written in state `exporting`.
+//! 2. A manifest entry is written in state `exporting`, naming the table it belongs to
+//!    (database, table, and the table's UUID where the server has one).
 //! 3. Rows stream out of ClickHouse (`Native` format, each with ClickHouse's own hash of the
 //!    row) into a local staging Parquet file (bounded memory). A plain read is exact when no
 //!    key occurs twice among the part's rows (one merged part, or a `uniqExact` check says so);
 //!    otherwise the read uses `FINAL`, which is several times slower. The manifest records
 //!    ClickHouse's count (a separate query, so a truncated stream cannot go unnoticed) and the
 //!    sum of its row hashes.
-//! 4. The file is published to the archive (`<archive>/events/date=YYYY-MM-DD/part-<cutoff>.parquet`,
-//!    an atomic put), downloaded again and verified the same way; its size and CRC32C go into
-//!    the manifest, now `verified`.
+//! 4. The file is published to the archive (`<archive>/events/date=YYYY-MM-DD/part-<cutoff>.parquet`;
+//!    a multipart upload above `compactor.upload_part_bytes`, see `publish.rs`), streamed back
+//!    and verified the same way; its size and CRC32C go into the manifest, now `verified`.
 //! 5. Exactly the archived rows are deleted (`ALTER TABLE ... DELETE WHERE day AND inserted_at <=
-//!    cutoff`, awaited), and the manifest becomes `dropped`. A plain `DROP PARTITION` would also
-//!    remove rows that arrived after the export, and those were never archived.
+//!    cutoff`), the compactor waits for *its* mutation to reach the day's parts (not for every
+//!    mutation of the table, see `mutation.rs`), and the manifest becomes `dropped`. A plain
+//!    `DROP PARTITION` would also remove rows that arrived after the export, never archived.
 //!
-//! Invariants: nothing is deleted from ClickHouse before every row of the published file was
-//! read back and matched ClickHouse's own count and row hashes; every step is idempotent and named by the
-//! cutoff, so a crash anywhere followed by a rerun neither loses rows nor archives one twice
-//! (the rerun resumes every manifest entry that is not `dropped` before starting new work).
+//! Invariants:
+//! - nothing is deleted from ClickHouse before every row of the published file was read back
+//!   and matched ClickHouse's own count and row hashes, and a `verified` entry resumed after a
+//!   crash is matched against ClickHouse's rows *again* before its delete (the rows may have
+//!   changed meanwhile); if they differ, nothing is deleted and the entry is reported;
+//! - a compactor acts only on manifest entries of its own table: another deployment's entries
+//!   in a shared archive are refused (`clicktrail_compactor_refused_entries_total`);
+//! - every step is idempotent and named by the cutoff, so a crash anywhere followed by a rerun
+//!   neither loses rows nor archives one twice: the rerun resumes every entry that is not
+//!   `dropped` first, and a day whose entry could not be finished is not exported again.
 
 mod checksum;
 mod cityhash;
 mod export;
 pub mod manifest;
+mod mutation;
 mod native;
+#[doc(hidden)]
+pub mod publish;
 mod store;
 pub use checksum::archive_sql_row_hash;
 #[doc(hidden)]
 pub use native::record_batches;
 pub mod parquet_io;
 
+pub use publish::MIN_PART_BYTES;
 pub use store::open_store;
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use std::sync::Arc;
@@ -44,7 +57,14 @@ use std::time::{Duration, Instant};
 use object_store::ObjectStore;
 
 pub use checksum::Checksum;
-pub use manifest::{ManifestEntry, PartState};
+pub use manifest::{ManifestEntry, Ownership, PartState, TableIdentity};
+
+/// The table the compactor archives (in the configured database).
+pub(crate) const TABLE: &str = "events";
+
+/// Why the compactor refused a manifest entry: the `reason` label of
+/// `clicktrail_compactor_refused_entries_total`.
+pub const REFUSAL_REASONS: [&str; 2] = ["foreign", "changed"];
 
 use crate::config::{ClickHouseConfig, CompactorConfig};
 use crate::metrics::Metrics;
@@ -74,8 +94,29 @@ pub enum CompactError {
     Io(#[from] std::io::Error),
     #[error("verification failed for {partition}: {what}; nothing was deleted")]
     Verify { partition: String, what: String },
-    #[error("mutation deleting archived rows of {0} did not finish within {1:?}; it will be awaited again on the next run")]
-    MutationTimeout(String, Duration),
+    #[error("mutation {mutation} deleting archived rows of {partition} did not reach the day's parts within {timeout:?}; it will be awaited again on the next run")]
+    MutationTimeout {
+        partition: String,
+        mutation: String,
+        timeout: Duration,
+    },
+    #[error("manifest entry {file} belongs to {theirs}, not to this compactor's {ours}; it is left alone (two deployments share archive {url}: give each its own prefix)")]
+    ForeignEntry {
+        file: String,
+        theirs: String,
+        ours: String,
+        url: String,
+    },
+    #[error("verified part {partition} ({file}) no longer matches ClickHouse: the file holds {archived} rows / checksum {archived_sum}, ClickHouse now {rows} rows / checksum {sum} with inserted_at <= {cutoff}; nothing was deleted, and the day is not archived again until an operator looks (docs/operations.md)")]
+    Changed {
+        partition: String,
+        file: String,
+        cutoff: u32,
+        archived: u64,
+        archived_sum: String,
+        rows: u64,
+        sum: u64,
+    },
 }
 
 /// How a part's rows are read out of ClickHouse (logged with each part).
@@ -224,7 +265,7 @@ impl Compactor {
         // A day is cold when all of it is older than the hot window.
         let first_hot_day = today - i64::from(hot_days);
         let sql = format!(
-            "SELECT DISTINCT toUInt32(toDate(ts)) AS d FROM {}.events WHERE ts < toDateTime({}) ORDER BY d",
+            "SELECT DISTINCT toUInt32(toDate(ts)) AS d FROM {}.{TABLE} WHERE ts < toDateTime({}) ORDER BY d",
             self.db,
             first_hot_day * 86_400
         );
@@ -242,7 +283,7 @@ impl Compactor {
     /// ClickHouse's own count of the rows a part must hold.
     async fn count(&self, day: i64, cutoff: u32, final_: bool) -> Result<u64, CompactError> {
         let sql = format!(
-            "SELECT count() FROM {}.events{} WHERE {}",
+            "SELECT count() FROM {}.{TABLE}{} WHERE {}",
             self.db,
             if final_ { " FINAL" } else { "" },
             self.day_filter(day, cutoff)
@@ -257,9 +298,9 @@ impl Compactor {
             .ch
             .query(&format!(
                 "SELECT count(), min(level) FROM system.parts WHERE database = '{}' \
-                 AND table = 'events' AND active AND partition_id = '{}'",
+                 AND table = '{TABLE}' AND active AND partition_id = '{}'",
                 self.db,
-                day_string(day).replace('-', "")
+                mutation::partition_id(day)
             ))
             .fetch_one()
             .await?;
@@ -269,7 +310,7 @@ impl Compactor {
         let (rows, keys): (u64, u64) = self
             .ch
             .query(&format!(
-                "SELECT count(), uniqExact(site, type, path, ts, event_id) FROM {}.events WHERE {}",
+                "SELECT count(), uniqExact(site, type, path, ts, event_id) FROM {}.{TABLE} WHERE {}",
                 self.db,
                 self.day_filter(day, cutoff)
             ))
@@ -299,6 +340,15 @@ impl Compactor {
         result
     }
 
+    /// This compactor's table, as manifest entries name it.
+    pub async fn identity(&self) -> Result<TableIdentity, CompactError> {
+        Ok(TableIdentity {
+            database: self.db.clone(),
+            table: TABLE.to_string(),
+            uuid: crate::clickhouse::table_uuid(&self.ch, &self.db, TABLE).await?,
+        })
+    }
+
     async fn run_once_inner(
         &self,
         hot_days: u32,
@@ -308,9 +358,23 @@ impl Compactor {
         let started = Instant::now();
         let mut outcomes = Vec::new();
         let mut first_error = None;
+        // Days whose earlier part could not be finished: exporting them again would archive
+        // that part's rows a second time (they are still in ClickHouse).
+        let mut unfinished: HashSet<i64> = HashSet::new();
         if !dry_run {
+            let me = self.identity().await?;
             for entry in manifest::pending(self.store.as_ref()).await? {
-                match self.resume(entry, progress).await {
+                let day = entry.day;
+                let result = match entry.ownership(&me) {
+                    Ownership::Foreign => Err(self.refuse_foreign(&entry, &me)),
+                    Ownership::Own | Ownership::Legacy => self
+                        .resume(entry.adopted_by(&me), progress)
+                        .await
+                        .inspect_err(|_| {
+                            unfinished.insert(day);
+                        }),
+                };
+                match result {
                     Ok(o) => outcomes.push(o),
                     Err(e) => {
                         tracing::error!(error = %e, "resuming an archive part failed");
@@ -320,6 +384,10 @@ impl Compactor {
             }
         }
         for day in self.cold_days(hot_days).await? {
+            if unfinished.contains(&day) {
+                tracing::warn!(day = %day_string(day), "not archived again: an earlier part of the day is unfinished");
+                continue;
+            }
             let result = if dry_run {
                 self.dry_run(day).await
             } else {
@@ -346,6 +414,22 @@ impl Compactor {
                 }
                 Ok(outcomes)
             }
+        }
+    }
+
+    fn refuse_foreign(&self, entry: &ManifestEntry, me: &TableIdentity) -> CompactError {
+        self.metrics
+            .compactor_refused
+            .get_or_create(&crate::metrics::ReasonLabel { reason: "foreign" })
+            .inc();
+        CompactError::ForeignEntry {
+            file: entry.file.clone(),
+            theirs: entry.source.as_ref().map_or_else(
+                || "an unknown table (an entry without identity in another layout)".into(),
+                |s| s.to_string(),
+            ),
+            ours: me.to_string(),
+            url: self.store_url.clone(),
         }
     }
 
@@ -384,7 +468,13 @@ impl Compactor {
             });
         }
         // The expected count and checksum are filled in once the export has them.
-        let entry = ManifestEntry::new(&day_s, day, cutoff, Checksum::default());
+        let entry = ManifestEntry::new(
+            self.identity().await?,
+            &day_s,
+            day,
+            cutoff,
+            Checksum::default(),
+        );
         manifest::store(self.store.as_ref(), &entry).await?;
         progress.partition(&day_s, present);
         self.step(
@@ -418,12 +508,18 @@ impl Compactor {
             }
             PartState::Verified => {
                 let (partition, rows) = (entry.partition.clone(), entry.rows);
-                self.step(
-                    "delete",
-                    &partition,
-                    rows,
-                    self.delete_archived(entry, "resumed"),
-                )
+                self.step("delete", &partition, rows, async {
+                    // A delete the interrupted run issued may still be running: let it finish,
+                    // or the check below would see half of the part's rows.
+                    for m in self.unfinished_deletes(&entry).await? {
+                        self.await_delete(&entry, Some(&m)).await?;
+                    }
+                    if self.reverify(&entry).await? {
+                        self.delete_archived(entry, "resumed").await
+                    } else {
+                        self.mark_dropped(entry, "resumed").await
+                    }
+                })
                 .await
             }
             PartState::Dropped => Ok(Outcome {

@@ -14,14 +14,14 @@ use crate::harness::*;
 
 const PER_DAY: u64 = 75_000;
 /// Day offsets from today: three cold days and one hot one (hot_days = 2).
-const DAYS: [i64; 4] = [-5, -4, -3, 0];
+pub(crate) const DAYS: [i64; 4] = [-5, -4, -3, 0];
 
-fn today() -> i64 {
+pub(crate) fn today() -> i64 {
     now_ms().div_euclid(86_400_000)
 }
 
 /// The row ClickHouse generates for `n` (must mirror `seed`).
-fn expected(n: u64) -> Event {
+pub(crate) fn expected(n: u64) -> Event {
     let day = today() + DAYS[(n % 4) as usize];
     let ts = (day * 86_400) as u64 + (n * 7) % 86_400;
     Event {
@@ -62,15 +62,33 @@ fn expected(n: u64) -> Event {
     }
 }
 
-fn seed(ch: &ClickHouse, from: u64, count: u64, inserted_ago_secs: i64) {
+pub(crate) fn seed(ch: &ClickHouse, from: u64, count: u64, inserted_ago_secs: i64) {
     seed_where(ch, from, count, inserted_ago_secs, "1");
 }
 
 /// `seed`, keeping only the numbers that satisfy `cond` (SQL over `number`).
-fn seed_where(ch: &ClickHouse, from: u64, count: u64, inserted_ago_secs: i64, cond: &str) {
+pub(crate) fn seed_where(
+    ch: &ClickHouse,
+    from: u64,
+    count: u64,
+    inserted_ago_secs: i64,
+    cond: &str,
+) {
+    seed_into(ch, "clicktrail", from, count, inserted_ago_secs, cond);
+}
+
+/// `seed_where` into the events table of database `db`.
+pub(crate) fn seed_into(
+    ch: &ClickHouse,
+    db: &str,
+    from: u64,
+    count: u64,
+    inserted_ago_secs: i64,
+    cond: &str,
+) {
     let t = today();
     ch.query(&format!(
-        "INSERT INTO clicktrail.events (event_id, site, type, name, ts, ts_ms, received_at, url, host, path, referrer, title, \
+        "INSERT INTO {db}.events (event_id, site, type, name, ts, ts_ms, received_at, url, host, path, referrer, title, \
          session_id, visitor_id, x, y, viewport_w, viewport_h, doc_w, doc_h, selector, text, rage, scroll_depth, duration_ms, \
          props, browser, os, device, user_agent, ip, inserted_at) \
          SELECT concat('e', toString(number)), 'test', ['pageview','click','scroll'][number % 3 + 1], '', \
@@ -89,18 +107,18 @@ fn seed_where(ch: &ClickHouse, from: u64, count: u64, inserted_ago_secs: i64, co
     ));
 }
 
-fn is_cold(n: u64) -> bool {
+pub(crate) fn is_cold(n: u64) -> bool {
     DAYS[(n % 4) as usize] <= -3
 }
 
-struct Setup {
-    ch: ClickHouse,
-    data: tempfile::TempDir,
-    config_path: std::path::PathBuf,
-    cfg: Config,
+pub(crate) struct Setup {
+    pub(crate) ch: ClickHouse,
+    pub(crate) data: tempfile::TempDir,
+    pub(crate) config_path: std::path::PathBuf,
+    pub(crate) cfg: Config,
 }
 
-async fn setup(rows: u64) -> Setup {
+pub(crate) async fn setup(rows: u64) -> Setup {
     let ch = ClickHouse::start();
     let data = tempfile::tempdir().unwrap();
     let mut cfg = test_config(&ch, data.path());
@@ -119,7 +137,7 @@ async fn setup(rows: u64) -> Setup {
     }
 }
 
-fn compact(s: &Setup, extra_env: &[(&str, &str)]) -> (i32, String, String) {
+pub(crate) fn compact(s: &Setup, extra_env: &[(&str, &str)]) -> (i32, String, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_clicktrail"));
     cmd.args(["compact", "--once", "--config"])
         .arg(&s.config_path)
@@ -136,7 +154,7 @@ fn compact(s: &Setup, extra_env: &[(&str, &str)]) -> (i32, String, String) {
 }
 
 /// Every row of every archive file, by event id; panics on a duplicate.
-fn archive_rows(s: &Setup) -> HashMap<String, Event> {
+pub(crate) fn archive_rows(s: &Setup) -> HashMap<String, Event> {
     let root = s.data.path().join("archive/events");
     let mut rows = HashMap::new();
     let mut files = Vec::new();
@@ -159,13 +177,13 @@ fn archive_rows(s: &Setup) -> HashMap<String, Event> {
     rows
 }
 
-fn count(ch: &ClickHouse, cond: &str) -> u64 {
+pub(crate) fn count(ch: &ClickHouse, cond: &str) -> u64 {
     ch.count(&format!(
         "SELECT count() FROM clicktrail.events WHERE {cond}"
     ))
 }
 
-fn cold_cond() -> String {
+pub(crate) fn cold_cond() -> String {
     format!("toDate(ts) <= toDate({})", (today() - 3) * 86_400)
 }
 
@@ -336,7 +354,7 @@ async fn every_read_path_archives_each_row_once() {
     assert_eq!(count(&s.ch, "1"), total / 4, "hot day untouched");
 }
 
-fn walk(dir: &std::path::Path) -> Vec<(String, u64)> {
+pub(crate) fn walk(dir: &std::path::Path) -> Vec<(String, u64)> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -357,61 +375,74 @@ fn walk(dir: &std::path::Path) -> Vec<(String, u64)> {
     out
 }
 
+/// Runs `compact --once` until it is held at the failpoint `compactor::<step>`, then kills it
+/// with SIGKILL. The step is reached when its effect is on disk: a published part file
+/// (`after_publish`), or a manifest entry recorded as verified (`after_verify`).
+pub(crate) fn kill_at(s: &Setup, step: &str) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_clicktrail"))
+        .args(["compact", "--once", "--config"])
+        .arg(&s.config_path)
+        .env("RUST_LOG", "warn")
+        .env("FAILPOINTS", format!("compactor::{step}=pause"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let archive = s.data.path().join("archive");
+    let under = |d: &str| {
+        let d = archive.join(d);
+        if d.exists() {
+            walk(&d)
+        } else {
+            Vec::new()
+        }
+    };
+    let reached = || match step {
+        "after_publish" => under("events").iter().any(|(p, _)| p.ends_with(".parquet")),
+        _ => under("manifest")
+            .iter()
+            .any(|(p, _)| std::fs::read_to_string(p).is_ok_and(|t| t.contains("\"verified\""))),
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !reached() {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("{step}: the compactor finished ({status}) instead of stopping at its failpoint: build with --features failpoints (make test does)");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{step}: not reached within 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "{step}: the compactor must be held at its failpoint (build with --features failpoints)"
+    );
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_between_steps_then_rerun_keeps_counts_exact() {
     for step in ["after_publish", "after_verify"] {
         let total = 20_000;
         let s = setup(total).await;
-        let mut child = Command::new(env!("CARGO_BIN_EXE_clicktrail"))
-            .args(["compact", "--once", "--config"])
-            .arg(&s.config_path)
-            .env("RUST_LOG", "warn")
-            .env("FAILPOINTS", format!("compactor::{step}=pause"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        // The step is reached when its effect is on disk: a published part file, or a
-        // manifest entry recorded as verified. The failpoint holds the process there.
-        let archive = s.data.path().join("archive");
-        let under = |d: &str| {
-            let d = archive.join(d);
-            if d.exists() {
-                walk(&d)
-            } else {
-                Vec::new()
-            }
-        };
-        let reached = || match step {
-            "after_publish" => under("events").iter().any(|(p, _)| p.ends_with(".parquet")),
-            _ => under("manifest")
-                .iter()
-                .any(|(p, _)| std::fs::read_to_string(p).is_ok_and(|t| t.contains("\"verified\""))),
-        };
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while !reached() {
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!("{step}: the compactor finished ({status}) instead of stopping at its failpoint: build with --features failpoints (make test does)");
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{step}: not reached within 60 s"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        std::thread::sleep(Duration::from_millis(200));
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "{step}: the compactor must be held at its failpoint (build with --features failpoints)"
-        );
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
+        kill_at(&s, step);
         if step == "after_publish" {
             assert_eq!(
                 count(&s.ch, &cold_cond()),
                 total * 3 / 4,
                 "nothing deleted before verification"
             );
+            // As the previous release wrote it: no table identity. Adopted (this table's
+            // layout) and finished, and its identity is recorded.
+            for (p, _) in walk(&s.data.path().join("archive/manifest")) {
+                let mut v: serde_json::Value =
+                    serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+                assert!(v.as_object_mut().unwrap().remove("source").is_some(), "{p}");
+                std::fs::write(&p, serde_json::to_vec(&v).unwrap()).unwrap();
+            }
         }
 
         let (code, out, err) = compact(&s, &[]);
@@ -436,5 +467,18 @@ async fn kill_9_between_steps_then_rerun_keeps_counts_exact() {
         }
         assert_eq!(count(&s.ch, &cold_cond()), 0, "{step}");
         assert_eq!(count(&s.ch, "1"), total / 4, "{step}: hot day untouched");
+        let (store, _) = clicktrail::compactor::open_store("", s.data.path()).unwrap();
+        for m in clicktrail::compactor::manifest::all(store.as_ref())
+            .await
+            .unwrap()
+        {
+            assert_eq!(m.state, PartState::Dropped, "{step}");
+            let source = m.source.expect("every entry names its table");
+            assert_eq!(
+                (source.database.as_str(), source.table.as_str()),
+                ("clicktrail", "events")
+            );
+            assert_eq!(source.uuid, None, "18.16 has no table UUIDs");
+        }
     }
 }

@@ -13,7 +13,7 @@ pub const ORIGIN: &str = "http://site.test:3000";
 /// A port that was free a moment ago: only for servers that bind their own (ClickHouse),
 /// whose start is retried on other ports when one was taken in between. The collector itself
 /// binds port 0 and reports its address (see [`Binary::start`]).
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     StdListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -195,7 +195,7 @@ fn blocking_http(url: &str, body: Option<Vec<u8>>, timeout: Duration) -> Result<
     .unwrap()
 }
 
-fn http_get(url: &str) -> Result<String, String> {
+pub fn http_get(url: &str) -> Result<String, String> {
     blocking_http(url, None, Duration::from_secs(2))
 }
 

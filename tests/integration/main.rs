@@ -3,6 +3,7 @@
 //! Integration tests: the real collector against a real ClickHouse 18.16 on random ports.
 
 mod compactor;
+mod compactor_safety;
 mod dlq;
 mod drain;
 mod durability;
