@@ -280,6 +280,11 @@ pub struct ClickHouseConfig {
     /// How often the health probe (`SELECT 1`) runs.
     #[serde(with = "humantime_serde")]
     pub probe_interval: Duration,
+    /// The `remote_servers` cluster the schema lives on; empty = one server. With a name,
+    /// `migrate` creates everything `ON CLUSTER` (replicated local tables, Distributed tables
+    /// under the single-server names), the sink inserts synchronously through the Distributed
+    /// `events`, and the probe reports every shard and replica.
+    pub cluster: String,
 }
 
 impl std::fmt::Debug for ClickHouseConfig {
@@ -291,6 +296,7 @@ impl std::fmt::Debug for ClickHouseConfig {
             .field("user", &self.user)
             .field("password", &self.password)
             .field("timeout", &self.timeout)
+            .field("cluster", &self.cluster)
             .finish()
     }
 }
@@ -304,6 +310,7 @@ impl Default for ClickHouseConfig {
             password: Secret::default(),
             timeout: Duration::from_secs(30),
             probe_interval: Duration::from_secs(5),
+            cluster: String::new(),
         }
     }
 }
@@ -805,6 +812,12 @@ impl Config {
                 "must be letters, digits and underscores, not starting with a digit",
             ));
         }
+        if !self.clickhouse.cluster.is_empty() && !is_cluster_name(&self.clickhouse.cluster) {
+            return Err(invalid(
+                "clickhouse.cluster",
+                "must be empty (one server) or a remote_servers cluster name: letters, digits and underscores, not starting with a digit",
+            ));
+        }
         if self.sites.is_empty() {
             return Err(invalid(
                 "sites",
@@ -888,6 +901,11 @@ impl Config {
     pub fn dlq_dir(&self) -> PathBuf {
         self.data_dir.join("dlq")
     }
+}
+
+/// What `clickhouse.cluster` may be (besides empty): a name spliced into DDL unquoted.
+pub fn is_cluster_name(s: &str) -> bool {
+    is_identifier(s)
 }
 
 pub(crate) fn is_identifier(s: &str) -> bool {
@@ -1015,6 +1033,10 @@ mod tests {
                 "sites[1].read_tokens[0]",
             ),
             (format!("[query]\ntimeout = \"0s\"\n{SITE}"), "query.timeout"),
+            (
+                format!("[clickhouse]\ncluster = \"two shards\"\n{SITE}"),
+                "clickhouse.cluster",
+            ),
             (
                 format!("[server]\nkeep_alive_timeout = \"1m\"\n{SITE}"),
                 "server.keep_alive_timeout",

@@ -87,6 +87,7 @@ pub async fn run_with_reload(
         dlq.clone(),
         metrics.clone(),
     );
+    let sink = sink.with_restamp_after(config.compactor.insert_settle / 2);
     let (fatal_tx, fatal_rx) = oneshot::channel::<std::io::Error>();
     let mut sink_task = tokio::spawn(sink.run());
 

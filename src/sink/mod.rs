@@ -5,10 +5,19 @@
 //! - A batch is a fixed range of spool records `[start, end)`. Before its first insert attempt
 //!   the range is stored in the checkpoint as `inflight`; every retry, and the first delivery
 //!   after a crash, resends exactly those records' RowBinary bytes in the same order (the
-//!   records hold the insert body as it is sent), so the block is byte-identical and current
-//!   ClickHouse drops the repeat (`non_replicated_deduplication_window`, or replicated tables'
-//!   block dedup). On 18.16, which has neither, the table's
-//!   ReplacingMergeTree key (which ends with `event_id`) collapses the repeat at merge time.
+//!   records hold the insert body as it is sent), each row followed by the batch's
+//!   `inserted_at`, stamped at the first attempt and kept in the checkpoint with the range. So
+//!   the block is byte-identical and ClickHouse drops the repeat (replicated tables' block
+//!   dedup, on a cluster and on 18.16 too; `non_replicated_deduplication_window` on one current
+//!   server). On one 18.16 server, which has neither, the table's ReplacingMergeTree key (which
+//!   ends with `event_id`) collapses the repeat at merge time.
+//! - The one exception: a batch whose stamp could land older than `restamp_after` (half the
+//!   compactor's `insert_settle`) is stamped anew before the attempt. The compactor archives
+//!   and deletes `inserted_at <= now() - insert_settle`; a row landing later with an older
+//!   stamp would be deleted unarchived. That resend collapses at merge instead of at insert.
+//! - On a cluster (`clickhouse.cluster`) inserts go to the Distributed `events` with
+//!   synchronous distributed inserts ([`crate::clickhouse::Dialect::sync_distributed_insert`]):
+//!   the answer means every shard has its rows on one replica, so `delivered` may advance.
 //! - `delivered` advances only after ClickHouse confirmed the insert (or the refused rows are
 //!   on disk in the dead-letter store). Only then may the spool delete the records.
 //! - Error class decides the path (see [`crate::clickhouse::codes`]): retryable errors retry
@@ -70,6 +79,8 @@ struct Batch {
     rows: usize,
     bytes: usize,
     oldest_ms: u64,
+    /// `inserted_at` of a batch that was in flight at the last stop.
+    inserted_at: Option<u32>,
 }
 
 pub struct Sink {
@@ -89,6 +100,12 @@ pub struct Sink {
     /// per batch cost a page fault (and the kernel zeroing a page) every 4 KiB.
     body: Vec<u8>,
     ends: Vec<usize>,
+    /// Inserts go through a Distributed table (`clickhouse.cluster` is set); the synchronous
+    /// insert setting is added to `client` once the server's version is known.
+    cluster: bool,
+    sync_setting_added: bool,
+    /// A stamp older than this before an attempt is renewed (see the module doc).
+    restamp_after: Duration,
 }
 
 impl Sink {
@@ -124,9 +141,19 @@ impl Sink {
                 status,
                 body: Vec::new(),
                 ends: Vec::new(),
+                cluster: !ch.cluster.is_empty(),
+                sync_setting_added: false,
+                restamp_after: Duration::from_secs(300),
             },
             rx,
         )
+    }
+
+    /// Renew a batch's `inserted_at` when it could land more than `after` after it: half the
+    /// compactor's `insert_settle` (serve sets it).
+    pub fn with_restamp_after(mut self, after: Duration) -> Self {
+        self.restamp_after = after;
+        self
     }
 
     /// Delivers until the spool writer stops and everything it committed is in ClickHouse.
@@ -139,7 +166,8 @@ impl Sink {
                 end,
                 "resending the batch that was in flight at the last stop"
             );
-            let batch = self.read_range(start, end)?;
+            let mut batch = self.read_range(start, end)?;
+            batch.inserted_at = self.checkpoint.inflight_inserted_at;
             self.deliver(batch).await?;
         }
         while let Some(batch) = self.next_batch().await? {
@@ -167,6 +195,7 @@ impl Sink {
             rows: 0,
             bytes: 0,
             oldest_ms: first.appended_ms,
+            inserted_at: None,
         };
         self.status
             .send_modify(|s| s.oldest_pending_ms = Some(first.appended_ms));
@@ -286,6 +315,7 @@ impl Sink {
             rows: 0,
             bytes: 0,
             oldest_ms: 0,
+            inserted_at: None,
         };
         while batch.end < end {
             match self.reader.try_next()? {
@@ -305,6 +335,8 @@ impl Sink {
         self.status
             .send_modify(|s| s.oldest_pending_ms = Some(batch.oldest_ms));
         self.checkpoint.inflight = Some((batch.start, batch.end));
+        self.checkpoint.inflight_inserted_at =
+            Some(batch.inserted_at.unwrap_or_else(|| self.now_s()));
         self.store_checkpoint().await?;
         // The insert's body is the records' rows as stored; each record's row boundaries are
         // checked (a structural scan, no decoding) so that a malformed record is dead-lettered
@@ -347,6 +379,7 @@ impl Sink {
         self.checkpoint = Checkpoint {
             delivered: batch.end,
             inflight: None,
+            inflight_inserted_at: None,
         };
         self.store_checkpoint().await?;
         self.delivered_tx.send_replace(batch.end);
@@ -398,8 +431,12 @@ impl Sink {
             loop {
                 let slice = bytes_of(&range);
                 let rows = range.len();
+                let slice_start = if range.start == 0 { 0 } else { ends[range.start - 1] };
+                let slice_ends: Vec<usize> =
+                    ends[range.clone()].iter().map(|e| e - slice_start).collect();
+                let inserted_at = self.stamp_for_attempt().await?;
                 let started = Instant::now();
-                let result = client::insert(&self.client, slice, self.insert_timeout).await;
+                let result = self.insert_once(slice, &slice_ends, inserted_at).await;
                 self.metrics
                     .sink_insert_duration
                     .observe(started.elapsed().as_secs_f64());
@@ -463,6 +500,54 @@ impl Sink {
             }
         }
         Ok(())
+    }
+
+    fn now_s(&self) -> u32 {
+        (self.clock.now_ms().max(0) / 1000) as u32
+    }
+
+    /// The in-flight batch's `inserted_at` for the next attempt: the stored one, unless the
+    /// attempt could land more than `restamp_after` after it; then a new one, stored before the
+    /// attempt so that a resend after a crash is the same bytes as this attempt.
+    async fn stamp_for_attempt(&mut self) -> std::io::Result<u32> {
+        let now = self.now_s();
+        match self.checkpoint.inflight_inserted_at {
+            Some(t)
+                if Duration::from_secs(u64::from(now.saturating_sub(t))) + self.insert_timeout
+                    <= self.restamp_after =>
+            {
+                Ok(t)
+            }
+            old => {
+                if old.is_some() {
+                    tracing::info!(
+                        stamped = old,
+                        now,
+                        "batch undelivered for long: new inserted_at (the resend collapses at merge, not at insert)"
+                    );
+                }
+                self.checkpoint.inflight_inserted_at = Some(now);
+                self.store_checkpoint().await?;
+                Ok(now)
+            }
+        }
+    }
+
+    /// One insert attempt. On a cluster the first one learns the server's version to name the
+    /// synchronous-insert setting; that query's failure counts as the attempt's.
+    async fn insert_once(
+        &mut self,
+        rows: &[u8],
+        ends: &[usize],
+        inserted_at: u32,
+    ) -> Result<(), clickhouse::error::Error> {
+        if self.cluster && !self.sync_setting_added {
+            let (version, _) = crate::clickhouse::server_version(&self.client).await?;
+            let setting = crate::clickhouse::Dialect { version }.sync_distributed_insert();
+            self.client = self.client.clone().with_setting(setting, "1");
+            self.sync_setting_added = true;
+        }
+        client::insert(&self.client, rows, ends, inserted_at, self.insert_timeout).await
     }
 
     async fn dead_letter(
