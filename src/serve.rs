@@ -95,6 +95,7 @@ pub async fn run_with_reload(
     let (probe_tx, probe_rx) = watch::channel(Err(crate::clickhouse::PingError::NotYet));
     let probe = tokio::spawn(crate::freshness::run_probe(
         crate::clickhouse::client(&config.clickhouse),
+        config.clickhouse.cluster.clone(),
         config.clickhouse.probe_interval,
         config.clickhouse.timeout,
         metrics.clone(),
