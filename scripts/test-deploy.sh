@@ -114,6 +114,8 @@ deb_checks() {
     deb_has '-rw-r--r--' 'lib/systemd/system/clicktrail\.service|usr/lib/systemd/system/clicktrail\.service' || ok=1
     deb_has '-rw-r--r--' usr/share/clicktrail/prometheus/rules.yml || ok=1
     deb_has '-rw-r--r--' usr/share/clicktrail/grafana/clicktrail.json || ok=1
+    deb_has '-rw-r--r--' usr/share/clicktrail/grafana/clicktrail-analytics.json || ok=1
+    deb_has '-rw-r--r--' usr/share/doc/clicktrail/queries.md || ok=1
     deb_has '-rw-r--r--' usr/share/doc/clicktrail/operations.md || ok=1
     return $ok
   }

@@ -30,6 +30,16 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         "0002_analytics.sql",
         include_str!("../migrations/0002_analytics.sql"),
     ),
+    (
+        3,
+        "0003_fold.sql",
+        include_str!("../migrations/0003_fold.sql"),
+    ),
+    (
+        4,
+        "0004_pages_daily.sql",
+        include_str!("../migrations/0004_pages_daily.sql"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]

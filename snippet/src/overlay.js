@@ -17,7 +17,8 @@
  *     bands) as the fallback, scaled down by the share of clicks already placed on found
  *     elements (clicks on elements that no longer exist, or were never identified);
  *   - with scroll=1, the scroll map: a strip on the right edge, the share of page views that
- *     reached each depth (5 % steps), and the fold of this viewport.
+ *     reached each depth (5 % steps), the average fold of the range's page views (their first
+ *     screen, as a share of the document: the report's avg_fold_pct) and this viewport's fold.
  * A toolbar (top right) switches mode, device, dates, opacity and the scroll map.
  * window.clicktrailOverlay = {ready, repaint(), state} lets tests and tools drive it.
  */
@@ -157,7 +158,9 @@
     status.textContent = data.heatmap.total + ' ' + state.kind + ' · ' + data.scroll.pageviews + ' views';
   };
 
-  // Share of page views reaching each depth as a strip on the right edge, and this viewport's fold.
+  // Share of page views reaching each depth as a strip on the right edge, the average fold of
+  // the page views in the range (a share of the document, so it lands on the same content
+  // whatever this window's size) and this viewport's fold.
   const scrollMap = (g, W, H) => {
     const depths = data.scroll.depths;
     const strip = 36;
@@ -172,12 +175,17 @@
         g.fillText(Math.round(depths[i].share * 100) + '%', W - strip + 2, y0 + 12);
       }
     }
-    g.strokeStyle = '#f0f';
-    g.setLineDash([6, 4]);
-    g.beginPath(); g.moveTo(0, w.innerHeight); g.lineTo(W, w.innerHeight); g.stroke();
-    g.setLineDash([]);
-    g.fillStyle = '#f0f';
-    g.fillText('fold', 4, w.innerHeight - 4);
+    const line = (y, colour, label) => {
+      g.strokeStyle = g.fillStyle = colour;
+      g.lineWidth = 2; // on an integer y: two whole pixel rows, not two half-covered ones
+      g.setLineDash([6, 4]);
+      g.beginPath(); g.moveTo(0, y); g.lineTo(W, y); g.stroke();
+      g.setLineDash([]);
+      g.fillText(label, 4, y - 4);
+    };
+    line(w.innerHeight, '#f0f', 'fold (this window)');
+    const avg = data.scroll.avg_fold_pct;
+    if (avg != null) line(Math.round(avg / 100 * H), '#0aa', 'average fold ' + Math.round(avg) + '%');
   };
 
   const load = async () => {

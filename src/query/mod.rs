@@ -387,6 +387,28 @@ struct PageRow {
     median_engaged_s: Option<f64>,
 }
 
+/// The whole site over the range (`site_totals` in docs/queries.md).
+#[derive(Debug, Deserialize, Serialize)]
+struct SiteTotals {
+    views: u64,
+    visitors: u64,
+    engaged: u64,
+    bounces: u64,
+    bounce_rate: Option<f64>,
+    clicks: u64,
+    rage_clicks: u64,
+    dead_clicks: u64,
+    error_clicks: u64,
+}
+
+impl SiteTotals {
+    /// ClickHouse answers nan/inf as null through JSON; the API's figures are always numbers.
+    fn finite(mut self) -> Self {
+        self.bounce_rate = Some(self.bounce_rate.unwrap_or(0.0));
+        self
+    }
+}
+
 #[derive(Debug, Serialize)]
 struct Page {
     path: String,
@@ -420,6 +442,8 @@ pub async fn pages(
     let mut params = scope.params();
     params.push(("limit", Param::UInt32(limit)));
     let rows: Vec<PageRow> = r.run(sql::PAGES, &params).await?;
+    // Visitors merged across pages: the sum of the rows would count a visitor once per page.
+    let totals: Vec<SiteTotals> = r.run(sql::SITE_TOTALS, &scope.params()).await?;
     let truncated = rows.len() as u64 >= u64::from(limit);
     let pages: Vec<Page> = rows
         .into_iter()
@@ -438,6 +462,7 @@ pub async fn pages(
         })
         .collect();
     let mut body = scope.json();
+    body["totals"] = json!(totals.into_iter().next().map(SiteTotals::finite));
     body["pages"] = json!(pages);
     body["truncated"] = json!(truncated);
     Ok(Json(body).into_response())
@@ -632,6 +657,12 @@ struct DepthRow {
     share: Option<f64>,
 }
 
+#[derive(Debug, Deserialize)]
+struct FoldRow {
+    measured: u64,
+    avg_fold_pct: Option<f64>,
+}
+
 /// `GET /v1/query/scroll?site&path&from&to[&device]`
 pub async fn scroll(
     State(st): State<AppState>,
@@ -650,6 +681,8 @@ pub async fn scroll(
     let mut params = scope.params();
     params.push(("path", Param::String(path.clone())));
     let rows: Vec<DepthRow> = r.run(sql::SCROLL, &params).await?;
+    let fold: Vec<FoldRow> = r.run(sql::FOLD, &params).await?;
+    let fold = fold.into_iter().next().filter(|f| f.measured > 0);
     let pageviews = rows
         .iter()
         .find(|d| d.depth == 0)
@@ -663,5 +696,8 @@ pub async fn scroll(
     body["path"] = json!(path);
     body["pageviews"] = json!(pageviews);
     body["depths"] = json!(depths);
+    // null when no page view in the range reported its heights (old snippets).
+    body["avg_fold_pct"] = json!(fold.as_ref().map(|f| f.avg_fold_pct.unwrap_or(0.0)));
+    body["fold_pageviews"] = json!(fold.map_or(0, |f| f.measured));
     Ok(Json(body).into_response())
 }

@@ -21,6 +21,8 @@ pub const PAGES: &str = "pages";
 pub const HEATMAP: &str = "heatmap";
 pub const ELEMENTS: &str = "elements";
 pub const SCROLL: &str = "scroll";
+pub const FOLD: &str = "fold";
+pub const SITE_TOTALS: &str = "site_totals";
 
 static BLOCKS: LazyLock<HashMap<&'static str, &'static str>> = LazyLock::new(|| blocks(QUERIES_MD));
 
@@ -246,7 +248,7 @@ mod tests {
 
     #[test]
     fn every_report_is_in_docs_queries_md() {
-        for name in [PAGES, HEATMAP, ELEMENTS, SCROLL] {
+        for name in [PAGES, HEATMAP, ELEMENTS, SCROLL, FOLD, SITE_TOTALS] {
             let sql = statement(name);
             assert!(sql.starts_with("SELECT"), "{name}: {sql}");
             // The API's invariant: reports read rollups, never raw rows.

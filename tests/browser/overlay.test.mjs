@@ -114,6 +114,25 @@ test('the overlay paints the clicks on the element where it is now, and nothing 
   await v.setViewportSize({ width: 1100, height: 700 });
   await sleep(300);
   assert.ok((await heatAt(v, 780, 530)) > 150, 'hot on the button after a resize');
+
+  // The scroll map: the average fold of the recorded page view (800 px of a 2000 px document,
+  // 40 %) at 40 % of the document whatever this window is, and this window's own fold (700 px).
+  const scroll = await (await fetch(`${collector.origin}/v1/query/scroll?site=test&path=/product&from=${new Date(Date.now() - 864e5).toISOString().slice(0, 10)}&to=${new Date().toISOString().slice(0, 10)}`,
+    { headers: { authorization: `Bearer ${TOKEN}` } })).json();
+  assert.equal(scroll.fold_pageviews, 1, JSON.stringify(scroll));
+  assert.equal(Math.round(scroll.avg_fold_pct), 40, JSON.stringify(scroll));
+  await v.evaluate(() => { window.clicktrailOverlay.state.scroll = true; window.clicktrailOverlay.repaint(); });
+  const lineAt = (y, rgb) => v.evaluate(([y, rgb]) => {
+    const px = document.getElementById('clicktrail-overlay').getContext('2d').getImageData(0, y - 2, 6, 5).data;
+    for (let i = 0; i < px.length; i += 4) {
+      if (px[i + 3] > 200 && rgb.every((c, j) => Math.abs(px[i + j] - c) < 40)) return true;
+    }
+    return false;
+  }, [y, rgb]);
+  const docH = await v.evaluate(() => document.getElementById('clicktrail-overlay').height);
+  assert.ok(await lineAt(Math.round(docH * scroll.avg_fold_pct / 100), [0, 170, 170]), 'average fold line');
+  assert.ok(await lineAt(700, [255, 0, 255]), "this window's fold line");
+  assert.equal(await lineAt(300, [0, 170, 170]), false, 'no fold line elsewhere');
   await v.close();
 
   // Heatmap mode without a token, and with a wrong one: nothing painted.

@@ -37,7 +37,8 @@ before(async () => {
   const base = { ts, session: 's', visitor: 'v', vw: 1280, vh: 800, dw: 1280, dh: 2000 };
   const events = [];
   for (let i = 0; i < 7; i++) events.push({ ...base, type: 'pageview', id: `pa${i}`, url: `${ORIGIN}/pricing`, session: `s${i}`, visitor: `v${i % 4}` });
-  for (let i = 0; i < 3; i++) events.push({ ...base, type: 'pageview', id: `pb${i}`, url: `${ORIGIN}/`, session: `t${i}`, visitor: `w${i}` });
+  // The home page's visitors also visited /pricing: 4 visitors in all, 7 summed over pages.
+  for (let i = 0; i < 3; i++) events.push({ ...base, type: 'pageview', id: `pb${i}`, url: `${ORIGIN}/`, session: `t${i}`, visitor: `v${i}` });
   for (let i = 0; i < 5; i++) {
     events.push({ ...base, type: 'click', id: `c${i}`, url: `${ORIGIN}/pricing`, pv: `pa${i}`, session: `s${i}`,
       x: 300 + i, y: 400, selector: '#buy', ex: 30000, ey: 30000, rage: i == 0, dead: i == 1 });
@@ -79,7 +80,9 @@ test('the reports page refuses a wrong token, then shows the API numbers and the
   await p.press('#in-token', 'Enter');
   await p.waitForFunction(() => document.getElementById('status').textContent.startsWith('updated'));
   assert.equal(await p.textContent('#k-views'), String(views));
-  assert.equal(await p.textContent('#k-visitors'), String(want.pages.reduce((s, x) => s + x.visitors, 0)));
+  assert.equal(want.totals.visitors, 4);
+  assert.equal(want.pages.reduce((s, x) => s + x.visitors, 0), 7);
+  assert.equal(await p.textContent('#k-visitors'), String(want.totals.visitors));
   const rows = await p.$$eval('#pages tbody tr', (trs) => trs.map((tr) => [...tr.cells].map((c) => c.textContent)));
   assert.deepEqual(rows.map((r) => [r[0], r[1]]), want.pages.map((x) => [x.path, String(x.views)]));
   assert.ok(await p.evaluate(() => JSON.parse(sessionStorage.getItem('clicktrail-ui')).token.length > 0));
@@ -94,6 +97,9 @@ test('the reports page refuses a wrong token, then shows the API numbers and the
   assert.equal(await p.getAttribute('#overlay-link', 'href'),
     `/pricing#clicktrail=heatmap&token=${TOKEN}&from=${day(Date.now() - 29 * 864e5)}&to=${today}`);
   assert.ok((await p.$$('#chart-scroll rect')).length === 21, 'scroll map: 21 depths');
+  // Page views of 800 px windows on 2000 px documents: the average fold is at 40 %.
+  assert.ok(await p.$('#avg-fold'), 'average fold line'); // a 0-px-high box: never "visible"
+  assert.match(await p.textContent('#fold-note'), /Average fold: 40% of the page \(7 views measured\)/);
 
   // Live: an event posted now shows up in the feed.
   await p.waitForFunction(() => document.getElementById('live-status').textContent == 'connected');

@@ -1,4 +1,4 @@
-"""Proves migrations/0002_analytics.sql and every query in docs/queries.md, cell by cell.
+"""Proves migrations/0002_analytics.sql, 0003_fold.sql, 0004_pages_daily.sql and every query in docs/queries.md, cell by cell.
 
     python3 tests/chdb/analytics.py                       # chDB 26.x in-process (>= 20.1 rendering)
     python3 tests/chdb/analytics.py --http URL --version 18.16   # a real server (scripts/test-analytics.sh)
@@ -214,8 +214,9 @@ def generate(seed=13):
         new_snippet = rnd.random() < 0.6
         pv_id = rid()
         base = dict(site=site, path=path, url="https://ex.com" + path, host="ex.com",
-                    session_id=session, visitor_id=visitor, viewport_w=vw, viewport_h=700,
-                    doc_w=dw, doc_h=3000, new_snippet=new_snippet, pv=pv_id)
+                    session_id=session, visitor_id=visitor, viewport_w=vw,
+                    viewport_h=rnd.choice([0, 640, 700, 913]), doc_h=rnd.choice([0, 500, 3000, 7777]),
+                    doc_w=dw, new_snippet=new_snippet, pv=pv_id)
         events.append(dict(base, event_id=pv_id, type="pageview", ts=t0, title="T", referrer=""))
         t = t0
         for _ in range(rnd.choice([0, 0, 1, 2, 3, 5])):
@@ -411,6 +412,33 @@ class Model:
         out.sort(key=lambda x: (-x["clicks"], x["selector"]))
         return out[:limit]
 
+    def fold(self, site, path, frm, to, device):
+        pairs = {(pv_key(r), min(100, r["viewport_h"] * 100 // r["doc_h"]))
+                 for r in self.sel(site, frm, to, device, path=path, types={"pageview"})
+                 if r["doc_h"] > 0 and r["viewport_h"] > 0}
+        n = len(pairs)
+        return [dict(measured=n, avg_fold_pct=(sum(f for _, f in pairs) / n if n else 0.0))]
+
+    def site_totals(self, site, frm, to, device):
+        s = defaultdict(set)
+        for r in self.sel(site, frm, to, device, types={"pageview", "click", "engagement"}):
+            if r["type"] == "pageview":
+                s["views"].add(r["event_id"])
+                s["visitors"].add(r["visitor_id"])
+            if r["type"] == "click":
+                s["clicks"].add(r["event_id"])
+                s["engaged"].add(pv_key(r))
+                for f in ("rage", "dead", "error"):
+                    if r[f] == 1:
+                        s[f].add(r["event_id"])
+            if r["type"] == "engagement" and r["duration_ms"] >= 10000:
+                s["engaged"].add(pv_key(r))
+        views, engaged = len(s["views"]), len(s["engaged"])
+        bounces = views - min(engaged, views)
+        return [dict(views=views, visitors=len(s["visitors"]), engaged=engaged, bounces=bounces,
+                     bounce_rate=(bounces / views if views else 0.0), clicks=len(s["clicks"]),
+                     rage_clicks=len(s["rage"]), dead_clicks=len(s["dead"]), error_clicks=len(s["error"]))]
+
     def scroll(self, site, path, frm, to, device):
         deep = defaultdict(int)
         for r in self.sel(site, frm, to, device, path=path, types={"scroll"}):
@@ -483,6 +511,9 @@ def check_all(server, queries, model, days):
                     p = dict(site=site, **{"from": frm, "to": to}, device=device, limit=limit)
                     cells += compare("pages", p, rows(server, bind(queries["pages"], p)), model.pages(site, frm, to, device, limit))
                     checked += 1
+                p = dict(site=site, **{"from": frm, "to": to}, device=device)
+                cells += compare("site_totals", p, rows(server, bind(queries["site_totals"], p)), model.site_totals(site, frm, to, device))
+                checked += 1
                 for path in PATHS + [""]:
                     p = dict(site=site, path=path, **{"from": frm, "to": to}, device=device)
                     cells += compare("page_trend", p, rows(server, bind(queries["page_trend"], p)), model.page_trend(site, path, frm, to, device))
@@ -497,7 +528,8 @@ def check_all(server, queries, model, days):
                     cells += compare("elements", p, rows(server, bind(queries["elements"], p)), model.elements(site, path, frm, to, device, 50))
                     p = dict(site=site, path=path, **{"from": frm, "to": to}, device=device)
                     cells += compare("scroll", p, rows(server, bind(queries["scroll"], p)), model.scroll(site, path, frm, to, device))
-                    checked += 2
+                    cells += compare("fold", p, rows(server, bind(queries["fold"], p)), model.fold(site, path, frm, to, device))
+                    checked += 3
     return checked, cells
 
 
@@ -532,7 +564,7 @@ def main():
     t0 = time.time()
 
     queries = load_queries()
-    assert set(queries) == {"pages", "page_trend", "heatmap", "elements", "scroll"}, sorted(queries)
+    assert set(queries) == {"pages", "page_trend", "heatmap", "elements", "scroll", "fold", "site_totals"}, sorted(queries)
 
     server.query(f"DROP DATABASE IF EXISTS {DB}")
     server.query(f"CREATE DATABASE {DB}")
@@ -555,6 +587,8 @@ def main():
     put(pre[::5], False)
     # 2. the migration: views, then backfill
     apply_file(server, "0002_analytics.sql", version)
+    apply_file(server, "0003_fold.sql", version)
+    apply_file(server, "0004_pages_daily.sql", version)
     # 3. new-format and old-format inserts, duplicates (also of pre rows) in separate blocks
     put(post_new, True)
     put(post_old, False)
@@ -562,6 +596,8 @@ def main():
     put(pre[1::4], False)
     # 4. the migration again
     skipped = apply_file(server, "0002_analytics.sql", version)
+    apply_file(server, "0003_fold.sql", version, rerun=True)
+    apply_file(server, "0004_pages_daily.sql", version, rerun=True)
     # 5. more, and a whole block resent
     put(last, True)
     put(last, True)
@@ -579,7 +615,7 @@ def main():
     days = sorted({r["ts"].date().isoformat() for r in stored.values()})
     checked, cells = check_all(server, queries, model, days)
     print(f"queries: {checked} runs, {cells} cells matched")
-    for t in ("click_grid_daily", "element_clicks_daily", "scroll_depth_daily", "engagement_daily", "page_stats_hourly"):
+    for t in ("click_grid_daily", "element_clicks_daily", "scroll_depth_daily", "engagement_daily", "page_stats_hourly", "fold_daily", "pages_daily"):
         server.query(f"OPTIMIZE TABLE {DB}.{t} FINAL")
     server.query(f"OPTIMIZE TABLE {DB}.events FINAL")
     checked2, cells2 = check_all(server, queries, model, days)

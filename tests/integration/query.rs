@@ -74,10 +74,10 @@ fn events(ts: i64) -> (Vec<Value>, Vec<Value>) {
     };
     let test = vec![
         desktop(ev(
-            json!({"type": "pageview", "id": "pv1", "url": a, "session": "s1", "visitor": "v1"}),
+            json!({"type": "pageview", "id": "pv1", "url": a, "session": "s1", "visitor": "v1", "vh": 800, "dh": 4000}),
         )),
         desktop(ev(
-            json!({"type": "pageview", "id": "pv2", "url": a, "session": "s2", "visitor": "v2"}),
+            json!({"type": "pageview", "id": "pv2", "url": a, "session": "s2", "visitor": "v2", "vh": 800, "dh": 1600}),
         )),
         desktop(ev(
             json!({"type": "pageview", "id": "pv3", "url": a, "session": "s3", "visitor": "v1"}),
@@ -122,12 +122,13 @@ fn events(ts: i64) -> (Vec<Value>, Vec<Value>) {
         desktop(ev(
             json!({"type": "engagement", "id": "en2", "url": a, "session": "s2", "visitor": "v2", "pv": "pv2", "duration_ms": 3000}),
         )),
-        // /p/b on a phone: one page view, one click at cell (2, 0).
+        // Folds: pv1 800 / 4000 = 20 %, pv2 50 %, pv3 sent no heights (not measured).
+        // /p/b on a phone: one page view (by v2, also a visitor of /p/a), one click at (2, 0).
         ev(
-            json!({"type": "pageview", "id": "pv4", "url": b, "session": "s4", "visitor": "v3", "vw": 375, "dw": 375}),
+            json!({"type": "pageview", "id": "pv4", "url": b, "session": "s4", "visitor": "v2", "vw": 375, "dw": 375}),
         ),
         ev(
-            json!({"type": "click", "id": "c5", "url": b, "session": "s4", "visitor": "v3", "pv": "pv4",
+            json!({"type": "click", "id": "c5", "url": b, "session": "s4", "visitor": "v2", "pv": "pv4",
             "x": 10, "y": 10, "vw": 375, "dw": 375, "selector": "nav a"}),
         ),
     ];
@@ -236,6 +237,22 @@ async fn reports_answer_cell_by_cell_and_count_each_event_once() {
     // One view with 0 s: interpolated in the first bucket [0, 1): 0.5.
     close(&pb["median_engaged_s"], 0.5, "/p/b median_engaged_s");
 
+    // Site totals merge visitors across pages: v1, v2 (the sum of the rows would say 3).
+    let totals = &pages["totals"];
+    for (k, v) in [
+        ("views", 4),
+        ("visitors", 2),
+        ("engaged", 3),
+        ("bounces", 1),
+        ("clicks", 5),
+        ("rage_clicks", 1),
+        ("dead_clicks", 1),
+        ("error_clicks", 1),
+    ] {
+        assert_eq!(totals[k], v, "totals {k}: {totals}");
+    }
+    close(&totals["bounce_rate"], 0.25, "totals bounce_rate");
+
     let mobile = first[1]["pages"].as_array().unwrap();
     assert_eq!(mobile.len(), 1);
     assert_eq!(
@@ -316,6 +333,9 @@ async fn reports_answer_cell_by_cell_and_count_each_event_once() {
     // scroll: 3 page views; b <= 20 all, 25..80 two, 85..100 one.
     let scroll = &first[9];
     assert_eq!(scroll["pageviews"], 3);
+    // Average fold of the two page views that sent their heights: (20 + 50) / 2.
+    assert_eq!(scroll["fold_pageviews"], 2, "{scroll}");
+    close(&scroll["avg_fold_pct"], 35.0, "avg_fold_pct");
     let depths = scroll["depths"].as_array().unwrap();
     assert_eq!(depths.len(), 21);
     for (i, d) in depths.iter().enumerate() {
