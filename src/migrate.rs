@@ -343,6 +343,8 @@ mod tests {
                 "scroll_depth_daily",
                 "engagement_daily",
                 "page_stats_hourly",
+                "fold_daily",
+                "pages_daily",
             ] {
                 assert!(sql.contains(&format!(
                     "ReplicatedAggregatingMergeTree('/clickhouse/tables/{{shard}}/ct/{rollup}_local', '{{replica}}')"
