@@ -9,7 +9,8 @@
 #     raw count() may be higher only by copies not merged yet (printed);
 #   - the two replicas of each shard converge (same count, same ids), no session on two shards;
 #   - the rollups read through their Distributed tables (and the query API) count every view once;
-#   - the probe showed the dead replica (clicktrail_clickhouse_replica_up 0, shard still up).
+#   - the probe showed the dead replica (clicktrail_clickhouse_replica_up 0, shard still up);
+#   - the same plan rendered for ClickHouse 26.x parses and runs in chDB (tests/chdb/cluster_ddl.py).
 #
 #   scripts/test-cluster.sh [BINARY]     # default target/debug/clicktrail; ~2-3 minutes
 #
@@ -93,6 +94,10 @@ metric() { # metric N NAME_WITH_LABELS
 }
 
 write_config 1 "$S1R1_HTTP"; write_config 2 "$S2R1_HTTP"
+say "the same plan for ClickHouse 26.x, checked in chDB (tests/chdb/cluster_ddl.py)"
+"$bin" migrate --print-sql --server-version 26.1 --cluster "$CLUSTER_NAME" > "$dir/plan-26.sql"
+python3 "$here/tests/chdb/cluster_ddl.py" "$dir/plan-26.sql" > "$dir/chdb.log" 2>&1; rc=$?
+check "the cluster plan for 26.x parses and runs in chDB" "0" "$rc"; [ $rc = 0 ] || tail -20 "$dir/chdb.log"
 say "migrate ON CLUSTER $CLUSTER_NAME"
 out="$("$bin" --config "$dir/c1/clicktrail.toml" migrate 2>&1)"; rc=$?
 check "clicktrail migrate with clickhouse.cluster" "0" "$rc"; [ $rc = 0 ] || { echo "$out"; exit 1; }

@@ -818,6 +818,14 @@ impl Config {
                 "must be empty (one server) or a remote_servers cluster name: letters, digits and underscores, not starting with a digit",
             ));
         }
+        if !self.clickhouse.cluster.is_empty() && self.compactor.enabled {
+            // Its DELETE and its per-part checks address one server's table; on a cluster that
+            // is a Distributed table, which has neither mutations nor parts.
+            return Err(invalid(
+                "compactor.enabled",
+                "the compactor does not run on a cluster yet (clickhouse.cluster is set): set compactor.enabled = false (docs/scaling.md)",
+            ));
+        }
         if self.sites.is_empty() {
             return Err(invalid(
                 "sites",
@@ -1036,6 +1044,10 @@ mod tests {
             (
                 format!("[clickhouse]\ncluster = \"two shards\"\n{SITE}"),
                 "clickhouse.cluster",
+            ),
+            (
+                format!("[clickhouse]\ncluster = \"c1\"\n{SITE}"),
+                "compactor.enabled",
             ),
             (
                 format!("[server]\nkeep_alive_timeout = \"1m\"\n{SITE}"),

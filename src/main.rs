@@ -161,7 +161,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             .unwrap_or_else(|_| "clicktrail".to_string());
         let cluster = cluster.as_deref().unwrap_or("");
         if !cluster.is_empty() && !clicktrail::config::is_cluster_name(cluster) {
-            anyhow::bail!("--cluster `{cluster}`: letters, digits and underscores, not starting with a digit");
+            anyhow::bail!(
+                "--cluster `{cluster}`: letters, digits and underscores, not starting with a digit"
+            );
         }
         let layout = migrate::Layout::from_name(cluster);
         print!("{}", migrate::plan_sql(Dialect { version }, &db, layout)?);

@@ -108,7 +108,8 @@ pub fn statement(s: &str, db: &str, cluster: &str) -> Result<Vec<String>, Unsupp
         )]);
     }
     if let Some(rest) = s.strip_prefix("CREATE TABLE IF NOT EXISTS ") {
-        let (table, body) = qualified(rest).ok_or_else(|| unsupported("table outside the database"))?;
+        let (table, body) =
+            qualified(rest).ok_or_else(|| unsupported("table outside the database"))?;
         let at = body
             .find("ENGINE = ")
             .ok_or_else(|| unsupported("no ENGINE"))?
@@ -130,7 +131,8 @@ pub fn statement(s: &str, db: &str, cluster: &str) -> Result<Vec<String>, Unsupp
         ]);
     }
     if let Some(rest) = s.strip_prefix("ALTER TABLE ") {
-        let (table, body) = qualified(rest).ok_or_else(|| unsupported("table outside the database"))?;
+        let (table, body) =
+            qualified(rest).ok_or_else(|| unsupported("table outside the database"))?;
         // The local tables, then the Distributed table anew over them: with
         // internal_replication, 18.16 refuses ALTER ... ON CLUSTER of a table that is not
         // replicated (code 371, "Table events isn't replicated, but shard #2 is replicated").
@@ -145,12 +147,14 @@ pub fn statement(s: &str, db: &str, cluster: &str) -> Result<Vec<String>, Unsupp
         ]);
     }
     if let Some(rest) = s.strip_prefix("CREATE MATERIALIZED VIEW IF NOT EXISTS ") {
-        let (view, body) = qualified(rest).ok_or_else(|| unsupported("view outside the database"))?;
+        let (view, body) =
+            qualified(rest).ok_or_else(|| unsupported("view outside the database"))?;
         let to = body
             .trim_start()
             .strip_prefix("TO ")
             .ok_or_else(|| unsupported("a view without TO"))?;
-        let (target, select) = qualified(to).ok_or_else(|| unsupported("TO outside the database"))?;
+        let (target, select) =
+            qualified(to).ok_or_else(|| unsupported("TO outside the database"))?;
         let from = format!("FROM {db}.");
         let at = select.find(&from).ok_or_else(|| unsupported("no FROM"))? + from.len();
         let src_end = select[at..]
@@ -170,9 +174,13 @@ pub fn statement(s: &str, db: &str, cluster: &str) -> Result<Vec<String>, Unsupp
     if s.starts_with("INSERT INTO ") {
         // Each shard aggregates its own rows and the entry server only forwards the states:
         // no shard's events cross to one server to be grouped.
-        return Ok(vec![format!("{s}\nSETTINGS distributed_group_by_no_merge = 1")]);
+        return Ok(vec![format!(
+            "{s}\nSETTINGS distributed_group_by_no_merge = 1"
+        )]);
     }
-    Err(unsupported("not a statement shape the cluster renderer knows"))
+    Err(unsupported(
+        "not a statement shape the cluster renderer knows",
+    ))
 }
 
 #[cfg(test)]
@@ -225,6 +233,11 @@ mod tests {
     #[test]
     fn unknown_shapes_are_refused() {
         assert!(statement("DROP TABLE ct.events", "ct", "c1").is_err());
-        assert!(statement("CREATE TABLE IF NOT EXISTS other.t (a String) ENGINE = Log", "ct", "c1").is_err());
+        assert!(statement(
+            "CREATE TABLE IF NOT EXISTS other.t (a String) ENGINE = Log",
+            "ct",
+            "c1"
+        )
+        .is_err());
     }
 }

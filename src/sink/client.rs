@@ -43,7 +43,12 @@ pub async fn insert(
         frame.extend_from_slice(&stamp);
         start = end;
         if frame.len() >= FRAME {
-            insert.send(bytes::Bytes::from(std::mem::replace(&mut frame, Vec::with_capacity(FRAME + 4096)))).await?;
+            insert
+                .send(bytes::Bytes::from(std::mem::replace(
+                    &mut frame,
+                    Vec::with_capacity(FRAME + 4096),
+                )))
+                .await?;
         }
     }
     if !frame.is_empty() {

@@ -433,9 +433,15 @@ impl Sink {
             loop {
                 let slice = bytes_of(&range);
                 let rows = range.len();
-                let slice_start = if range.start == 0 { 0 } else { ends[range.start - 1] };
-                let slice_ends: Vec<usize> =
-                    ends[range.clone()].iter().map(|e| e - slice_start).collect();
+                let slice_start = if range.start == 0 {
+                    0
+                } else {
+                    ends[range.start - 1]
+                };
+                let slice_ends: Vec<usize> = ends[range.clone()]
+                    .iter()
+                    .map(|e| e - slice_start)
+                    .collect();
                 let inserted_at = self.stamp_for_attempt().await?;
                 let started = Instant::now();
                 let result = self.insert_once(slice, &slice_ends, inserted_at).await;

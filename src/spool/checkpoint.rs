@@ -74,6 +74,9 @@ mod tests {
         assert_eq!(Checkpoint::load(d.path()).unwrap(), c);
         // A checkpoint written before inserted_at was kept still loads.
         std::fs::write(path(d.path()), br#"{"delivered":3,"inflight":[3,5]}"#).unwrap();
-        assert_eq!(Checkpoint::load(d.path()).unwrap().inflight_inserted_at, None);
+        assert_eq!(
+            Checkpoint::load(d.path()).unwrap().inflight_inserted_at,
+            None
+        );
     }
 }

@@ -376,9 +376,11 @@ async fn a_batch_resent_after_kill_9_is_the_same_bytes_inserted_at_included() {
     let (status, _) = post_json(&client, &first.base, &batch(events("resent", 50))).await;
     assert_eq!(status, 200);
     let count = "SELECT count() FROM clicktrail.events WHERE event_id LIKE 'resent-%'";
-    eventually("the batch is in ClickHouse", Duration::from_secs(20), || {
-        ch.count(count) == 50
-    })
+    eventually(
+        "the batch is in ClickHouse",
+        Duration::from_secs(20),
+        || ch.count(count) == 50,
+    )
     .await;
     let checkpoint: Value = serde_json::from_slice(
         &std::fs::read(data.path().join("spool").join("checkpoint.json")).unwrap(),
