@@ -1,7 +1,7 @@
 # Quick start: `make run` (collector + demo page on http://127.0.0.1:8080) and `make test`.
 # Both install what is missing (Debian 12/13, Ubuntu 22.04/24.04; root or sudo).
 
-.PHONY: run test lint unit-and-integration test-cluster test-browser test-api test-prometheus test-deploy test-analytics deb snippet deps deps-test bench clean
+.PHONY: run test lint unit-and-integration test-chaos test-cluster test-browser test-api test-prometheus test-deploy test-analytics deb snippet deps deps-test bench clean
 
 # The Python test tools live in var/venv (scripts/deps.sh --test); putting it first in PATH
 # makes it the `python3` of every script and of the Rust tests that spawn python3.
@@ -18,7 +18,7 @@ run: deps
 # proof (2 x 2 ClickHouse, ZooKeeper, haproxy), browser
 # tests of the snippet (Debian Chromium), Prometheus rule tests (promtool), the deployment
 # files (compose, Kubernetes, the Debian package).
-test: deps-test lint unit-and-integration test-cluster test-analytics test-browser test-api test-prometheus test-deploy
+test: deps-test lint unit-and-integration test-chaos test-cluster test-analytics test-browser test-api test-prometheus test-deploy
 	@echo "make test: all checks passed"
 
 lint:
@@ -34,6 +34,13 @@ unit-and-integration:
 test-cluster:
 	cargo build --locked --features failpoints
 	CLICKHOUSE_SERVER="$$(scripts/clickhouse.sh locate)" scripts/test-cluster.sh
+
+# A bounded chaos soak (75 s): load while the collector is killed -9 every 10-20 s and
+# ClickHouse stopped and started; every acknowledged id must be in events FINAL exactly once.
+# The 10-minute soak is in `make bench`.
+test-chaos:
+	cargo build --locked
+	python3 scripts/chaos.py --seconds 75 --bin target/debug/clicktrail --kill-every 10,20 --outage-every 15,30
 
 test-browser:
 	cargo build --locked
@@ -78,6 +85,8 @@ bench: deps
 	cargo bench --bench archive
 	cargo bench --bench hot_paths
 	CLICKTRAIL_FUZZ_CASES=100000 cargo test --release --locked --test fuzz
+	cargo build --release --locked
+	python3 scripts/chaos.py --seconds 600 --bin target/release/clicktrail
 
 clean:
 	-scripts/clickhouse.sh stop var/clickhouse

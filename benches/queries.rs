@@ -21,6 +21,16 @@ const FIRST: &str = "2024-06-01";
 const LAST: &str = "2024-06-30";
 const PAGE: &str = "/p/0";
 
+/// The API's literals for the site-wide `pages` report (site `bench`, all devices, limit 100).
+fn bind_pages(sql: &str, from: &str, to: &str) -> String {
+    sql.replace("{{db}}", "clicktrail")
+        .replace("{site:String}", "'bench'")
+        .replace("{device:String}", "''")
+        .replace("{from:Date}", &format!("toDate('{from}')"))
+        .replace("{to:Date}", &format!("toDate('{to}')"))
+        .replace("{limit:UInt32}", "100")
+}
+
 fn arg(name: &str) -> Option<String> {
     std::env::args().skip_while(|a| a != name).nth(1)
 }
@@ -174,7 +184,7 @@ fn main() {
         .unwrap()
         .replace("{{db}}", "clicktrail")
         .replace("{{rows}}", &rows.to_string());
-        eprintln!("seeding {rows} events (the five rollup views fill as they go)...");
+        eprintln!("seeding {rows} events (the seven rollup views fill as they go)...");
         let started = Instant::now();
         q(seed).await;
         let seed_time = started.elapsed();
@@ -186,6 +196,8 @@ fn main() {
             "scroll_depth_daily",
             "engagement_daily",
             "page_stats_hourly",
+            "fold_daily",
+            "pages_daily",
         ] {
             let n = q(format!("SELECT count() FROM clicktrail.{t}")).await;
             rollups.push(format!("{t} {}", n.trim()));
@@ -234,7 +246,7 @@ fn main() {
             (percentile(samples, 0.5), percentile(samples, 0.99))
         };
 
-        println!("\n{rows} events seeded in {:.1} s ({rate:.0} events/s, with the five views)", seed_time.as_secs_f64());
+        println!("\n{rows} events seeded in {:.1} s ({rate:.0} events/s, with the seven views)", seed_time.as_secs_f64());
         println!("rollup rows: {}", rollups.join(", "));
         println!(
             "page {PAGE}: {} events over 30 days, {} on {DAY}; {iters} warm runs per API call, {raw_iters} per raw query\n",
@@ -275,6 +287,27 @@ fn main() {
                     ms(r99),
                     r50.as_secs_f64() / p50.as_secs_f64()
                 );
+            }
+        }
+
+        // The two statements of the site-wide report, sent straight to ClickHouse: the join of
+        // the three per-page rollups (keyed path first, `pages_long`) against the day-first
+        // `pages_daily` (`pages`); the API picks by range length (PAGES_DAILY_MAX_DAYS).
+        println!("\n| pages (site), SQL direct | range | p50 ms | p99 ms |");
+        println!("| --- | --- | ---: | ---: |");
+        use clicktrail::query::sql::{statement, PAGES, PAGES_LONG};
+        for (range, from, to) in [("1 day", DAY, DAY), ("7 days", "2024-06-09", DAY), ("14 days", FIRST, "2024-06-14"), ("30 days", FIRST, LAST)] {
+            for (label, sql) in [("pages_long (per-page rollups)", statement(PAGES_LONG)), ("pages (pages_daily)", statement(PAGES))] {
+                let sql = bind_pages(sql, from, to);
+                q(sql.clone()).await; // warm-up
+                let mut samples = Vec::with_capacity(iters);
+                for _ in 0..iters {
+                    let started = Instant::now();
+                    q(sql.clone()).await;
+                    samples.push(started.elapsed());
+                }
+                let (p50, p99) = time(&mut samples);
+                println!("| {label} | {range} | {} | {} |", ms(p50), ms(p99));
             }
         }
         let _ = stop_tx.send(());

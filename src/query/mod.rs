@@ -441,7 +441,13 @@ pub async fn pages(
     let limit = limit_param(&p, r.limits.max_rows)?;
     let mut params = scope.params();
     params.push(("limit", Param::UInt32(limit)));
-    let rows: Vec<PageRow> = r.run(sql::PAGES, &params).await?;
+    let days = scope.to.0 - scope.from.0 + 1;
+    let report = if days <= sql::PAGES_DAILY_MAX_DAYS {
+        sql::PAGES
+    } else {
+        sql::PAGES_LONG
+    };
+    let rows: Vec<PageRow> = r.run(report, &params).await?;
     // Visitors merged across pages: the sum of the rows would count a visitor once per page.
     let totals: Vec<SiteTotals> = r.run(sql::SITE_TOTALS, &scope.params()).await?;
     let truncated = rows.len() as u64 >= u64::from(limit);

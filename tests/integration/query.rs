@@ -253,6 +253,17 @@ async fn reports_answer_cell_by_cell_and_count_each_event_once() {
     }
     close(&totals["bounce_rate"], 0.25, "totals bounce_rate");
 
+    // Over 21 days (longer than PAGES_DAILY_MAX_DAYS: the per-page rollups' statement) the
+    // same events give the same report.
+    let long_from = Day(ts.div_euclid(86_400_000) - 20).format();
+    let long = ok(
+        &app,
+        &format!("/v1/query/pages?site=test&from={long_from}&to={day}"),
+    )
+    .await;
+    assert_eq!(long["pages"], pages["pages"], "21 days vs 1 day");
+    assert_eq!(long["totals"], pages["totals"], "21 days vs 1 day");
+
     let mobile = first[1]["pages"].as_array().unwrap();
     assert_eq!(mobile.len(), 1);
     assert_eq!(
