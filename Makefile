@@ -1,7 +1,7 @@
 # Quick start: `make run` (collector + demo page on http://127.0.0.1:8080) and `make test`.
 # Both install what is missing (Debian 12/13, Ubuntu 22.04/24.04; root or sudo).
 
-.PHONY: run test lint unit-and-integration test-chaos test-browser test-api test-prometheus test-deploy test-analytics deb snippet deps deps-test bench clean
+.PHONY: run test lint unit-and-integration test-chaos test-cluster test-browser test-api test-prometheus test-deploy test-analytics deb snippet deps deps-test bench clean
 
 # The Python test tools live in var/venv (scripts/deps.sh --test); putting it first in PATH
 # makes it the `python3` of every script and of the Rust tests that spawn python3.
@@ -14,10 +14,11 @@ run: deps
 	cargo build --release --locked
 	scripts/run.sh
 
-# Every test: lint, unit + integration (real ClickHouse 18.16, chDB 26.x, pyarrow), browser
+# Every test: lint, unit + integration (real ClickHouse 18.16, chDB 26.x, pyarrow), the cluster
+# proof (2 x 2 ClickHouse, ZooKeeper, haproxy), browser
 # tests of the snippet (Debian Chromium), Prometheus rule tests (promtool), the deployment
 # files (compose, Kubernetes, the Debian package).
-test: deps-test lint unit-and-integration test-chaos test-analytics test-browser test-api test-prometheus test-deploy
+test: deps-test lint unit-and-integration test-chaos test-cluster test-analytics test-browser test-api test-prometheus test-deploy
 	@echo "make test: all checks passed"
 
 lint:
@@ -28,6 +29,12 @@ lint:
 # REQUIRE_MOTO: the S3 tests fail instead of skipping when moto (var/venv) is missing.
 unit-and-integration:
 	$(CH_SERVER) REQUIRE_MOTO=1 cargo test --locked --features failpoints
+
+# 2 shards x 2 replicas of ClickHouse 18.16 with Debian's ZooKeeper, 2 collectors behind haproxy;
+# kill -9 of a replica and a collector under load; every acknowledged event once (~2.5 min).
+test-cluster:
+	cargo build --locked --features failpoints
+	CLICKHOUSE_SERVER="$$(scripts/clickhouse.sh locate)" scripts/test-cluster.sh
 
 # A bounded chaos soak (75 s): load while the collector is killed -9 every 10-20 s and
 # ClickHouse stopped and started; every acknowledged id must be in events FINAL exactly once.

@@ -6,8 +6,9 @@
 #
 # Each check prints `ok` or `FAIL` with what it saw; the last line is "N passed, N failed".
 # The cluster is stopped at the end whatever happens. Ports: CLUSTER_BASE_PORT (default 31000).
-# Needs: clickhouse-server (18.16 here), zookeeper, curl, python3. docs/scaling.md explains
-# every result.
+# Needs: clickhouse-server (18.16 here), zookeeper, curl, python3, and a clicktrail binary for
+# the schema (CLICKTRAIL_BIN, default target/debug/clicktrail: `migrate --print-sql --cluster`).
+# docs/scaling.md explains every result.
 set -uo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 dir="${1:-$(mktemp -d /tmp/clicktrail-cluster-proof.XXXXXX)}"
@@ -63,10 +64,12 @@ wait_equal() { # wait_equal PORT_A PORT_B: the two replicas of a shard hold the 
   done; return 1
 }
 
-echo "== schema ON CLUSTER (deploy/clickhouse/cluster-schema.sql, rendered for 18.16)"
-python3 - "$here/deploy/clickhouse/cluster-schema.sql" > "$dir/schema.sql" <<'EOF'
+echo "== schema ON CLUSTER (clicktrail migrate --print-sql --server-version 18.16 --cluster clicktrail)"
+"${CLICKTRAIL_BIN:-$here/target/debug/clicktrail}" migrate --print-sql --server-version 18.16 --cluster clicktrail > "$dir/plan.sql" \
+  || { echo "no clicktrail binary to print the schema"; echo "0 passed, 1 failed"; exit 1; }
+python3 - "$dir/plan.sql" > "$dir/schema.sql" <<'EOF'
 import sys
-s = open(sys.argv[1]).read().replace("{{db}}", "clicktrail").replace("{{cluster}}", "clicktrail").replace("{{lowcard_string}}", "String")
+s = open(sys.argv[1]).read()
 cur = []
 for line in s.splitlines():
     t = line.strip()
@@ -77,16 +80,18 @@ for line in s.splitlines():
 EOF
 n=0
 while IFS= read -r -d '' st; do
-  out="$(q "$S1R1_HTTP" "$st")"; n=$((n + 1))
+  out="$(q "$S1R1_HTTP" "$st" "wait_end_of_query=1&insert_distributed_sync=1")"
+  case "$st" in INSERT*) [ -z "$out" ] || echo "FAIL $st: $out"; continue ;; esac
+  n=$((n + 1))
   # The answer of an ON CLUSTER statement: host, port, status, error, hosts remaining, active.
   check "statement $n answered by 4 hosts with status 0" "4" "$(printf '%s\n' "$out" | awk -F'\t' '$3 == "0"' | wc -l | tr -d ' ')"
 done < "$dir/schema.sql"
 for p in "${HTTPS[@]}"; do
   check "tables on :$p" "events Distributed,events_local ReplicatedReplacingMergeTree" \
-    "$(q "$p" "SELECT arrayStringConcat(groupArray(concat(name, ' ', engine)), ',') FROM (SELECT name, engine FROM system.tables WHERE database = 'clicktrail' ORDER BY name)")"
+    "$(q "$p" "SELECT arrayStringConcat(groupArray(concat(name, ' ', engine)), ',') FROM (SELECT name, engine FROM system.tables WHERE database = 'clicktrail' AND name IN ('events', 'events_local') ORDER BY name)")"
 done
 check "replica paths" "/clickhouse/tables/01/clicktrail/events_local s1r1 /clickhouse/tables/02/clicktrail/events_local s2r2" \
-  "$(q "$S1R1_HTTP" "SELECT zookeeper_path, replica_name FROM system.replicas" | tr '\t' ' ') $(q "$S2R2_HTTP" "SELECT zookeeper_path, replica_name FROM system.replicas" | tr '\t' ' ')"
+  "$(q "$S1R1_HTTP" "SELECT zookeeper_path, replica_name FROM system.replicas WHERE table = 'events_local'" | tr '\t' ' ') $(q "$S2R2_HTTP" "SELECT zookeeper_path, replica_name FROM system.replicas WHERE table = 'events_local'" | tr '\t' ' ')"
 
 echo "== synchronous insert through the Distributed table"
 block a 2026-11-20 1000 > "$dir/a.bin"

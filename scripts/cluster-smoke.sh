@@ -3,8 +3,8 @@
 #
 #   scripts/cluster-smoke.sh DIR [CLICKTRAIL_BINARY]    # binary default: target/release/clicktrail
 #
-# Starts the cluster in DIR if it is not running (and stops it again at the end), applies
-# deploy/clickhouse/cluster-schema.sql ON CLUSTER (idempotent), starts collector 1 -> s1r1 and
+# Starts the cluster in DIR if it is not running (and stops it again at the end), runs
+# `clicktrail migrate` with clickhouse.cluster (ON CLUSTER, idempotent), starts collector 1 -> s1r1 and
 # collector 2 -> s2r1 (each with its own data_dir and port), haproxy from
 # deploy/haproxy/haproxy.cfg.in in front of them, posts events through haproxy and checks them
 # through the Distributed table; then kills collector 2 and checks haproxy routes around it.
@@ -36,17 +36,17 @@ q() { curl -sS --max-time 30 "http://127.0.0.1:$1/" --data-binary "$2"; }
 if ! "$cluster" status "$dir" >/dev/null 2>&1; then "$cluster" start "$dir" || exit 1; started_cluster=1; fi
 # shellcheck disable=SC1090
 . <("$cluster" ports "$dir")
-python3 - "$here/deploy/clickhouse/cluster-schema.sql" <<'EOF' | while IFS= read -r -d '' st; do q "$S1R1_HTTP" "$st" >/dev/null; done
-import sys
-s = open(sys.argv[1]).read().replace("{{db}}", "clicktrail").replace("{{cluster}}", "clicktrail").replace("{{lowcard_string}}", "String")
-cur = []
-for line in s.splitlines():
-    t = line.strip()
-    if not t or t.startswith("--"): continue
-    cur.append(line)
-    if t.endswith(";"):
-        print("\n".join(cur).strip().rstrip(";") + "\0", end=""); cur = []
+# The schema as a user creates it: `clicktrail migrate` with clickhouse.cluster (idempotent).
+cat > "$s/migrate.toml" <<EOF
+[clickhouse]
+url = "http://127.0.0.1:$S1R1_HTTP"
+database = "clicktrail"
+cluster = "$CLUSTER_NAME"
+[[sites]]
+key = "demo"
+origins = ["*"]
 EOF
+"$bin" --config "$s/migrate.toml" migrate >/dev/null || { echo "clicktrail migrate failed"; exit 1; }
 
 servers=""
 for i in 1 2; do
@@ -61,6 +61,7 @@ trusted_proxies = ["127.0.0.1"]
 [clickhouse]
 url = "http://127.0.0.1:$ch"
 database = "clicktrail"
+cluster = "$CLUSTER_NAME"
 [compactor]
 enabled = false
 [freshness]

@@ -2,7 +2,8 @@
 # Installs what `make run` and `make test` need and is missing, on Debian 12/13 and Ubuntu
 # 22.04/24.04. Idempotent and quiet when everything is there. Other platforms: docker compose up.
 #   scripts/deps.sh          ClickHouse, curl
-#   scripts/deps.sh --test   also Node and npm, and the Python test tools in var/venv
+#   scripts/deps.sh --test   also Node and npm, ZooKeeper and haproxy (cluster test), and the
+#                            Python test tools in var/venv
 #
 # Python packages go into a virtualenv under var/ (never the system Python, which Debian 12
 # and Ubuntu 23.04+ refuse to pip into); the Makefile puts var/venv/bin first in PATH, so the
@@ -58,6 +59,22 @@ command -v npm >/dev/null || missing+=(npm)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]} (apt)..."
   apt_install "${missing[@]}"
+fi
+
+# --- The cluster test (make test-cluster): Debian's ZooKeeper (run as a plain java process by
+# scripts/cluster.sh, never as a service) and haproxy in front of the collectors.
+missing=()
+[ -f /usr/share/java/zookeeper.jar ] || missing+=(zookeeper)
+command -v haproxy >/dev/null || missing+=(haproxy)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing ${missing[*]} (apt)..."
+  apt_install "${missing[@]}"
+  # The packages may start their services; the tests start their own on other ports.
+  if command -v systemctl >/dev/null; then
+    for unit in zookeeper haproxy; do
+      systemctl is-active --quiet "$unit" 2>/dev/null && need_root systemctl stop "$unit" || true
+    done
+  fi
 fi
 
 # --- Python tools in var/venv: chdb-core (ClickHouse 26.x in-process, migration checks),

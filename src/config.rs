@@ -427,6 +427,11 @@ pub struct ClickHouseConfig {
     pub probe_interval: Duration,
     /// Compression of request and answer bodies on the HTTP interface.
     pub compression: Compression,
+    /// The `remote_servers` cluster the schema lives on; empty = one server. With a name,
+    /// `migrate` creates everything `ON CLUSTER` (replicated local tables, Distributed tables
+    /// under the single-server names), the sink inserts synchronously through the Distributed
+    /// `events`, and the probe reports every shard and replica.
+    pub cluster: String,
 }
 
 /// How bodies travel to and from ClickHouse.
@@ -450,6 +455,7 @@ impl std::fmt::Debug for ClickHouseConfig {
             .field("timeout", &self.timeout)
             .field("probe_interval", &self.probe_interval)
             .field("compression", &self.compression)
+            .field("cluster", &self.cluster)
             .finish()
     }
 }
@@ -464,6 +470,7 @@ impl Default for ClickHouseConfig {
             timeout: Duration::from_secs(30),
             probe_interval: Duration::from_secs(5),
             compression: Compression::Lz4,
+            cluster: String::new(),
         }
     }
 }
@@ -1030,6 +1037,20 @@ impl Config {
                 "must be letters, digits and underscores, not starting with a digit",
             ));
         }
+        if !self.clickhouse.cluster.is_empty() && !is_cluster_name(&self.clickhouse.cluster) {
+            return Err(invalid(
+                "clickhouse.cluster",
+                "must be empty (one server) or a remote_servers cluster name: letters, digits and underscores, not starting with a digit",
+            ));
+        }
+        if !self.clickhouse.cluster.is_empty() && self.compactor.enabled {
+            // Its DELETE and its per-part checks address one server's table; on a cluster that
+            // is a Distributed table, which has neither mutations nor parts.
+            return Err(invalid(
+                "compactor.enabled",
+                "the compactor does not run on a cluster yet (clickhouse.cluster is set): set compactor.enabled = false (docs/scaling.md)",
+            ));
+        }
         if self.sites.is_empty() {
             return Err(invalid(
                 "sites",
@@ -1118,6 +1139,11 @@ impl Config {
     pub fn salts_dir(&self) -> PathBuf {
         self.data_dir.join("salts")
     }
+}
+
+/// What `clickhouse.cluster` may be (besides empty): a name spliced into DDL unquoted.
+pub fn is_cluster_name(s: &str) -> bool {
+    is_identifier(s)
 }
 
 pub(crate) fn is_identifier(s: &str) -> bool {
@@ -1255,6 +1281,14 @@ mod tests {
             (
                 format!("[compactor]\nupload_part_bytes = 1048576\n{SITE}"),
                 "compactor.upload_part_bytes",
+            ),
+            (
+                format!("[clickhouse]\ncluster = \"two shards\"\n{SITE}"),
+                "clickhouse.cluster",
+            ),
+            (
+                format!("[clickhouse]\ncluster = \"c1\"\n{SITE}"),
+                "compactor.enabled",
             ),
             (
                 format!("[server]\nkeep_alive_timeout = \"1m\"\n{SITE}"),

@@ -6,6 +6,13 @@
 //! is down or slow even when no new traffic arrives, and falls to ~0 (at most `sink.batch_age`
 //! plus one insert) once delivery catches up. The ClickHouse probe (`SELECT 1`) also runs here.
 //!
+//! On a cluster (`clickhouse.cluster`) the probe also asks every replica named in
+//! `system.clusters` (`remote('host:port', system.one)` from the configured server, which is
+//! the path inserts take) and exports `clicktrail_clickhouse_replica_up{shard, replica}` and
+//! `clicktrail_clickhouse_shard_up{shard}` (a shard is up while one replica answers: a
+//! synchronous insert needs exactly that). A shard without a live replica makes the probe fail,
+//! so `/readyz` says not ready: every insert fails until it is back (the spool holds them).
+//!
 //! The canary measures the same thing from the outside: every `freshness.canary_interval` one
 //! event (site `__canary`) goes through the real path (spool → sink → ClickHouse) and is looked
 //! up every 250 ms; `clicktrail_canary_delay_seconds` is its append-to-visible delay, and while
@@ -46,9 +53,11 @@ pub fn lag_seconds(oldest_pending_ms: Option<u64>, now_ms: i64) -> f64 {
     }
 }
 
-/// Probes ClickHouse every `interval` and publishes the result for readiness and metrics.
+/// Probes ClickHouse every `interval` and publishes the result for readiness and metrics;
+/// with a `cluster` name, every shard and replica too.
 pub async fn run_probe(
     client: clickhouse::Client,
+    cluster: String,
     interval: Duration,
     timeout: Duration,
     metrics: Metrics,
@@ -56,8 +65,11 @@ pub async fn run_probe(
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
-        let r = crate::clickhouse::ping(&client, timeout).await;
+        let mut r = crate::clickhouse::ping(&client, timeout).await;
         metrics.clickhouse_up.set(i64::from(r.is_ok()));
+        if r.is_ok() && !cluster.is_empty() {
+            r = probe_shards(&client, &cluster, timeout, &metrics).await;
+        }
         if let Err(e) = &r {
             tracing::debug!(error = %e, "clickhouse probe failed");
         }
@@ -66,6 +78,81 @@ pub async fn run_probe(
             _ = tokio::time::sleep(interval) => {}
             _ = stop.changed() => return,
         }
+    }
+}
+
+#[derive(Debug, serde::Deserialize, clickhouse::Row)]
+struct ClusterReplica {
+    shard_num: u32,
+    host_address: String,
+    port: u16,
+}
+
+/// Asks each replica of `cluster` through the configured server; `Err` names the first shard
+/// with no live replica.
+async fn probe_shards(
+    client: &clickhouse::Client,
+    cluster: &str,
+    timeout: Duration,
+    metrics: &Metrics,
+) -> ProbeStatus {
+    use crate::clickhouse::PingError;
+    use crate::metrics::{ReplicaLabel, ShardLabel};
+    let replicas = client
+        .query(
+            "SELECT shard_num, host_address, port FROM system.clusters WHERE cluster = ? \
+             ORDER BY shard_num, replica_num",
+        )
+        .bind(cluster)
+        .fetch_all::<ClusterReplica>();
+    let replicas = match tokio::time::timeout(timeout, replicas).await {
+        Ok(Ok(r)) if !r.is_empty() => r,
+        Ok(Ok(_)) => {
+            return Err(PingError::Failed(format!(
+                "cluster `{cluster}` is not in the server's remote_servers (clickhouse.cluster)"
+            )))
+        }
+        Ok(Err(e)) => return Err(PingError::Failed(e.to_string())),
+        Err(_) => return Err(PingError::Timeout(timeout)),
+    };
+    // Shards in order, each up while any of its replicas answered.
+    let mut shards: Vec<(u32, bool)> = Vec::new();
+    for rep in &replicas {
+        let addr = format!("{}:{}", rep.host_address, rep.port);
+        // Over the native protocol from the entry server, the path the Distributed table's
+        // inserts take. remote() without credentials logs in as `default` without a password,
+        // as the loopback cluster and the shipped configs do; where the shards require a
+        // password, a failing probe here (every replica down at once) says so.
+        let one = client
+            .query(&format!("SELECT count() FROM remote('{addr}', system.one)"))
+            .fetch_one::<u64>();
+        let up = matches!(tokio::time::timeout(timeout, one).await, Ok(Ok(1)));
+        let shard = rep.shard_num.to_string();
+        metrics
+            .clickhouse_replica_up
+            .get_or_create(&ReplicaLabel {
+                shard: shard.clone(),
+                replica: addr,
+            })
+            .set(i64::from(up));
+        match shards.last_mut() {
+            Some((s, any)) if *s == rep.shard_num => *any |= up,
+            _ => shards.push((rep.shard_num, up)),
+        }
+    }
+    for (shard, up) in &shards {
+        metrics
+            .clickhouse_shard_up
+            .get_or_create(&ShardLabel {
+                shard: shard.to_string(),
+            })
+            .set(i64::from(*up));
+    }
+    match shards.iter().find(|(_, up)| !up) {
+        Some((shard, _)) => Err(PingError::Failed(format!(
+            "shard {shard} of cluster `{cluster}`: no replica answers"
+        ))),
+        None => Ok(()),
     }
 }
 

@@ -50,6 +50,9 @@ enum Command {
         /// With --print-sql: the ClickHouse version to render for, e.g. 18.16 or 26.1.
         #[arg(long)]
         server_version: Option<String>,
+        /// With --print-sql: render for this cluster (`clickhouse.cluster`), ON CLUSTER.
+        #[arg(long, requires = "print_sql")]
+        cluster: Option<String>,
     },
     /// Validate the configuration and check ClickHouse and the data directory.
     Check,
@@ -148,6 +151,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::Migrate {
         print_sql: true,
         server_version: Some(v),
+        cluster,
     } = &cli.command
     {
         // Printing needs no server and no valid sites; only the database name matters.
@@ -155,7 +159,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         let db = Config::load(&cli.config, false)
             .map(|c| c.clickhouse.database)
             .unwrap_or_else(|_| "clicktrail".to_string());
-        print!("{}", migrate::plan_sql(Dialect { version }, &db));
+        let cluster = cluster.as_deref().unwrap_or("");
+        if !cluster.is_empty() && !clicktrail::config::is_cluster_name(cluster) {
+            anyhow::bail!(
+                "--cluster `{cluster}`: letters, digits and underscores, not starting with a digit"
+            );
+        }
+        let layout = migrate::Layout::from_name(cluster);
+        print!("{}", migrate::plan_sql(Dialect { version }, &db, layout)?);
         return Ok(ExitCode::SUCCESS);
     }
     let config = load_config(&cli.config)?;

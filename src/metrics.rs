@@ -70,6 +70,19 @@ pub struct VersionLabel {
     pub version: &'static str,
 }
 
+/// A shard of the configured cluster (`system.clusters.shard_num`): a closed set.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShardLabel {
+    pub shard: String,
+}
+
+/// One replica of the configured cluster, `host:port` as `remote_servers` names it.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReplicaLabel {
+    pub shard: String,
+    pub replica: String,
+}
+
 type FGauge = Gauge<f64, AtomicU64>;
 
 fn latency_histogram() -> Histogram {
@@ -119,6 +132,9 @@ pub struct Metrics {
     pub sink_held: Family<ReasonLabel, Gauge>,
     pub sink_last_success: FGauge,
     pub clickhouse_up: Gauge,
+    /// Cluster only: 1 while at least one replica of the shard answers.
+    pub clickhouse_shard_up: Family<ShardLabel, Gauge>,
+    pub clickhouse_replica_up: Family<ReplicaLabel, Gauge>,
 
     pub freshness_lag: FGauge,
     pub canary_delay: FGauge,
@@ -336,6 +352,18 @@ impl Metrics {
             "1 if the last health probe succeeded",
             clickhouse_up.clone(),
         );
+        let clickhouse_shard_up = Family::<ShardLabel, Gauge>::default();
+        r.register(
+            "clickhouse_shard_up",
+            "Cluster only: 1 if at least one replica of the shard answered the last probe",
+            clickhouse_shard_up.clone(),
+        );
+        let clickhouse_replica_up = Family::<ReplicaLabel, Gauge>::default();
+        r.register(
+            "clickhouse_replica_up",
+            "Cluster only: 1 if the replica answered the last probe (through remote() from the configured server)",
+            clickhouse_replica_up.clone(),
+        );
 
         let freshness_lag = FGauge::default();
         r.register(
@@ -549,6 +577,8 @@ impl Metrics {
             sink_held,
             sink_last_success,
             clickhouse_up,
+            clickhouse_shard_up,
+            clickhouse_replica_up,
             freshness_lag,
             canary_delay,
             dlq_events,

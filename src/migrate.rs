@@ -5,8 +5,13 @@
 //!
 //! One set of files serves every supported server: they use `{{...}}` placeholders that
 //! [`Dialect`] (in [`crate::clickhouse`], with every other server difference) fills in per
-//! server version. `clicktrail migrate --print-sql --server-version X.Y`
+//! server version. `clicktrail migrate --print-sql --server-version X.Y [--cluster NAME]`
 //! prints exactly what would run.
+//!
+//! On a cluster ([`Layout::Cluster`], `clickhouse.cluster`) the same files are rewritten by
+//! [`cluster`] into `ON CLUSTER` statements: one source of truth for both layouts.
+
+pub mod cluster;
 
 use std::fmt::Write as _;
 
@@ -54,6 +59,33 @@ pub enum MigrateError {
     },
     #[error("recording migrations failed: {0}")]
     Record(clickhouse::error::Error),
+    #[error("migration {file}: {source}")]
+    Cluster {
+        file: String,
+        source: cluster::Unsupported,
+    },
+}
+
+/// Where the schema lives: one server, or a `remote_servers` cluster (by name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout<'a> {
+    Single,
+    Cluster(&'a str),
+}
+
+impl<'a> Layout<'a> {
+    /// `clickhouse.cluster`: empty means one server.
+    pub fn of(cfg: &'a ClickHouseConfig) -> Self {
+        Self::from_name(&cfg.cluster)
+    }
+
+    pub fn from_name(name: &'a str) -> Self {
+        if name.is_empty() {
+            Self::Single
+        } else {
+            Self::Cluster(name)
+        }
+    }
 }
 
 /// Statements of a rendered file: split at `;` line ends, comments and blanks dropped.
@@ -78,7 +110,10 @@ pub fn statements(rendered: &str) -> Vec<String> {
     out
 }
 
-fn bookkeeping(db: &str) -> Vec<String> {
+fn bookkeeping(db: &str, layout: Layout<'_>) -> Vec<String> {
+    if let Layout::Cluster(c) = layout {
+        return cluster::bookkeeping(db, c);
+    }
     vec![
         format!("CREATE DATABASE IF NOT EXISTS {db}"),
         format!(
@@ -95,27 +130,58 @@ fn record_sql(db: &str, version: u32, name: &str, sql: &str) -> String {
     )
 }
 
-/// Every statement `migrate` would run on an empty server of this version.
-pub fn plan_sql(dialect: Dialect, db: &str) -> String {
+/// The statements of one migration file for this server and layout.
+pub fn render(
+    dialect: Dialect,
+    layout: Layout<'_>,
+    db: &str,
+    name: &str,
+    sql: &str,
+) -> Result<Vec<String>, MigrateError> {
+    match layout {
+        Layout::Single => Ok(statements(&dialect.render(sql, db))),
+        Layout::Cluster(c) => {
+            let mut out = Vec::new();
+            for s in statements(&dialect.render(&cluster::prerender(sql), db)) {
+                out.extend(cluster::statement(&s, db, c).map_err(|source| {
+                    MigrateError::Cluster {
+                        file: name.to_string(),
+                        source,
+                    }
+                })?);
+            }
+            Ok(out)
+        }
+    }
+}
+
+/// Every statement `migrate` would run on an empty server (or cluster) of this version.
+pub fn plan_sql(dialect: Dialect, db: &str, layout: Layout<'_>) -> Result<String, MigrateError> {
     let mut out = String::new();
-    for s in bookkeeping(db) {
+    if let Layout::Cluster(_) = layout {
+        let _ = writeln!(
+            out,
+            "-- Sent with {} = 1 and wait_end_of_query = 1.\n",
+            dialect.sync_distributed_insert()
+        );
+    }
+    for s in bookkeeping(db, layout) {
         let _ = writeln!(out, "{s};\n");
     }
     for (version, name, sql) in MIGRATIONS {
         let _ = writeln!(out, "-- {name}");
-        let rendered = dialect.render(sql, db);
-        for s in statements(&rendered) {
+        for s in render(dialect, layout, db, name, sql)? {
             let _ = writeln!(out, "{s};\n");
         }
         let _ = writeln!(out, "{};\n", record_sql(db, *version, name, sql));
     }
-    out
+    Ok(out)
 }
 
 /// Applies pending migrations; returns the names applied.
 pub async fn run(cfg: &ClickHouseConfig) -> Result<Vec<String>, MigrateError> {
     // No default database: it may not exist yet.
-    let client = crate::clickhouse::client(cfg)
+    let mut client = crate::clickhouse::client(cfg)
         .with_database("default")
         .with_compression(::clickhouse::Compression::None);
     let (version, full) = crate::clickhouse::server_version(&client)
@@ -124,10 +190,19 @@ pub async fn run(cfg: &ClickHouseConfig) -> Result<Vec<String>, MigrateError> {
             url: cfg.url.clone(),
             source,
         })?;
-    tracing::info!(server = %full, "migrating");
+    let layout = Layout::of(cfg);
+    tracing::info!(server = %full, ?layout, "migrating");
     let dialect = Dialect { version };
+    if let Layout::Cluster(_) = layout {
+        // An ON CLUSTER answer streams one row per host as each finishes; without
+        // wait_end_of_query a host's failure would arrive after a 200 status. A backfill
+        // through a Distributed table lands on every shard before the record is written.
+        client = client
+            .with_setting("wait_end_of_query", "1")
+            .with_setting(dialect.sync_distributed_insert(), "1");
+    }
     let db = &cfg.database;
-    for s in bookkeeping(db) {
+    for s in bookkeeping(db, layout) {
         client
             .query(&s)
             .execute()
@@ -148,7 +223,7 @@ pub async fn run(cfg: &ClickHouseConfig) -> Result<Vec<String>, MigrateError> {
         if applied.contains(version) {
             continue;
         }
-        for s in statements(&dialect.render(sql, db)) {
+        for s in render(dialect, layout, db, name, sql)? {
             match client.query(&s).execute().await {
                 Ok(()) => {}
                 // Only where the dialect has no `ADD COLUMN IF NOT EXISTS`: the columns of
@@ -209,13 +284,17 @@ mod tests {
                 version: "18.16".parse().unwrap(),
             },
             "clicktrail",
-        );
+            Layout::Single,
+        )
+        .unwrap();
         let new = plan_sql(
             Dialect {
                 version: "26.1".parse().unwrap(),
             },
             "clicktrail",
-        );
+            Layout::Single,
+        )
+        .unwrap();
         assert!(!old.contains("LowCardinality") && !old.contains("deduplication_window"));
         assert!(
             new.contains("LowCardinality(String)")
@@ -225,5 +304,60 @@ mod tests {
             !old.contains("{{") && !new.contains("{{"),
             "all placeholders filled"
         );
+    }
+
+    #[test]
+    fn every_migration_renders_on_a_cluster() {
+        for v in ["18.16", "26.1"] {
+            let dialect = Dialect {
+                version: v.parse().unwrap(),
+            };
+            let sql = plan_sql(dialect, "ct", Layout::Cluster("c1")).unwrap();
+            for s in statements(&sql) {
+                // DDL runs everywhere; the records and backfills go through replicated or
+                // Distributed tables.
+                assert!(
+                    s.starts_with("INSERT INTO") || s.contains(" ON CLUSTER c1"),
+                    "{v}: not ON CLUSTER: {s}"
+                );
+                assert!(!s.contains("ENGINE = ReplacingMergeTree"), "{s}");
+                assert!(!s.contains("ENGINE = AggregatingMergeTree"), "{s}");
+                // Views read the shard's own rows; only backfills read the whole cluster.
+                assert!(
+                    s.starts_with("INSERT INTO")
+                        || !(s.contains("FROM ct.events\n") || s.contains("FROM ct.events ")),
+                    "{s}"
+                );
+            }
+            assert!(sql.contains(
+                "ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/ct/events_local', '{replica}')"
+            ));
+            assert!(sql.contains("replicated_deduplication_window = 1000"));
+            assert!(!sql.contains("non_replicated_deduplication_window"));
+            assert!(sql.contains(
+                "CREATE TABLE IF NOT EXISTS ct.events ON CLUSTER c1 AS ct.events_local\nENGINE = Distributed(c1, ct, events_local, cityHash64(site, session_id))"
+            ));
+            for rollup in [
+                "click_grid_daily",
+                "element_clicks_daily",
+                "scroll_depth_daily",
+                "engagement_daily",
+                "page_stats_hourly",
+                "fold_daily",
+                "pages_daily",
+            ] {
+                assert!(sql.contains(&format!(
+                    "ReplicatedAggregatingMergeTree('/clickhouse/tables/{{shard}}/ct/{rollup}_local', '{{replica}}')"
+                )));
+                assert!(sql.contains(&format!(
+                    "CREATE TABLE IF NOT EXISTS ct.{rollup} ON CLUSTER c1 AS ct.{rollup}_local"
+                )));
+                assert!(sql.contains(&format!(
+                    "CREATE MATERIALIZED VIEW IF NOT EXISTS ct.{rollup}_mv ON CLUSTER c1 TO ct.{rollup}_local AS"
+                )));
+            }
+            assert!(sql.contains("ALTER TABLE ct.events_local ON CLUSTER c1\n    ADD COLUMN"));
+            assert!(sql.contains("DROP TABLE IF EXISTS ct.events ON CLUSTER c1;"));
+        }
     }
 }

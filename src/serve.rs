@@ -89,6 +89,7 @@ pub async fn run_with_reload(
     );
     let slow = crate::slow::SlowCalls::new(&config.observability, metrics.clone());
     let sink = sink.with_slow_calls(slow.clone());
+    let sink = sink.with_restamp_after(config.compactor.insert_settle / 2);
     let (fatal_tx, fatal_rx) = oneshot::channel::<std::io::Error>();
     let mut sink_task = tokio::spawn(sink.run());
 
@@ -96,6 +97,7 @@ pub async fn run_with_reload(
     let (probe_tx, probe_rx) = watch::channel(Err(crate::clickhouse::PingError::NotYet));
     let probe = tokio::spawn(crate::freshness::run_probe(
         crate::clickhouse::client(&config.clickhouse),
+        config.clickhouse.cluster.clone(),
         config.clickhouse.probe_interval,
         config.clickhouse.timeout,
         metrics.clone(),

@@ -153,6 +153,17 @@ impl Dialect {
         self.version >= ServerVersion(20, 1)
     }
 
+    /// The setting that makes an insert into a Distributed table answer only after every
+    /// shard has its rows: `insert_distributed_sync` until 23.11 renamed it (kept as an alias
+    /// there, but the old name may go).
+    pub fn sync_distributed_insert(&self) -> &'static str {
+        if self.version >= ServerVersion(23, 11) {
+            "distributed_foreground_insert"
+        } else {
+            "insert_distributed_sync"
+        }
+    }
+
     /// Fills the `{{placeholders}}` of a migration file.
     pub fn render(&self, sql: &str, db: &str) -> String {
         sql.replace("{{db}}", db)

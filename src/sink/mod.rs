@@ -5,10 +5,19 @@
 //! - A batch is a fixed range of spool records `[start, end)`. Before its first insert attempt
 //!   the range is stored in the checkpoint as `inflight`; every retry, and the first delivery
 //!   after a crash, resends exactly those records' RowBinary bytes in the same order (the
-//!   records hold the insert body as it is sent), so the block is byte-identical and current
-//!   ClickHouse drops the repeat (`non_replicated_deduplication_window`, or replicated tables'
-//!   block dedup). On 18.16, which has neither, the table's
-//!   ReplacingMergeTree key (which ends with `event_id`) collapses the repeat at merge time.
+//!   records hold the insert body as it is sent), each row followed by the batch's
+//!   `inserted_at`, stamped at the first attempt and kept in the checkpoint with the range. So
+//!   the block is byte-identical and ClickHouse drops the repeat (replicated tables' block
+//!   dedup, on a cluster and on 18.16 too; `non_replicated_deduplication_window` on one current
+//!   server). On one 18.16 server, which has neither, the table's ReplacingMergeTree key (which
+//!   ends with `event_id`) collapses the repeat at merge time.
+//! - The one exception: a batch whose stamp could land older than `restamp_after` (half the
+//!   compactor's `insert_settle`) is stamped anew before the attempt. The compactor archives
+//!   and deletes `inserted_at <= now() - insert_settle`; a row landing later with an older
+//!   stamp would be deleted unarchived. That resend collapses at merge instead of at insert.
+//! - On a cluster (`clickhouse.cluster`) inserts go to the Distributed `events` with
+//!   synchronous distributed inserts ([`crate::clickhouse::Dialect::sync_distributed_insert`]):
+//!   the answer means every shard has its rows on one replica, so `delivered` may advance.
 //! - `delivered` advances only after ClickHouse confirmed the insert (or the refused rows are
 //!   on disk in the dead-letter store). Only then may the spool delete the records.
 //! - Error class decides the path (see [`crate::clickhouse::codes`]): retryable errors retry
@@ -79,6 +88,8 @@ struct Batch {
     ends: Vec<usize>,
     /// (lsn, payload, why) of every record that does not decode.
     undecodable: Vec<(Lsn, Vec<u8>, String)>,
+    /// `inserted_at` of a batch that was in flight at the last stop.
+    inserted_at: Option<u32>,
 }
 
 pub struct Sink {
@@ -99,6 +110,12 @@ pub struct Sink {
     /// The dead-letter store's: an entry's times and the sink's agree.
     clock: crate::clock::Clock,
     status: watch::Sender<SinkStatus>,
+    /// Inserts go through a Distributed table (`clickhouse.cluster` is set); the synchronous
+    /// insert setting is added to `client` once the server's version is known.
+    cluster: bool,
+    sync_setting_added: bool,
+    /// A stamp older than this before an attempt is renewed (see the module doc).
+    restamp_after: Duration,
 }
 
 impl Sink {
@@ -145,6 +162,9 @@ impl Sink {
                 dlq,
                 metrics,
                 status,
+                cluster: !ch.cluster.is_empty(),
+                sync_setting_added: false,
+                restamp_after: Duration::from_secs(300),
             },
             rx,
         )
@@ -153,6 +173,13 @@ impl Sink {
     /// Slow-call detection of the inserts (`[observability] slow_insert`).
     pub fn with_slow_calls(self, slow: SlowCalls) -> Self {
         Self { slow, ..self }
+    }
+
+    /// Renew a batch's `inserted_at` when it could land more than `after` after it: half the
+    /// compactor's `insert_settle` (serve sets it).
+    pub fn with_restamp_after(mut self, after: Duration) -> Self {
+        self.restamp_after = after;
+        self
     }
 
     /// Delivers until the spool writer stops and everything it committed is in ClickHouse.
@@ -172,7 +199,8 @@ impl Sink {
                 end,
                 "resending the batch that was in flight at the last stop"
             );
-            let batch = prep.read_range(start, end)?;
+            let mut batch = prep.read_range(start, end)?;
+            batch.inserted_at = self.checkpoint.inflight_inserted_at;
             self.deliver(batch).await?;
         }
         // One batch prepared ahead at most: the preparer reserves the slot before cutting.
@@ -278,14 +306,19 @@ impl Sink {
         self.status
             .send_modify(|s| s.oldest_pending_ms = Some(batch.oldest_ms));
         self.checkpoint.inflight = Some((batch.start, batch.end));
+        self.checkpoint.inflight_inserted_at =
+            Some(batch.inserted_at.unwrap_or_else(|| self.now_s()));
         self.store_checkpoint().await?;
         for (lsn, payload, why) in &batch.undecodable {
             self.dead_letter_record(*lsn, payload, why).await?;
         }
         self.insert_isolating(&batch).await?;
+        // Crash tests: ClickHouse has the batch, the checkpoint does not know yet.
+        fail::fail_point!("sink::after_insert");
         self.checkpoint = Checkpoint {
             delivered: batch.end,
             inflight: None,
+            inflight_inserted_at: None,
         };
         self.store_checkpoint().await?;
         self.delivered_tx.send_replace(batch.end);
@@ -343,8 +376,18 @@ impl Sink {
             loop {
                 let slice = bytes_of(&range);
                 let rows = range.len();
+                let slice_start = if range.start == 0 {
+                    0
+                } else {
+                    ends[range.start - 1]
+                };
+                let slice_ends: Vec<usize> = ends[range.clone()]
+                    .iter()
+                    .map(|e| e - slice_start)
+                    .collect();
+                let inserted_at = self.stamp_for_attempt().await?;
                 let started = Instant::now();
-                let result = client::insert(&self.client, slice, self.insert_timeout).await;
+                let result = self.insert_once(slice, &slice_ends, inserted_at).await;
                 let took = started.elapsed();
                 self.metrics
                     .sink_insert_duration
@@ -432,6 +475,54 @@ impl Sink {
             }
         }
         Ok(())
+    }
+
+    fn now_s(&self) -> u32 {
+        (self.clock.now_ms().max(0) / 1000) as u32
+    }
+
+    /// The in-flight batch's `inserted_at` for the next attempt: the stored one, unless the
+    /// attempt could land more than `restamp_after` after it; then a new one, stored before the
+    /// attempt so that a resend after a crash is the same bytes as this attempt.
+    async fn stamp_for_attempt(&mut self) -> std::io::Result<u32> {
+        let now = self.now_s();
+        match self.checkpoint.inflight_inserted_at {
+            Some(t)
+                if Duration::from_secs(u64::from(now.saturating_sub(t))) + self.insert_timeout
+                    <= self.restamp_after =>
+            {
+                Ok(t)
+            }
+            old => {
+                if old.is_some() {
+                    tracing::info!(
+                        stamped = old,
+                        now,
+                        "batch undelivered for long: new inserted_at (the resend collapses at merge, not at insert)"
+                    );
+                }
+                self.checkpoint.inflight_inserted_at = Some(now);
+                self.store_checkpoint().await?;
+                Ok(now)
+            }
+        }
+    }
+
+    /// One insert attempt. On a cluster the first one learns the server's version to name the
+    /// synchronous-insert setting; that query's failure counts as the attempt's.
+    async fn insert_once(
+        &mut self,
+        rows: &[u8],
+        ends: &[usize],
+        inserted_at: u32,
+    ) -> Result<(), clickhouse::error::Error> {
+        if self.cluster && !self.sync_setting_added {
+            let (version, _) = crate::clickhouse::server_version(&self.client).await?;
+            let setting = crate::clickhouse::Dialect { version }.sync_distributed_insert();
+            self.client = self.client.clone().with_setting(setting, "1");
+            self.sync_setting_added = true;
+        }
+        client::insert(&self.client, rows, ends, inserted_at, self.insert_timeout).await
     }
 
     async fn dead_letter(
@@ -541,6 +632,7 @@ impl Preparer {
             body,
             ends,
             undecodable: Vec::new(),
+            inserted_at: None,
         }
     }
 

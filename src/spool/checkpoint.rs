@@ -1,7 +1,9 @@
 //! The sink's durable progress. `delivered`: every record below it is confirmed by ClickHouse.
 //! `inflight`: the exact record range of the insert being attempted, recorded *before* the
 //! insert is sent, so that after a crash the same range is resent as the same block (which
-//! current ClickHouse deduplicates) instead of a differently cut one.
+//! current ClickHouse deduplicates) instead of a differently cut one. `inflight_inserted_at`:
+//! the `inserted_at` that batch is sent with (fixed at its first attempt), so a resend after a
+//! crash is the same bytes too.
 //!
 //! Written with write-to-temp, fsync, rename, fsync-dir: a crash leaves the old or the new
 //! checkpoint, never a mix.
@@ -17,6 +19,9 @@ use serde::{Deserialize, Serialize};
 pub struct Checkpoint {
     pub delivered: u64,
     pub inflight: Option<(u64, u64)>,
+    /// Unix seconds; absent in checkpoints of older builds (their resend gets a new stamp).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inflight_inserted_at: Option<u32>,
 }
 
 fn path(dir: &Path) -> PathBuf {
@@ -63,8 +68,15 @@ mod tests {
         let c = Checkpoint {
             delivered: 17,
             inflight: Some((17, 30)),
+            inflight_inserted_at: Some(1_764_633_600),
         };
         c.store(d.path()).unwrap();
         assert_eq!(Checkpoint::load(d.path()).unwrap(), c);
+        // A checkpoint written before inserted_at was kept still loads.
+        std::fs::write(path(d.path()), br#"{"delivered":3,"inflight":[3,5]}"#).unwrap();
+        assert_eq!(
+            Checkpoint::load(d.path()).unwrap().inflight_inserted_at,
+            None
+        );
     }
 }

@@ -335,6 +335,7 @@ mod tests {
             Checkpoint {
                 delivered: 30,
                 inflight: None,
+                inflight_inserted_at: None,
             }
             .store(d.path())
             .unwrap();

@@ -1,0 +1,181 @@
+#!/usr/bin/env bash
+# The cluster proof (make test-cluster): 2 shards x 2 replicas of ClickHouse (18.16 here) with
+# Debian's ZooKeeper (scripts/cluster.sh), `clicktrail migrate` with clickhouse.cluster, 2
+# collectors (each its own data_dir, entry servers s1r1 and s2r1) behind haproxy
+# (deploy/haproxy/haproxy.cfg.in). Under load it kills -9 one replica (s1r2) and one collector
+# (c2), restarts both, and then checks:
+#   - every acknowledged id is in the Distributed `events`, and exactly once as analysts count:
+#     count() FINAL = uniqExact(event_id) = acknowledged (+ any unacknowledged that landed);
+#     raw count() may be higher only by copies not merged yet (printed);
+#   - the two replicas of each shard converge (same count, same ids), no session on two shards;
+#   - the rollups read through their Distributed tables (and the query API) count every view once;
+#   - the probe showed the dead replica (clicktrail_clickhouse_replica_up 0, shard still up);
+#   - the same plan rendered for ClickHouse 26.x parses and runs in chDB (tests/chdb/cluster_ddl.py).
+#
+#   scripts/test-cluster.sh [BINARY]     # default target/debug/clicktrail; ~2-3 minutes
+#
+# Ports: CLUSTER_BASE_PORT (default 23000, below the ephemeral range) + offsets (scripts/cluster.sh), +500 haproxy,
+# +501/+502 collectors, +509 haproxy stats. Everything started is stopped at the end.
+set -uo pipefail
+here="$(cd "$(dirname "$0")/.." && pwd)"
+bin="${1:-$here/target/debug/clicktrail}"
+[ -x "$bin" ] || { echo "no collector binary at $bin (cargo build first)" >&2; exit 1; }
+command -v haproxy >/dev/null || { echo "haproxy not found; run scripts/deps.sh --test" >&2; exit 1; }
+export CLUSTER_BASE_PORT="${CLUSTER_BASE_PORT:-23000}"
+base="$CLUSTER_BASE_PORT"; lb=$((base + 500)); stats=$((base + 509))
+load_seconds="${LOAD_SECONDS:-40}"
+dir="$(mktemp -d /tmp/clicktrail-test-cluster.XXXXXX)"
+# A copy: the collectors restarted mid-test run the same build whatever happens to target/.
+cp "$bin" "$dir/clicktrail"; bin="$dir/clicktrail"
+cluster="$here/scripts/cluster.sh"
+passed=0; failed=0
+declare -A cpid
+TOKEN="cluster-read-token-0123456789"
+
+cleanup() {
+  [ -f "$dir/haproxy.pid" ] && kill "$(cat "$dir/haproxy.pid")" 2>/dev/null
+  for i in "${!cpid[@]}"; do kill "${cpid[$i]}" 2>/dev/null; done
+  for i in "${!cpid[@]}"; do
+    for _ in $(seq 1 100); do kill -0 "${cpid[$i]}" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "${cpid[$i]}" 2>/dev/null
+  done
+  "$cluster" stop "$dir" >/dev/null 2>&1
+  [ "$failed" = 0 ] && rm -rf "$dir" || echo "kept $dir for inspection"
+}
+trap cleanup EXIT
+check() { if [ "$2" = "$3" ]; then echo "ok   $1: $3"; passed=$((passed + 1)); else echo "FAIL $1: want [$2] got [$3]"; failed=$((failed + 1)); fi; }
+q() { curl -sS --max-time 60 "http://127.0.0.1:$1/" --data-binary "$2"; }
+t0=$SECONDS
+say() { echo "[$((SECONDS - t0))s] $*"; }
+
+"$cluster" start "$dir" || { echo "cluster did not start"; exit 1; }
+# shellcheck disable=SC1090
+. <("$cluster" ports "$dir")
+HTTPS=("$S1R1_HTTP" "$S1R2_HTTP" "$S2R1_HTTP" "$S2R2_HTTP")
+
+write_config() { # write_config N ENTRY_HTTP_PORT
+  mkdir -p "$dir/c$1"
+  cat > "$dir/c$1/clicktrail.toml" <<EOT
+listen = "127.0.0.1:$((base + 500 + $1))"
+data_dir = "$dir/c$1/data"
+[http]
+trust_forwarded_for = true
+[clickhouse]
+url = "http://127.0.0.1:$2"
+database = "clicktrail"
+cluster = "$CLUSTER_NAME"
+probe_interval = "1s"
+timeout = "10s"
+[sink]
+batch_age = "300ms"
+retry_initial = "100ms"
+retry_max = "2s"
+[compactor]
+enabled = false
+[freshness]
+canary_interval = "3s"
+[rate_limit]
+per_ip_per_second = 0
+per_site_per_second = 0
+[[sites]]
+key = "demo"
+origins = ["*"]
+read_tokens = ["$TOKEN"]
+EOT
+}
+start_collector() { # start_collector N
+  # A subshell, so that kill -9 is not reported by this shell's job control.
+  cpid[$1]="$( (nohup "$bin" serve --config "$dir/c$1/clicktrail.toml" >> "$dir/c$1/out.log" 2>&1 & echo $!) )"
+  for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$((base + 500 + $1))/healthz" >/dev/null && return 0; sleep 0.1; done
+  echo "collector $1 did not start"; tail -5 "$dir/c$1/out.log"; return 1
+}
+metric() { # metric N NAME_WITH_LABELS
+  curl -s "http://127.0.0.1:$((base + 500 + $1))/metrics" | awk -v m="$2" '$1 == m { print $2 }'
+}
+
+write_config 1 "$S1R1_HTTP"; write_config 2 "$S2R1_HTTP"
+say "the same plan for ClickHouse 26.x, checked in chDB (tests/chdb/cluster_ddl.py)"
+"$bin" migrate --print-sql --server-version 26.1 --cluster "$CLUSTER_NAME" > "$dir/plan-26.sql"
+python3 "$here/tests/chdb/cluster_ddl.py" "$dir/plan-26.sql" > "$dir/chdb.log" 2>&1; rc=$?
+check "the cluster plan for 26.x parses and runs in chDB" "0" "$rc"; [ $rc = 0 ] || tail -20 "$dir/chdb.log"
+say "migrate ON CLUSTER $CLUSTER_NAME"
+out="$("$bin" --config "$dir/c1/clicktrail.toml" migrate 2>&1)"; rc=$?
+check "clicktrail migrate with clickhouse.cluster" "0" "$rc"; [ $rc = 0 ] || { echo "$out"; exit 1; }
+check "a second migrate is a no-op" "schema is up to date" "$("$bin" --config "$dir/c1/clicktrail.toml" migrate 2>/dev/null)"
+for p in "${HTTPS[@]}"; do
+  got="$(q "$p" "SELECT arrayStringConcat(groupArray(concat(name, ':', engine)), ' ') FROM (SELECT name, engine FROM system.tables WHERE database = 'clicktrail' AND name IN ('events', 'events_local', 'page_stats_hourly', 'page_stats_hourly_local', 'page_stats_hourly_mv') ORDER BY name)")"
+  check "tables on :$p" "events:Distributed events_local:ReplicatedReplacingMergeTree page_stats_hourly:Distributed page_stats_hourly_local:ReplicatedAggregatingMergeTree page_stats_hourly_mv:MaterializedView" "$got"
+done
+
+start_collector 1 || exit 1; start_collector 2 || exit 1
+servers="    server c1 127.0.0.1:$((base + 501)) check"$'\n'"    server c2 127.0.0.1:$((base + 502)) check"$'\n'
+sed -e "s|@DIR@|$dir|g" -e "s|@LISTEN@|127.0.0.1:$lb|" -e "s|@STATS@|127.0.0.1:$stats|" \
+  "$here/deploy/haproxy/haproxy.cfg.in" | awk -v servers="$servers" '$0 == "@SERVERS@" { printf "%s", servers; next } { print }' > "$dir/haproxy.cfg"
+haproxy -c -q -f "$dir/haproxy.cfg" && haproxy -f "$dir/haproxy.cfg" || { echo "haproxy did not start"; exit 1; }
+up() { curl -s "http://127.0.0.1:$stats/;csv" | awk -F, '$1 == "collectors" && $2 ~ /^c[0-9]/ { printf "%s=%s ", $2, $18 }' | sed 's/ $//'; }
+for _ in $(seq 1 100); do [ "$(up)" = "c1=UP c2=UP" ] && break; sleep 0.1; done
+check "haproxy sees both collectors" "c1=UP c2=UP" "$(up)"
+
+say "load through haproxy for ${load_seconds}s; kill -9 s1r2 at 8s and collector 2 at 12s, restart c2 at 18s and s1r2 at 24s"
+python3 "$here/scripts/load-gen.py" "http://127.0.0.1:$lb" "$load_seconds" 4 "$dir/acked.txt" load > "$dir/load.json" &
+load=$!
+sleep 8; "$cluster" kill "$dir" s1r2; say "killed s1r2"
+sleep 3
+check "probe: replica s1r2 down, shard 1 up (collector 1's metrics)" "0 1" \
+  "$(metric 1 "clicktrail_clickhouse_replica_up{shard=\"1\",replica=\"127.0.0.1:$S1R2_TCP\"}") $(metric 1 'clicktrail_clickhouse_shard_up{shard="1"}')"
+sleep 1; kill -9 "${cpid[2]}"; say "killed collector 2 (pid ${cpid[2]})"
+sleep 6; start_collector 2 && say "restarted collector 2"
+sleep 6; "$cluster" start-node "$dir" s1r2 && say "restarted s1r2"
+wait $load
+say "load done: $(cat "$dir/load.json")"
+acked="$(wc -l < "$dir/acked.txt" | tr -d ' ')"
+[ "$acked" -gt 1000 ] || { echo "FAIL too few acknowledged events ($acked)"; failed=$((failed + 1)); }
+
+say "waiting for both spools to drain and the replicas to converge"
+lag() { metric "$1" clicktrail_freshness_lag_seconds | awk '{ print ($1 == 0) ? "0" : $1 }'; }
+drained() { for i in 1 2; do [ "$(lag "$i")" = 0 ] || return 1; done; }
+for _ in $(seq 1 600); do drained && break; sleep 0.1; done
+check "both collectors delivered their spools (freshness lag 0)" "0 0" "$(lag 1) $(lag 2)"
+rows_on() { q "$1" "SELECT count(), uniqExact(event_id), sum(cityHash64(event_id)) FROM clicktrail.events_local WHERE site = 'demo'" | tr '\t' ' '; }
+converged() {
+  [ "$(rows_on "$S1R1_HTTP")" = "$(rows_on "$S1R2_HTTP")" ] && [ "$(rows_on "$S2R1_HTTP")" = "$(rows_on "$S2R2_HTTP")" ] &&
+  for p in "${HTTPS[@]}"; do [ "$(q "$p" "SELECT sum(queue_size) FROM system.replicas WHERE database = 'clicktrail'")" = 0 ] || return 1; done
+}
+for _ in $(seq 1 900); do converged && break; sleep 0.1; done
+say "converged: shard 1 [$(rows_on "$S1R1_HTTP")] [$(rows_on "$S1R2_HTTP")], shard 2 [$(rows_on "$S2R1_HTTP")] [$(rows_on "$S2R2_HTTP")]"
+check "shard 1's replicas hold the same rows (count, ids, id hash)" "$(rows_on "$S1R1_HTTP")" "$(rows_on "$S1R2_HTTP")"
+check "shard 2's replicas hold the same rows" "$(rows_on "$S2R1_HTTP")" "$(rows_on "$S2R2_HTTP")"
+check "both shards have rows" "yes" "$( [ "$(q "$S1R1_HTTP" "SELECT count() FROM clicktrail.events_local WHERE site = 'demo'")" -gt 0 ] && [ "$(q "$S2R1_HTTP" "SELECT count() FROM clicktrail.events_local WHERE site = 'demo'")" -gt 0 ] && echo yes)"
+
+# Exactly once, as analysts count: every acknowledged id is there; FINAL (per shard: all copies
+# of an id are on one shard, the key hashes site and session) leaves one row per id.
+q "$S1R1_HTTP" "SELECT DISTINCT event_id FROM clicktrail.events WHERE site = 'demo' AND event_id LIKE 'load-%' FORMAT TSV" | sort > "$dir/landed.txt"
+sort "$dir/acked.txt" > "$dir/acked.sorted"
+check "acknowledged ids missing from the Distributed table" "0" "$(comm -23 "$dir/acked.sorted" "$dir/landed.txt" | wc -l | tr -d ' ')"
+extra="$(comm -13 "$dir/acked.sorted" "$dir/landed.txt" | wc -l | tr -d ' ')"
+read -r raw final distinct <<<"$(q "$S1R1_HTTP" "SELECT (SELECT count() FROM clicktrail.events WHERE site = 'demo' AND event_id LIKE 'load-%'), (SELECT count() FROM clicktrail.events FINAL WHERE site = 'demo' AND event_id LIKE 'load-%'), (SELECT uniqExact(event_id) FROM clicktrail.events WHERE site = 'demo' AND event_id LIKE 'load-%')" | tr '\t' ' ')"
+dups=0; for p in "${HTTPS[@]}"; do dups=$((dups + $(q "$p" "SELECT sum(value) FROM system.events WHERE event = 'DuplicatedInsertedBlocks'"))); done
+echo "     acknowledged $acked, landed ids $distinct (of them not acknowledged: $extra), rows: raw $raw, FINAL $final; blocks dropped as duplicates by the replicas (since their last start): $dups"
+check "count() FINAL = uniqExact(event_id) = acknowledged + landed-unacknowledged" "$distinct $distinct" "$final $((acked + extra))"
+check "no (site, session) on both shards" "0" \
+  "$(q "$S1R1_HTTP" "SELECT count() FROM (SELECT session_id FROM remote('127.0.0.1:$S1R1_TCP', clicktrail.events_local) WHERE site = 'demo' GROUP BY session_id) ANY INNER JOIN (SELECT session_id FROM remote('127.0.0.1:$S2R1_TCP', clicktrail.events_local) WHERE site = 'demo' GROUP BY session_id) USING session_id")"
+
+# The rollups, fed by the views on each shard's events_local, read through their Distributed
+# tables. Their counts are uniq states (sets, so a copy is never counted twice), approximate
+# past a few ten thousand ids per group: compared with uniq over the raw rows, grouped as the
+# query API groups them (per path over the range), which is the same function on the same set.
+per_path="SELECT sum(v) FROM (SELECT path, uniqIf(event_id, type = 'pageview') AS v FROM clicktrail.events WHERE site = 'demo' GROUP BY path)"
+views="$(q "$S1R1_HTTP" "$per_path")"
+echo "     page views per path, summed: uniq over the raw rows $views, exact $distinct"
+check "page views in the Distributed rollup page_stats_hourly (per path, summed)" "$views" \
+  "$(q "$S1R1_HTTP" "SELECT sum(v) FROM (SELECT path, uniqIfMerge(views) AS v FROM clicktrail.page_stats_hourly WHERE site = 'demo' GROUP BY path)")"
+today="$(date -u +%F)"
+api="$(curl -s -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$((base + 501))/v1/query/pages?site=demo&from=$(date -u -d yesterday +%F)&to=$today")"
+check "the query API's page views (summed over pages) through collector 1" "$views" \
+  "$(python3 -c 'import json,sys; print(sum(p["views"] for p in json.load(sys.stdin)["pages"]))' <<<"$api" 2>/dev/null || echo "$api")"
+check "the canary of each collector reached ClickHouse" "yes" \
+  "$( [ "$(q "$S1R1_HTTP" "SELECT count() FROM clicktrail.events WHERE site = '__canary'")" -gt 2 ] && echo yes)"
+
+say "done"
+echo "$passed passed, $failed failed"
+[ "$failed" = 0 ]
