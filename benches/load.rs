@@ -799,8 +799,14 @@ async fn clickhouse_one_shot(ch: &ClickHouse, rows: &[u8], n: u64, with_views: b
             .with_database(&db)
             .with_validation(false)
             .with_compression(clickhouse::Compression::Lz4);
+        // The sink's insert, as the sink calls it: rows, their ends, one `inserted_at` stamp.
+        let ends = clicktrail::row::row_ends(rows, n as usize).unwrap();
+        let stamp = (std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()) as u32;
         let started = Instant::now();
-        clicktrail::sink::client::insert(&client, rows, Duration::from_secs(600))
+        clicktrail::sink::client::insert(&client, rows, &ends, stamp, Duration::from_secs(600))
             .await
             .unwrap();
         best = best.max(n as f64 / started.elapsed().as_secs_f64());
