@@ -58,8 +58,9 @@ write_config() { # write_config N ENTRY_HTTP_PORT
   cat > "$dir/c$1/clicktrail.toml" <<EOT
 listen = "127.0.0.1:$((base + 500 + $1))"
 data_dir = "$dir/c$1/data"
-[http]
-trust_forwarded_for = true
+[server]
+# haproxy on loopback sets X-Forwarded-For (option forwardfor).
+trusted_proxies = ["127.0.0.1/32"]
 [clickhouse]
 url = "http://127.0.0.1:$2"
 database = "clicktrail"

@@ -31,15 +31,6 @@ fn list(config_path: &std::path::Path) -> Vec<Value> {
     serde_json::from_str(&out).unwrap()
 }
 
-/// The `clicktrail_sink_held` gauge for `reason`, from the metrics text.
-fn held(metrics: &str, reason: &str) -> Option<i64> {
-    let key = format!("clicktrail_sink_held{{reason=\"{reason}\"}} ");
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(&key))
-        .and_then(|v| v.trim().parse().ok())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_schema_refusal_is_held_and_lands_exactly_once_after_the_fix_without_a_replay() {
     let ch = ClickHouse::start();
@@ -87,14 +78,14 @@ async fn a_schema_refusal_is_held_and_lands_exactly_once_after_the_fix_without_a
         Duration::from_secs(20),
         || async {
             let m = app.metrics().await;
-            (held(&m, "schema") == Some(1)).then_some(())
+            (sink_held(&m, "schema") == Some(1)).then_some(())
         },
     )
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let m = app.metrics().await;
-    assert_eq!(held(&m, "destination"), Some(0), "{m}");
-    assert_eq!(held(&m, "schema"), Some(1), "still held");
+    assert_eq!(sink_held(&m, "destination"), Some(0), "{m}");
+    assert_eq!(sink_held(&m, "schema"), Some(1), "still held");
     let schema_errors: u64 = m
         .lines()
         .find_map(|l| l.strip_prefix("clicktrail_sink_insert_errors_total{class=\"schema\"} "))
@@ -150,7 +141,7 @@ async fn a_schema_refusal_is_held_and_lands_exactly_once_after_the_fix_without_a
         Duration::from_secs(10),
         || {
             let app = &app;
-            async move { (held(&app.metrics().await, "schema") == Some(0)).then_some(()) }
+            async move { (sink_held(&app.metrics().await, "schema") == Some(0)).then_some(()) }
         },
     )
     .await;
@@ -221,7 +212,7 @@ async fn a_row_refused_by_its_value_is_isolated_into_dead_letters_and_replayed_a
         m.contains("clicktrail_dlq_events_total{stage=\"insert\",reason=\"constraint\"} 1"),
         "{m}"
     );
-    assert!(held(&m, "schema") == Some(0) && held(&m, "dead_letters") == Some(0));
+    assert!(sink_held(&m, "schema") == Some(0) && sink_held(&m, "dead_letters") == Some(0));
     let (_, shown, _) = cli(
         &config_path,
         &["dlq", "show", &entry["id"].as_u64().unwrap().to_string()],

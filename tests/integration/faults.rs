@@ -177,15 +177,6 @@ async fn post_one(app: &App, id: &str) -> (u16, Option<String>) {
     (r.status().as_u16(), retry)
 }
 
-/// The `clicktrail_sink_held` gauge for `reason`, from the metrics text.
-fn held(metrics: &str, reason: &str) -> Option<i64> {
-    let key = format!("clicktrail_sink_held{{reason=\"{reason}\"}} ");
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(&key))
-        .and_then(|v| v.trim().parse().ok())
-}
-
 /// Rows ClickHouse refuses for their value, with nowhere to keep them: the dead-letter store
 /// sits on a tiny disk that fills up. The sink must hold the rest in the spool (held
 /// `dead_letters`), evict nothing, and once the refusal is fixed deliver every held row once,
@@ -236,13 +227,13 @@ async fn refused_rows_that_cannot_be_dead_lettered_stay_in_the_spool_and_land_af
     eventually_some(
         "the sink holds: refused rows cannot be dead-lettered",
         Duration::from_secs(60),
-        || async { (held(&app.metrics().await, "dead_letters") == Some(1)).then_some(()) },
+        || async { (sink_held(&app.metrics().await, "dead_letters") == Some(1)).then_some(()) },
     )
     .await;
     let stored = std::fs::read_dir(dlq_dir.join("entries")).unwrap().count();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let m = app.metrics().await;
-    assert_eq!(held(&m, "dead_letters"), Some(1), "still held");
+    assert_eq!(sink_held(&m, "dead_letters"), Some(1), "still held");
     assert!(
         !m.lines()
             .any(|l| l.starts_with("clicktrail_dlq_evictions_total") && !l.ends_with(" 0")),
@@ -261,7 +252,7 @@ async fn refused_rows_that_cannot_be_dead_lettered_stay_in_the_spool_and_land_af
     // The fix: the check goes. Every held row lands once, without a replay.
     ch.query("ALTER TABLE clicktrail.events DROP COLUMN chk");
     eventually_some("the held rows land", Duration::from_secs(60), || async {
-        (held(&app.metrics().await, "dead_letters") == Some(0)).then_some(())
+        (sink_held(&app.metrics().await, "dead_letters") == Some(0)).then_some(())
     })
     .await;
     eventually(

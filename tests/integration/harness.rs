@@ -484,3 +484,12 @@ impl Drop for Binary {
 pub fn toml_of(c: &Config) -> String {
     toml::to_string(c).expect("the config serialises to TOML")
 }
+
+/// The `clicktrail_sink_held` gauge for `reason`, from the metrics text.
+pub fn sink_held(metrics: &str, reason: &str) -> Option<i64> {
+    let key = format!("clicktrail_sink_held{{reason=\"{reason}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&key))
+        .and_then(|v| v.trim().parse().ok())
+}
