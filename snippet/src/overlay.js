@@ -175,17 +175,19 @@
         g.fillText(Math.round(depths[i].share * 100) + '%', W - strip + 2, y0 + 12);
       }
     }
-    const line = (y, colour, label) => {
+    // Labels side by side: the two folds are often close, or the same line.
+    const line = (y, colour, label, x) => {
       g.strokeStyle = g.fillStyle = colour;
       g.lineWidth = 2; // on an integer y: two whole pixel rows, not two half-covered ones
       g.setLineDash([6, 4]);
       g.beginPath(); g.moveTo(0, y); g.lineTo(W, y); g.stroke();
       g.setLineDash([]);
-      g.fillText(label, 4, y - 4);
+      g.font = '12px sans-serif';
+      g.fillText(label, x, y - 4);
     };
-    line(w.innerHeight, '#f0f', 'fold (this window)');
+    line(w.innerHeight, '#f0f', 'fold (this window)', 4);
     const avg = data.scroll.avg_fold_pct;
-    if (avg != null) line(Math.round(avg / 100 * H), '#0aa', 'average fold ' + Math.round(avg) + '%');
+    if (avg != null) line(Math.round(avg / 100 * H), '#0aa', 'average fold ' + Math.round(avg) + '%', 140);
   };
 
   const load = async () => {
