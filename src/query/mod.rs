@@ -357,6 +357,36 @@ fn scope(reports: &Reports, owner: usize, p: &Params) -> Result<Scope, ApiError>
     })
 }
 
+/// A per-page report's request, checked: its query string, scope and path, and the statement's
+/// parameters so far (the scope's and the path).
+struct PageRequest {
+    query: Params,
+    scope: Scope,
+    path: String,
+    params: Vec<(&'static str, Param)>,
+}
+
+/// The start of every per-page report, in the order its refusals are documented: token and
+/// parameters (401/400), the site (403), the path (400).
+fn page_request(
+    reports: &Reports,
+    headers: &HeaderMap,
+    raw: Option<&str>,
+    allowed: &[&'static str],
+) -> Result<PageRequest, ApiError> {
+    let (owner, query) = authorize(reports, headers, raw, allowed)?;
+    let scope = scope(reports, owner, &query)?;
+    let path = path_param(reports, &query)?;
+    let mut params = scope.params();
+    params.push(("path", Param::String(path.clone())));
+    Ok(PageRequest {
+        query,
+        scope,
+        path,
+        params,
+    })
+}
+
 fn path_param(reports: &Reports, p: &Params) -> Result<String, ApiError> {
     let path = p.required("path")?;
     if !path.starts_with('/') {
@@ -520,7 +550,12 @@ pub async fn heatmap(
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
     let r = st.reports();
-    let (owner, p) = authorize(
+    let PageRequest {
+        query: p,
+        scope,
+        path,
+        mut params,
+    } = page_request(
         r,
         &headers,
         q.as_deref(),
@@ -528,8 +563,6 @@ pub async fn heatmap(
             "site", "path", "from", "to", "device", "kind", "format", "width",
         ],
     )?;
-    let scope = scope(r, owner, &p)?;
-    let path = path_param(r, &p)?;
     let kind = match p.get("kind") {
         None => "click",
         Some(k) if KINDS.contains(&k) => k,
@@ -565,8 +598,6 @@ pub async fn heatmap(
             }
         },
     };
-    let mut params = scope.params();
-    params.push(("path", Param::String(path.clone())));
     params.push(("kind", Param::String(kind.to_string())));
     params.push(("limit", Param::UInt32(r.limits.max_cells)));
     let rows: Vec<CellRow> = r.run(sql::HEATMAP, &params).await?;
@@ -635,17 +666,18 @@ pub async fn elements(
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
     let r = st.reports();
-    let (owner, p) = authorize(
+    let PageRequest {
+        query: p,
+        scope,
+        path,
+        mut params,
+    } = page_request(
         r,
         &headers,
         q.as_deref(),
         &["site", "path", "from", "to", "device", "limit"],
     )?;
-    let scope = scope(r, owner, &p)?;
-    let path = path_param(r, &p)?;
     let limit = limit_param(&p, r.limits.max_rows)?;
-    let mut params = scope.params();
-    params.push(("path", Param::String(path.clone())));
     params.push(("limit", Param::UInt32(limit)));
     let rows: Vec<ElementRow> = r.run(sql::ELEMENTS, &params).await?;
     let truncated = rows.len() as u64 >= u64::from(limit);
@@ -698,18 +730,20 @@ pub async fn scroll(
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
     let r = st.reports();
-    let (owner, p) = authorize(
+    let PageRequest {
+        scope,
+        path,
+        params,
+        ..
+    } = page_request(
         r,
         &headers,
         q.as_deref(),
         &["site", "path", "from", "to", "device"],
     )?;
-    let scope = scope(r, owner, &p)?;
-    let path = path_param(r, &p)?;
-    let mut params = scope.params();
-    params.push(("path", Param::String(path.clone())));
-    let rows: Vec<DepthRow> = r.run(sql::SCROLL, &params).await?;
-    let fold: Vec<FoldRow> = r.run(sql::FOLD, &params).await?;
+    // Both at once: ClickHouse runs the two on separate cores.
+    let (rows, fold): (Vec<DepthRow>, Vec<FoldRow>) =
+        tokio::try_join!(r.run(sql::SCROLL, &params), r.run(sql::FOLD, &params))?;
     let fold = fold.into_iter().next().filter(|f| f.measured > 0);
     let pageviews = rows
         .iter()
