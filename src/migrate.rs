@@ -40,6 +40,11 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         "0004_pages_daily.sql",
         include_str!("../migrations/0004_pages_daily.sql"),
     ),
+    (
+        5,
+        "0005_event_from.sql",
+        include_str!("../migrations/0005_event_from.sql"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]

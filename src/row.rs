@@ -12,8 +12,9 @@
 //! - [`EventRow::cells`] / [`EventRow::from_cells`], a column-by-column view used by the
 //!   archive (Arrow schema and Native layout in `compactor`) and the content checksum.
 //!
-//! Adding a column: a line in the table, a numbered migration, and the validator line that
-//! fills it. Tests check the table against the server's `DESCRIBE TABLE` (18.16 and 26.x),
+//! Adding a column: a line in the table, a numbered migration, the validator line that
+//! fills it, and (spool records hold these rows) a new spool format byte whose reader upgrades
+//! the older rows, as [`upgrade_v1`] does for format 1. Tests check the table against the server's `DESCRIBE TABLE` (18.16 and 26.x),
 //! the encoder byte for byte against the `clickhouse` crate's own serialisation, and the
 //! archive round trip column by column by name.
 //!
@@ -323,6 +324,10 @@ events_row! { <'a>
     device_class "device_class": Cow<'a, str> = LowStr,
     /// client `pv`: the event id of the page view this event belongs to (its own id on a page view)
     pageview_id "pageview_id": Cow<'a, str> = Str,
+    /// client `from` (scrolls): the depth this page view had already sent, 0 on its first
+    depth_from "depth_from": u8 = U8,
+    /// client `from` (engagement): the engaged ms this page view had already sent, 0 on its first
+    duration_from_ms "duration_from_ms": u32 = U32,
 }
 
 /// A validated row that owns its strings: what validation produces.
@@ -352,10 +357,36 @@ const WIDTHS: [u8; COLUMN_COUNT] = {
 /// The end offset of each row of `buf`, which must hold exactly `count` whole rows: a
 /// structural scan (string lengths and the kinds' widths only), for cutting a batch apart.
 pub fn row_ends(buf: &[u8], count: usize) -> Result<Vec<usize>, RowError> {
+    row_ends_of(buf, count, &WIDTHS)
+}
+
+/// Columns of the first RowBinary layout (spool format 1): every column up to `pageview_id`.
+/// The columns added since are fixed-width and last, so an old row becomes a current one by
+/// appending their zero values ("not sent").
+pub const V1_COLUMN_COUNT: usize = COLUMN_COUNT - 2;
+const V1_TAIL: usize = 1 + 4; // depth_from (u8) + duration_from_ms (u32)
+
+/// Rows of the first layout ([`V1_COLUMN_COUNT`] columns), rewritten in the current one, with
+/// the end offset of each.
+pub fn upgrade_v1(buf: &[u8], count: usize) -> Result<(Vec<u8>, Vec<usize>), RowError> {
+    let old_ends = row_ends_of(buf, count, &WIDTHS[..V1_COLUMN_COUNT])?;
+    let mut out = Vec::with_capacity(buf.len() + count * V1_TAIL);
+    let mut ends = Vec::with_capacity(count);
+    let mut start = 0;
+    for end in old_ends {
+        out.extend_from_slice(&buf[start..end]);
+        out.extend_from_slice(&[0; V1_TAIL]);
+        ends.push(out.len());
+        start = end;
+    }
+    Ok((out, ends))
+}
+
+fn row_ends_of(buf: &[u8], count: usize, widths: &[u8]) -> Result<Vec<usize>, RowError> {
     let mut ends = Vec::with_capacity(count);
     let mut pos = 0usize;
     while pos < buf.len() {
-        for &w in &WIDTHS {
+        for &w in widths {
             if w > 0 {
                 pos += usize::from(w);
                 continue;

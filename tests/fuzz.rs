@@ -252,7 +252,7 @@ fn field_value(field: &'static str) -> BoxedStrategy<Value> {
             .prop_map(Value::from)
             .boxed(),
         ),
-        "x" | "y" | "vw" | "vh" | "dw" | "dh" | "ex" | "ey" | "depth" | "duration_ms" => (
+        "x" | "y" | "vw" | "vh" | "dw" | "dh" | "ex" | "ey" | "depth" | "duration_ms" | "from" => (
             prop_oneof![
                 (0i64..100).prop_map(Value::from),
                 (0.0f64..1000.0).prop_map(Value::from),
@@ -318,6 +318,7 @@ const EVENT_FIELDS: &[&str] = &[
     "error",
     "depth",
     "duration_ms",
+    "from",
     "name",
     "props",
 ];

@@ -41,11 +41,13 @@
  *               dead); its url, page view and time are those of the moment of the click.
  *   scroll      depth: the deepest percent of the document seen in this page view. Sent when
  *               the page view ends or the page is hidden, and only if it grew since the last
- *               one: take max(depth) per page view
+ *               one: take max(depth) per page view; from: the depth sent before (0 first),
+ *               so depth - from is what the event adds
  *   engagement  duration_ms: the page view's engaged time so far, in ms (time between inputs
  *               while the page is visible, each gap counted up to 30 s). Sent at the same
  *               moments as scroll, and only if it grew since the last one: cumulative per page
- *               view, take max(duration_ms) per page view (like depth), never the sum
+ *               view, take max(duration_ms) per page view (like depth), never the sum; from:
+ *               as for scroll, the time sent before
  *   custom      name and a flat props object (at most 2 KiB)
  * Every event carries id, ts, url, session, visitor, pv (the id of the page view it belongs to; a
  * page view's own id) and the viewport / document size.
@@ -158,9 +160,9 @@
   // Close the current page view (navigation), or report it so far (page hidden).
   const endPage = () => {
     measure();
-    if (depth > depthSent) send('scroll', { depth: depthSent = depth }, pageUrl);
+    if (depth > depthSent) send('scroll', { from: depthSent, depth: depthSent = depth }, pageUrl);
     input(); // count the active time up to now (whole ms: differences of Date.now())
-    if (activeMs > activeSent) send('engagement', { duration_ms: activeSent = activeMs }, pageUrl);
+    if (activeMs > activeSent) send('engagement', { from: activeSent, duration_ms: activeSent = activeMs }, pageUrl);
   };
 
   // Called after anything that may change the URL; a new URL is a new page view (and the clicks

@@ -358,12 +358,17 @@ impl<'c> Request<'c> {
                 e.elem_x = int_in("ex", ev.ex, 0, u16::MAX as i64)? as u16;
                 e.elem_y = int_in("ey", ev.ey, 0, u16::MAX as i64)? as u16;
             }
+            // `from` is at most the new value: an event reports growth (the snippet sends
+            // only when the value grew), and a rollup adds value - from.
             EventType::Scroll => {
-                e.scroll_depth = required_int("depth", ev.depth, 0, 100)? as u8;
+                let depth = required_int("depth", ev.depth, 0, 100)?;
+                e.scroll_depth = depth as u8;
+                e.depth_from = int_in("from", ev.from, 0, depth)? as u8;
             }
             EventType::Engagement => {
-                e.duration_ms =
-                    required_int("duration_ms", ev.duration_ms, 0, u32::MAX as i64)? as u32;
+                let ms = required_int("duration_ms", ev.duration_ms, 0, u32::MAX as i64)?;
+                e.duration_ms = ms as u32;
+                e.duration_from_ms = int_in("from", ev.from, 0, ms)? as u32;
             }
             EventType::Custom => {
                 let name = ev.name.ok_or(Rejection::MissingField("name"))?;
@@ -796,6 +801,14 @@ mod tests {
             (
                 r#"{"type":"scroll","id":"e","ts":1700000000000,"url":"https://a.b/","session":"s","depth":140}"#,
                 "field depth: must be between 0 and 100",
+            ),
+            (
+                r#"{"type":"scroll","id":"e","ts":1700000000000,"url":"https://a.b/","session":"s","depth":40,"from":50}"#,
+                "field from: must be between 0 and 40",
+            ),
+            (
+                r#"{"type":"engagement","id":"e","ts":1700000000000,"url":"https://a.b/","session":"s","duration_ms":900,"from":-1}"#,
+                "field from: must be between 0 and 900",
             ),
             (
                 r#"{"type":"pageview","id":"e","ts":1700000000000,"url":"ftp://a.b/","session":"s"}"#,

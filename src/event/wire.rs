@@ -88,6 +88,9 @@ pub struct RawEvent<'a> {
     pub pv: Option<Cow<'a, str>>,
     pub depth: Option<Number>,
     pub duration_ms: Option<Number>,
+    /// scroll / engagement: the value this page view had already sent (so a rollup can add
+    /// only the growth: sums, not sets)
+    pub from: Option<Number>,
     #[serde(borrow)]
     pub name: Option<Cow<'a, str>>,
     #[serde(borrow)]

@@ -717,6 +717,12 @@ fn add(batch: &mut Batch, rec: crate::spool::Record) {
         Some((n, StoredRows::RowBinary(rows))) => crate::row::row_ends(rows, n as usize)
             .inspect(|_| body.extend_from_slice(rows))
             .map_err(|e| e.to_string()),
+        Some((n, StoredRows::RowBinaryV1(rows))) => crate::row::upgrade_v1(rows, n as usize)
+            .map(|(rows, ends)| {
+                body.extend_from_slice(&rows);
+                ends
+            })
+            .map_err(|e| e.to_string()),
         // A record of an older version: re-encoded once.
         Some((_, StoredRows::Json(_))) => crate::spool::decode_events(&rec.payload)
             .map(|r| {

@@ -39,15 +39,21 @@ use crate::metrics::Metrics;
 /// Log sequence number: the index of a record in the spool.
 pub type Lsn = u64;
 
-/// The byte after a payload's row count: the rows follow in [`crate::rowbinary`] format.
-/// Records written before that format (a JSON array) have `[` there.
-const FORMAT_ROWBINARY: u8 = 1;
+/// The byte after a payload's row count: the rows follow in [`crate::rowbinary`] format, in
+/// the current column layout ([`crate::row::COLUMNS`]). Records of the first RowBinary layout
+/// (before `depth_from` / `duration_from_ms`) have 1 there; records written before RowBinary
+/// (a JSON array) have `[`. A spool survives an upgrade: older records are read and rewritten.
+const FORMAT_ROWBINARY: u8 = 2;
+const FORMAT_ROWBINARY_V1: u8 = 1;
 
 /// The rows of a record payload, as stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoredRows<'a> {
     /// The insert's own bytes ([`crate::rowbinary`]).
     RowBinary(&'a [u8]),
+    /// Rows of the first RowBinary layout ([`crate::row::V1_COLUMN_COUNT`] columns), from a
+    /// spool written by an older version: [`crate::row::upgrade_v1`] makes them current.
+    RowBinaryV1(&'a [u8]),
     /// A JSON array of [`crate::event::Event`], from a spool written by an older version.
     Json(&'a [u8]),
 }
@@ -72,6 +78,7 @@ pub fn payload_parts(payload: &[u8]) -> Option<(u32, StoredRows<'_>)> {
     let count = u32::from_le_bytes(payload.get(..4)?.try_into().ok()?);
     match payload.get(4)? {
         &FORMAT_ROWBINARY => Some((count, StoredRows::RowBinary(&payload[5..]))),
+        &FORMAT_ROWBINARY_V1 => Some((count, StoredRows::RowBinaryV1(&payload[5..]))),
         b'[' => Some((count, StoredRows::Json(&payload[4..]))),
         _ => None,
     }
@@ -82,6 +89,13 @@ pub fn decode_events(payload: &[u8]) -> Result<Vec<crate::row::EventRow<'_>>, Ro
     let (count, rows) = payload_parts(payload).ok_or(RowError::CutShort)?;
     let rows: Vec<crate::row::EventRow<'_>> = match rows {
         StoredRows::RowBinary(b) => crate::row::decode_all(b, count as usize)?,
+        StoredRows::RowBinaryV1(b) => {
+            let (rows, _) = crate::row::upgrade_v1(b, count as usize)?;
+            crate::row::decode_all(&rows, count as usize)?
+                .into_iter()
+                .map(crate::row::EventRow::into_owned)
+                .collect()
+        }
         StoredRows::Json(json) => serde_json::from_slice(json)?,
     };
     if rows.len() != count as usize {
@@ -277,6 +291,37 @@ mod tests {
             .contains("says 3 rows"));
         assert!(decode_events(&p[..2]).is_err());
         assert!(decode_events(&p[..p.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn records_of_the_first_rowbinary_layout_are_read_with_the_new_columns_zero() {
+        let mut e = crate::compactor::tests_support::event();
+        e.depth_from = 7;
+        e.duration_from_ms = 9000;
+        let current = encode_events(&[e.clone(), e.clone()]);
+        // A format-1 record: the same rows without the columns added since (fixed-width, last).
+        let row_len = (current.len() - 5) / 2;
+        let tail = 5;
+        let mut old = 2u32.to_le_bytes().to_vec();
+        old.push(FORMAT_ROWBINARY_V1);
+        for r in 0..2 {
+            let start = 5 + r * row_len;
+            old.extend_from_slice(&current[start..start + row_len - tail]);
+        }
+        e.depth_from = 0;
+        e.duration_from_ms = 0;
+        let rows = decode_events(&old).unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[1].clone().into_owned(), e);
+        let (body, ends) = crate::row::upgrade_v1(&old[5..], 2).unwrap();
+        assert_eq!(ends, vec![row_len, 2 * row_len]);
+        assert_eq!(
+            crate::row::decode_all(&body, 2).unwrap()[0]
+                .clone()
+                .into_owned(),
+            e
+        );
+        assert!(crate::row::upgrade_v1(&old[5..old.len() - 1], 2).is_err());
     }
 
     #[test]

@@ -137,7 +137,7 @@ const near = (actual, expected, tol, what) =>
 const lit = (s) => `'${String(s).replace(/\\/g, '\\\\').replace(/'/g, "\\'")}'`;
 const idList = (events) => [...new Set(events.map((e) => e.id))].map(lit).join(', ');
 const STORED = `event_id, type, path, toUInt32(received_at) AS received, elem_x, elem_y, dead, error, pageview_id,
-  device_class, viewport_w, scroll_depth, duration_ms`;
+  device_class, viewport_w, scroll_depth, duration_ms, depth_from, duration_from_ms`;
 
 // The stored rows of these events, by event id, once all of them are in (FINAL: one row per
 // event, however often it was inserted).
@@ -174,8 +174,14 @@ async function storedAsPosted(events, device) {
       assert.equal(typeof e.error, 'boolean', `${what}: error posted`);
       assert.deepEqual([r.dead, r.error], [+e.dead, +e.error], `${what}: dead/error as posted`);
     }
-    if (e.type === 'scroll') assert.equal(r.scroll_depth, e.depth, `${what}: scroll_depth`);
-    if (e.type === 'engagement') assert.equal(r.duration_ms, e.duration_ms, `${what}: duration_ms`);
+    if (e.type === 'scroll') {
+      assert.equal(r.scroll_depth, e.depth, `${what}: scroll_depth`);
+      assert.equal(r.depth_from, e.from, `${what}: depth_from is the posted from`);
+    }
+    if (e.type === 'engagement') {
+      assert.equal(r.duration_ms, e.duration_ms, `${what}: duration_ms`);
+      assert.equal(r.duration_from_ms, e.from, `${what}: duration_from_ms is the posted from`);
+    }
   }
   return rows;
 }
@@ -444,6 +450,9 @@ test("engagement: the page view's engaged time so far, sent when the tab is hidd
   near(e2.duration_ms - e1.duration_ms, hidden2 - shown, 50, 'second engagement adds the second stint: cumulative');
   // Posted as stored (read back from the request bodies, beacons of a live page included).
   await waitFor('both engagement events posted', () => capture.events().filter((e) => e.type === 'engagement').length >= 2);
+  // Each says what it adds: from = the time the page view had sent before.
+  const [p1, p2] = postedOnce(capture).filter((e) => e.type === 'engagement');
+  assert.deepEqual([p1.from, p2.from], [0, p1.duration_ms], 'from: 0 on the first, then the time sent before');
   await storedAsPosted(postedOnce(capture), 'desktop');
 
   // The rollup reads the maximum per page view: it must have reached the bound that only the

@@ -27,7 +27,7 @@ async fn posted_events_land_in_clickhouse_with_their_values() {
                    "session": "sess1", "visitor": "vis1", "x": 120.6, "y": 1480, "vw": 1280, "vh": 720,
                    "dw": 1280, "dh": 4000, "selector": "main > button.buy", "text": "Buy now", "rage": true}),
             json!({"type": "scroll", "id": "sc-1", "ts": ts, "url": "https://shop.test/products/42",
-                   "session": "sess1", "visitor": "vis1", "depth": 75}),
+                   "session": "sess1", "visitor": "vis1", "depth": 75, "from": 30}),
             json!({"type": "custom", "id": "cu-1", "ts": ts, "url": "https://shop.test/products/42",
                    "session": "sess1", "visitor": "vis1", "name": "signup", "props": {"plan": "pro"}}),
         ]))
@@ -69,9 +69,9 @@ async fn posted_events_land_in_clickhouse_with_their_values() {
     assert_eq!(row["ts_ms"], (ts % 1000) as u64);
     assert_eq!(row["recv_ok"], 1);
     assert_eq!(
-        ch.query("SELECT scroll_depth FROM clicktrail.events WHERE event_id = 'sc-1'")
+        ch.query("SELECT scroll_depth, depth_from FROM clicktrail.events WHERE event_id = 'sc-1' FORMAT TSV")
             .trim(),
-        "75"
+        "75\t30"
     );
     assert_eq!(ch.query("SELECT title, referrer, path FROM clicktrail.events WHERE event_id = 'pv-1' FORMAT TSV").trim(), "Product 42\thttps://search.test/\t/products/42");
     assert_eq!(
