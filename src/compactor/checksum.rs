@@ -95,6 +95,27 @@ impl Checksum {
 
 #[cfg(test)]
 mod tests {
+
+    /// docs/archive.md shows the by-hand check and the schema; a column added to the row must
+    /// show up in both (they went stale once).
+    #[test]
+    fn docs_archive_md_names_every_column_and_the_checksum_sql() {
+        let doc = include_str!("../../docs/archive.md");
+        let flat = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(
+            flat(doc).contains(&flat(&super::archive_sql_row_hash())),
+            "docs/archive.md's checksum query is not {}",
+            super::archive_sql_row_hash()
+        );
+        let schema = &doc[doc.find("## Schema").expect("a Schema section")..];
+        for c in COLUMNS.iter().filter(|c| c.kind != Kind::Millis) {
+            assert!(
+                schema.contains(&format!("`{}`", c.name)),
+                "docs/archive.md's schema table has no `{}`",
+                c.name
+            );
+        }
+    }
     use super::*;
 
     #[test]
