@@ -27,6 +27,7 @@ fn ctx() -> RequestContext {
         received_at_ms: 1_764_480_000_500,
         user_agent: "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0 Safari/537.36".into(),
         client_ip: Some("203.0.113.9".parse().unwrap()),
+        keep_query_params: Default::default(),
         replay: None,
     }
 }

@@ -735,6 +735,7 @@ fn reference_rows(rows: u64) -> Vec<u8> {
         received_at_ms: now_ms(),
         user_agent: "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0 Safari/537.36".into(),
         client_ip: Some("203.0.113.9".parse().unwrap()),
+        keep_query_params: Default::default(),
         replay: None,
     };
     let mut out = Vec::with_capacity(rows as usize * 300);

@@ -159,11 +159,13 @@ fn main() {
                     key: "bench".into(),
                     origins: vec!["*".into()],
                     read_tokens: vec![TOKEN.into()],
+                    keep_query_params: vec![],
                 },
                 SiteConfig {
                     key: "bench2".into(),
                     origins: vec!["*".into()],
                     read_tokens: vec![],
+                    keep_query_params: vec![],
                 },
             ],
             ..Config::default()

@@ -810,6 +810,10 @@ pub struct SiteConfig {
     /// Bearer tokens that may read this site's reports (`/v1/query/*`). None = no reads.
     #[serde(default)]
     pub read_tokens: Vec<Secret>,
+    /// Query parameters this site's stored URLs keep besides `utm_*` and
+    /// `privacy.keep_query_params` (a search page's `q`, a shop's `variant`).
+    #[serde(default)]
+    pub keep_query_params: Vec<String>,
 }
 
 /// Shortest read token accepted: a guessable token would open a site's reports.
@@ -1103,6 +1107,14 @@ impl Config {
                     format!("`{}` is configured twice", site.key),
                 ));
             }
+            for (j, p) in site.keep_query_params.iter().enumerate() {
+                if p.is_empty() || p.contains(['&', '=', '#']) {
+                    return Err(invalid(
+                        &format!("sites[{i}].keep_query_params[{j}]"),
+                        format!("`{p}` is not a parameter name (empty, or holds & = #)"),
+                    ));
+                }
+            }
             for origin in &site.origins {
                 if origin == "*" {
                     continue;
@@ -1276,6 +1288,10 @@ mod tests {
                     "{SITE}read_tokens = [\"{TOKEN}\"]\n[[sites]]\nkey = \"b\"\nread_tokens = [\"{TOKEN}\"]\n"
                 ),
                 "sites[1].read_tokens[0]",
+            ),
+            (
+                format!("{SITE}keep_query_params = [\"q\", \"a=b\"]\n"),
+                "sites[0].keep_query_params[1]",
             ),
             (format!("[query]\ntimeout = \"0s\"\n{SITE}"), "query.timeout"),
             (

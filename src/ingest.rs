@@ -144,6 +144,8 @@ pub enum Source {
 struct SiteOrigins {
     any: bool,
     origins: HashSet<String>,
+    /// `[[sites]] keep_query_params`: reloaded with the rest of the site.
+    keep_query_params: Arc<[String]>,
 }
 
 /// The `[[sites]]` of the running config: which keys exist and which origins may post.
@@ -165,7 +167,14 @@ impl SitePolicy {
             let origins: HashSet<String> =
                 s.origins.iter().filter(|o| *o != "*").cloned().collect();
             all_origins.extend(origins.iter().cloned());
-            map.insert(s.key.clone(), SiteOrigins { any, origins });
+            map.insert(
+                s.key.clone(),
+                SiteOrigins {
+                    any,
+                    origins,
+                    keep_query_params: s.keep_query_params.clone().into(),
+                },
+            );
         }
         Self {
             sites: map,
@@ -322,6 +331,7 @@ impl Ingest {
             });
         }
         let ctx = RequestContext {
+            keep_query_params: self.site_query_params(&site),
             site: site.into_owned(),
             received_at_ms: meta.received_at_ms,
             user_agent: meta.user_agent.clone(),
@@ -468,6 +478,14 @@ impl Ingest {
         Ok(Some(lsn))
     }
 
+    /// The site's own `keep_query_params` (none for a site no longer configured).
+    pub fn site_query_params(&self, site: &str) -> Arc<[String]> {
+        self.policy()
+            .sites
+            .get(site)
+            .map_or_else(|| Arc::from([]), |s| s.keep_query_params.clone())
+    }
+
     fn check_site(&self, site: &str, meta: &Meta) -> Result<(), IngestError> {
         let policy = self.policy();
         let Some(site_cfg) = policy.sites.get(site) else {
@@ -535,6 +553,7 @@ impl Ingest {
             received_at_ms: meta.received_at_ms,
             user_agent: meta.user_agent.clone(),
             client_ip: meta.client_ip,
+            keep_query_params: Arc::from([]),
             replay: None,
         };
         let (user_agent, agent) = self.inner.validator.stored_agent(&ctx);

@@ -413,11 +413,13 @@ impl Collector {
                     key: ANY_SITE.into(),
                     origins: vec!["*".into()],
                     read_tokens: Vec::new(),
+                    keep_query_params: vec![],
                 },
                 SiteConfig {
                     key: STRICT_SITE.into(),
                     origins: vec![STRICT_ORIGIN.into()],
                     read_tokens: Vec::new(),
+                    keep_query_params: vec![],
                 },
             ],
             ..Config::default()

@@ -81,6 +81,7 @@ pub async fn replay_entry(
                 received_at_ms: entry.origin.received_at_ms,
                 user_agent: entry.origin.user_agent.clone(),
                 client_ip: None,
+                keep_query_params: ingest.site_query_params(&entry.origin.site),
                 replay: Some(ReplayContext {
                     stored_ip: entry.origin.ip.clone(),
                     id_seed: format!("dlq{id}"),

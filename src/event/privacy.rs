@@ -2,8 +2,8 @@
 //! (except allowlisted parameters), and click text only for the configured element tags.
 //!
 //! Invariants:
-//! - A stored URL keeps only `utm_*` parameters and those of `privacy.keep_query_params`, in
-//!   their original order and encoding; its `#fragment` only with `privacy.keep_fragment`;
+//! - A stored URL keeps only `utm_*` parameters and those of `privacy.keep_query_params` and
+//!   of its site's `[[sites]] keep_query_params`, in their original order and encoding; its `#fragment` only with `privacy.keep_fragment`;
 //!   never a user name or password.
 //! - A URL that needs no change is stored byte for byte as sent (no re-serialisation).
 //! - Click text is kept only when the selector's last element names a tag of
@@ -35,16 +35,19 @@ impl PagePolicy {
         }
     }
 
-    fn keeps_param(&self, pair: &str) -> bool {
+    fn keeps_param(&self, site_params: &[String], pair: &str) -> bool {
         let name = pair.split_once('=').map_or(pair, |(n, _)| n);
-        name.starts_with("utm_") || self.keep_params.iter().any(|k| k == name)
+        name.starts_with("utm_")
+            || self.keep_params.iter().any(|k| k == name)
+            || site_params.iter().any(|k| k == name)
     }
 
-    /// The page URL as stored, from the parsed URL and the string the client sent.
-    pub(super) fn page_url(&self, sent: &str, mut url: url::Url) -> String {
+    /// The page URL as stored, from the parsed URL and the string the client sent;
+    /// `site_params`: the site's own `keep_query_params`.
+    pub(super) fn page_url(&self, site_params: &[String], sent: &str, mut url: url::Url) -> String {
         let query_ok = url
             .query()
-            .is_none_or(|q| q.split('&').all(|p| self.keeps_param(p)));
+            .is_none_or(|q| q.split('&').all(|p| self.keeps_param(site_params, p)));
         let clean = query_ok
             && (self.keep_fragment || url.fragment().is_none())
             && url.username().is_empty()
@@ -55,7 +58,7 @@ impl PagePolicy {
         if let Some(q) = url.query() {
             let kept: Vec<&str> = q
                 .split('&')
-                .filter(|p| !p.is_empty() && self.keeps_param(p))
+                .filter(|p| !p.is_empty() && self.keeps_param(site_params, p))
                 .collect();
             let kept = kept.join("&");
             url.set_query((!kept.is_empty()).then_some(kept.as_str()));
@@ -71,9 +74,11 @@ impl PagePolicy {
 
     /// A referrer as stored: an http(s) URL cleaned like a page URL; anything else (an app's
     /// `android-app://` referrer, garbage) cut at its first `?` or `#`.
-    pub(super) fn referrer(&self, sent: &str) -> String {
+    pub(super) fn referrer(&self, site_params: &[String], sent: &str) -> String {
         match url::Url::parse(sent) {
-            Ok(u) if u.scheme() == "http" || u.scheme() == "https" => self.page_url(sent, u),
+            Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {
+                self.page_url(site_params, sent, u)
+            }
             _ => sent
                 .split(['?', '#'])
                 .next()
@@ -118,7 +123,7 @@ mod tests {
     }
 
     fn page(p: &PagePolicy, s: &str) -> String {
-        p.page_url(s, url::Url::parse(s).unwrap())
+        p.page_url(&[], s, url::Url::parse(s).unwrap())
     }
 
     #[test]
@@ -162,15 +167,32 @@ mod tests {
     }
 
     #[test]
+    fn a_site_keeps_its_own_params_besides_the_global_ones() {
+        let p = policy(&["gclid"], false);
+        let search = ["q".to_string()];
+        let sent = "https://shop.example/search?q=boots&email=a%40b.c&gclid=G";
+        assert_eq!(
+            p.page_url(&search, sent, url::Url::parse(sent).unwrap()),
+            "https://shop.example/search?q=boots&gclid=G"
+        );
+        // Another site (no params of its own) loses q.
+        assert_eq!(page(&p, sent), "https://shop.example/search?gclid=G");
+        assert_eq!(
+            p.referrer(&search, "https://shop.example/search?q=boots&x=1"),
+            "https://shop.example/search?q=boots"
+        );
+    }
+
+    #[test]
     fn referrers_are_cleaned_like_urls() {
         let p = policy(&[], false);
         assert_eq!(
-            p.referrer("https://search.example/?q=my+illness&utm_source=x"),
+            p.referrer(&[], "https://search.example/?q=my+illness&utm_source=x"),
             "https://search.example/?utm_source=x"
         );
-        assert_eq!(p.referrer(""), "");
+        assert_eq!(p.referrer(&[], ""), "");
         assert_eq!(
-            p.referrer("android-app://com.mail/?to=a#b"),
+            p.referrer(&[], "android-app://com.mail/?to=a#b"),
             "android-app://com.mail/"
         );
     }

@@ -24,6 +24,8 @@ pub struct RequestContext {
     pub received_at_ms: i64,
     pub user_agent: String,
     pub client_ip: Option<IpAddr>,
+    /// The site's `[[sites]] keep_query_params` (kept besides `privacy.keep_query_params`).
+    pub keep_query_params: std::sync::Arc<[String]>,
     /// Replay only: the already-anonymised address stored with a dead letter (the raw one is
     /// never kept), and a seed that makes server-assigned ids deterministic, so replaying the
     /// same entry twice yields the same ids and deduplicates.
@@ -268,7 +270,11 @@ impl<'c> Request<'c> {
             let host = UrlPart::Owned(page.host_str().unwrap_or_default().to_string());
             let path = UrlPart::Owned(page.path().to_string());
             (
-                Cow::Owned(self.validator.page.page_url(&url, page)),
+                Cow::Owned(
+                    self.validator
+                        .page
+                        .page_url(&self.ctx.keep_query_params, &url, page),
+                ),
                 host,
                 path,
             )
@@ -290,7 +296,11 @@ impl<'c> Request<'c> {
         // view. Identifiers and the URL are refused instead, since a cut one would be wrong.
         let title = cut(ev.title, l.max_title_len);
         let referrer = match cut(ev.referrer, l.max_url_len) {
-            r if r.contains(['?', '#', '@']) => Cow::Owned(self.validator.page.referrer(&r)),
+            r if r.contains(['?', '#', '@']) => Cow::Owned(
+                self.validator
+                    .page
+                    .referrer(&self.ctx.keep_query_params, &r),
+            ),
             r => r,
         };
         let selector = cut(ev.selector, l.max_selector_len);
@@ -674,6 +684,7 @@ mod tests {
             received_at_ms: 1_700_000_000_000,
             user_agent: "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36".into(),
             client_ip: Some("203.0.113.77".parse().unwrap()),
+            keep_query_params: Default::default(),
             replay: None,
         }
     }

@@ -212,6 +212,7 @@ pub fn test_config(ch: &ClickHouse, data_dir: &Path) -> Config {
             key: "test".into(),
             origins: vec![ORIGIN.into()],
             read_tokens: vec![],
+            keep_query_params: vec![],
         }],
         ..Config::default()
     };

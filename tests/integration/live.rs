@@ -21,6 +21,7 @@ async fn setup(live_buffer: usize) -> (ClickHouse, tempfile::TempDir, App) {
         key: "other".into(),
         origins: vec![ORIGIN.into()],
         read_tokens: vec![OTHER_TOKEN.into()],
+        keep_query_params: vec![],
     });
     cfg.query.live_buffer = live_buffer;
     migrate(&cfg).await;

@@ -47,6 +47,74 @@ async fn rows(ch: &ClickHouse, n: u64, sql: &str) -> Vec<Value> {
         .collect()
 }
 
+/// `[[sites]] keep_query_params`: one site keeps its search query, another does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_keeps_its_own_query_params() {
+    let ch = ClickHouse::start();
+    let data = tempfile::tempdir().unwrap();
+    let mut cfg = test_config(&ch, data.path());
+    cfg.privacy.keep_query_params = vec!["gclid".into()];
+    cfg.sites.push(clicktrail::config::SiteConfig {
+        key: "search".into(),
+        origins: vec![ORIGIN.into()],
+        read_tokens: vec![],
+        keep_query_params: vec!["q".into()],
+    });
+    migrate(&cfg).await;
+    let app = App::spawn(cfg).await;
+    let url = "https://shop.test/search?q=boots&email=a%40b.c&gclid=G";
+    let post = |site: &'static str, id: &'static str| {
+        let mut pv = pageview(id);
+        pv["url"] = json!(url);
+        pv["referrer"] = json!("https://shop.test/search?q=shoes&page=2");
+        let body = json!({"site": site, "events": [pv]}).to_string();
+        let req = app
+            .client
+            .post(format!("{}/v1/events", app.base))
+            .header("content-type", "text/plain")
+            .header("origin", ORIGIN)
+            .body(body);
+        async move {
+            let r = req.send().await.unwrap();
+            assert_eq!(r.status(), 200);
+        }
+    };
+    post("search", "s-1").await;
+    post("test", "t-1").await;
+
+    let got = rows(
+        &ch,
+        2,
+        "SELECT event_id, url, referrer FROM clicktrail.events ORDER BY event_id",
+    )
+    .await;
+    let stored: Vec<(&str, &str, &str)> = got
+        .iter()
+        .map(|r| {
+            (
+                r["event_id"].as_str().unwrap(),
+                r["url"].as_str().unwrap(),
+                r["referrer"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        stored,
+        vec![
+            (
+                "s-1",
+                "https://shop.test/search?q=boots&gclid=G",
+                "https://shop.test/search?q=shoes"
+            ),
+            (
+                "t-1",
+                "https://shop.test/search?gclid=G",
+                "https://shop.test/search"
+            ),
+        ]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn urls_text_opt_outs_and_bots_by_default() {
     let ch = ClickHouse::start();

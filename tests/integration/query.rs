@@ -22,6 +22,7 @@ async fn setup() -> (ClickHouse, tempfile::TempDir, App) {
         key: "other".into(),
         origins: vec![ORIGIN.into()],
         read_tokens: vec![OTHER_TOKEN.into()],
+        keep_query_params: vec![],
     });
     migrate(&cfg).await;
     let app = App::spawn(cfg).await;

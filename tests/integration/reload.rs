@@ -44,6 +44,7 @@ async fn sighup_applies_new_sites_and_refuses_an_invalid_file() {
         key: "late".into(),
         origins: vec!["*".into()],
         read_tokens: Vec::new(),
+        keep_query_params: vec![],
     });
     std::fs::write(Binary::config_path(&config), toml_of(&config)).unwrap();
     bin.signal("HUP");
@@ -61,6 +62,7 @@ async fn sighup_applies_new_sites_and_refuses_an_invalid_file() {
         key: String::new(),
         origins: vec!["*".into()],
         read_tokens: Vec::new(),
+        keep_query_params: vec![],
     });
     std::fs::write(Binary::config_path(&config), toml_of(&broken)).unwrap();
     bin.signal("HUP");
