@@ -40,6 +40,7 @@ TOKEN="cluster-read-token-0123456789"
 # and a backslash, so that the probe's and the canaries' literals are escaped or fail.
 CH_PASSWORD="ct-s3cr'et\\pw"
 export CLUSTER_PASSWORD="$CH_PASSWORD"
+CH_PASSWORD_SQL="${CH_PASSWORD//\\/\\\\}"; CH_PASSWORD_SQL="${CH_PASSWORD_SQL//\'/\\\'}"
 
 cleanup() {
   [ -f "$dir/haproxy.pid" ] && kill "$(cat "$dir/haproxy.pid")" 2>/dev/null
@@ -148,15 +149,16 @@ shard_canaries_recovered() { # after s1r2's restart its delay falls back (it had
 shard_canaries_wrong_password() { # s2r2 restarted with another password: down, with the reason
   "$cluster" kill "$dir" s2r2
   CLUSTER_PASSWORD="not-$CH_PASSWORD" "$cluster" start-node "$dir" s2r2 || { echo "FAIL s2r2 did not start"; failed=$((failed + 1)); return; }
-  for _ in $(seq 1 50); do [ "$(replica_up_of 1 s2r2)" = 0 ] && break; sleep 0.1; done
+  # Down already while it was killed: wait for the probe that meets the password.
+  why() { grep -a 'replica does not answer the probe' "$dir/c1/out.log" | grep -q "replica.*127.0.0.1:$S2R2_TCP.*Wrong password for user default" && echo yes; }
+  for _ in $(seq 1 50); do [ "$(why)" = yes ] && break; sleep 0.1; done
+  check "collector 1 logged why (ClickHouse's reason, on one line)" "yes" "$(why)"
   check "probe: a replica with another password is down (collector 1)" "0" "$(replica_up_of 1 s2r2)"
-  check "collector 1 logged why" "yes" "$(grep 'replica does not answer the probe' "$dir/c1/out.log" | grep -q 'Wrong password for user default' && echo yes)"
   "$cluster" kill "$dir" s2r2; "$cluster" start-node "$dir" s2r2
   for _ in $(seq 1 50); do [ "$(replica_up_of 1 s2r2)" = 1 ] && break; sleep 0.1; done
   check "probe: the same replica with the right password is up again" "1" "$(replica_up_of 1 s2r2)"
-  local esc="${CH_PASSWORD//\\/\\\\}"; esc="${esc//\'/\\\'}"
   check "the password is in no collector log, metrics or readyz" "0" \
-    "$(cat "$dir"/c*/out.log <(curl -s "http://127.0.0.1:$((base + 501))/metrics") <(curl -s "http://127.0.0.1:$((base + 501))/readyz") | grep -cF -e "$CH_PASSWORD" -e "$esc")"
+    "$(cat "$dir"/c*/out.log <(curl -s "http://127.0.0.1:$((base + 501))/metrics") <(curl -s "http://127.0.0.1:$((base + 501))/readyz") | grep -cF -e "$CH_PASSWORD" -e "$CH_PASSWORD_SQL")"
 }
 # ---- end of per-shard canaries
 say "the same plan for ClickHouse 26.x, checked in chDB (tests/chdb/cluster_ddl.py)"
@@ -224,7 +226,7 @@ dups=0; for p in "${HTTPS[@]}"; do dups=$((dups + $(q "$p" "SELECT sum(value) FR
 echo "     acknowledged $acked, landed ids $distinct (of them not acknowledged: $extra), rows: raw $raw, FINAL $final; blocks dropped as duplicates by the replicas (since their last start): $dups"
 check "count() FINAL = uniqExact(event_id) = acknowledged + landed-unacknowledged" "$distinct $distinct" "$final $((acked + extra))"
 check "no (site, session) on both shards" "0" \
-  "$(q "$S1R1_HTTP" "SELECT count() FROM (SELECT session_id FROM remote('127.0.0.1:$S1R1_TCP', clicktrail.events_local) WHERE site = 'demo' GROUP BY session_id) ANY INNER JOIN (SELECT session_id FROM remote('127.0.0.1:$S2R1_TCP', clicktrail.events_local) WHERE site = 'demo' GROUP BY session_id) USING session_id")"
+  "$(q "$S1R1_HTTP" "SELECT count() FROM (SELECT session_id FROM remote('127.0.0.1:$S1R1_TCP', clicktrail.events_local, 'default', '$CH_PASSWORD_SQL') WHERE site = 'demo' GROUP BY session_id) ANY INNER JOIN (SELECT session_id FROM remote('127.0.0.1:$S2R1_TCP', clicktrail.events_local, 'default', '$CH_PASSWORD_SQL') WHERE site = 'demo' GROUP BY session_id) USING session_id")"
 
 # The rollups, fed by the views on each shard's events_local, read through their Distributed
 # tables. Their counts are uniq states (sets, so a copy is never counted twice), approximate

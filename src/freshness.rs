@@ -193,23 +193,16 @@ pub async fn run_probe(
     mut stop: watch::Receiver<bool>,
 ) {
     // Last answer of each replica, so that a change is logged once, not every probe.
-    let mut last_up: HashMap<String, bool> = HashMap::new();
+    let mut last: HashMap<String, Answer> = HashMap::new();
     loop {
         let mut r = crate::clickhouse::ping(&client, timeout).await;
         metrics.clickhouse_up.set(i64::from(r.is_ok()));
         if r.is_ok() && !cluster.is_empty() {
             r = match fetch_topology(&client, &cluster, timeout).await {
                 Ok(t) => {
-                    let status = probe_shards(
-                        &client,
-                        &cluster,
-                        &t,
-                        &auth,
-                        timeout,
-                        &metrics,
-                        &mut last_up,
-                    )
-                    .await;
+                    let status =
+                        probe_shards(&client, &cluster, &t, &auth, timeout, &metrics, &mut last)
+                            .await;
                     topology.send_if_modified(|cur| {
                         if cur.as_deref() == Some(&t) {
                             return false;
@@ -278,8 +271,34 @@ async fn ask_replica(
     match tokio::time::timeout(timeout, q.fetch_one::<u64>()).await {
         Ok(Ok(1)) => Ok(()),
         Ok(Ok(n)) => Err(format!("system.one has {n} rows there")),
-        Ok(Err(e)) => Err(auth.redact(&e.to_string())),
+        // ClickHouse's texts span lines ("All connection tries failed. Log: \n\nCode: 210 ...").
+        Ok(Err(e)) => Err(one_line(&auth.redact(&e.to_string()))),
         Err(_) => Err(format!("no answer within {timeout:?}")),
+    }
+}
+
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// What a replica's last answer was, for logging each change once: up, or down with the
+/// server's exception code (the text where there is none), so that a replica that was
+/// unreachable and then refuses the password is logged again with the new reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Answer {
+    Up,
+    Down(String),
+}
+
+impl Answer {
+    fn of(r: &Result<(), String>) -> Self {
+        match r {
+            Ok(()) => Self::Up,
+            Err(e) => Self::Down(match crate::clickhouse::exception_code(e) {
+                Some(code) => code.to_string(),
+                None => e.clone(),
+            }),
+        }
     }
 }
 
@@ -292,7 +311,7 @@ async fn probe_shards(
     auth: &RemoteAuth,
     timeout: Duration,
     metrics: &Metrics,
-    last_up: &mut HashMap<String, bool>,
+    last: &mut HashMap<String, Answer>,
 ) -> ProbeStatus {
     use crate::clickhouse::PingError;
     use crate::metrics::{ReplicaLabel, ShardLabel};
@@ -317,15 +336,16 @@ async fn probe_shards(
                     replica: addr.to_string(),
                 })
                 .set(i64::from(up));
-            let before = last_up.insert(addr.to_string(), up);
+            let now = Answer::of(r);
+            let before = last.insert(addr.to_string(), now.clone());
             match r {
                 Err(e) => {
-                    if before != Some(false) {
+                    if before.as_ref() != Some(&now) {
                         tracing::warn!(shard = shard.num, replica = %addr, reason = %e, "clickhouse replica does not answer the probe");
                     }
                     why.push(format!("{addr}: {e}"));
                 }
-                Ok(()) if before == Some(false) => {
+                Ok(()) if matches!(before, Some(Answer::Down(_))) => {
                     tracing::info!(shard = shard.num, replica = %addr, "clickhouse replica answers the probe again");
                 }
                 Ok(()) => {}
@@ -818,6 +838,24 @@ mod tests {
         assert_eq!(
             none.redact("Code: 193, Wrong password"),
             "Code: 193, Wrong password"
+        );
+    }
+
+    #[test]
+    fn a_replica_answer_changes_with_its_reason() {
+        let refused = Err("bad response: Code: 279, e.displayText() = DB::NetException: All connection tries failed. Log: \n\nCode: 210, Connection refused".to_string());
+        let refused_again = Err("bad response: Code: 279, e.displayText() = DB::NetException: All connection tries failed. Log: \n\nCode: 210, Connection refused (other text)".to_string());
+        let wrong_pw = Err("bad response: Code: 193, e.displayText() = DB::Exception: Received from 127.0.0.1:9000. DB::Exception: Wrong password for user default.".to_string());
+        assert_eq!(Answer::of(&Ok(())), Answer::Up);
+        assert_eq!(Answer::of(&refused), Answer::of(&refused_again));
+        assert_ne!(Answer::of(&refused), Answer::of(&wrong_pw));
+        assert_eq!(
+            Answer::of(&Err("no answer within 2s".into())),
+            Answer::Down("no answer within 2s".into())
+        );
+        assert_eq!(
+            one_line("a. Log: \n\nCode: 210, x\n"),
+            "a. Log: Code: 210, x"
         );
     }
 
