@@ -10,6 +10,11 @@
 #   scripts/cluster.sh kill DIR NODE      # kill -9 one server (s1r1 s1r2 s2r1 s2r2) or zk, for failure tests
 #   scripts/cluster.sh start-node DIR NODE  # (re)start one server or zk
 #
+# CLUSTER_PASSWORD (default empty): the `default` user's password on every server, and the
+# <user>/<password> that remote_servers gives each replica (what Distributed inserts and the
+# collectors' remote() probes log in with). Read at each start, so `CLUSTER_PASSWORD=other
+# scripts/cluster.sh start-node DIR s2r2` starts one server that the others cannot log in to.
+#
 # Ports: CLUSTER_BASE_PORT (default 31000) + offsets, fixed per DIR once started:
 #   zookeeper   BASE+81
 #   node k=1..4 (s1r1 s1r2 s2r1 s2r2): tcp BASE+100k, http BASE+100k+23, interserver BASE+100k+9
@@ -25,7 +30,7 @@ nodes=(s1r1 s1r2 s2r1 s2r2)
 timeout_s="${CLUSTER_START_TIMEOUT:-30}"
 
 cmd="${1:-}"; dir="${2:-}"
-[ -n "$cmd" ] && [ -n "$dir" ] || { sed -n '2,17p' "$0" >&2; exit 2; }
+[ -n "$cmd" ] && [ -n "$dir" ] || { sed -n '2,22p' "$0" >&2; exit 2; }
 mkdir -p "$dir"; dir="$(cd "$dir" && pwd)"
 
 # Ports are chosen once per DIR and kept in DIR/ports.env, so a restart reuses them.
@@ -97,11 +102,18 @@ render_node() {
   mkdir -p "$d/log" "$d/data" "$d/tmp" "$d/user_files" "$d/format_schemas" "$d/config.d"
   sed -e "s|@DIR@|$d|g" -e "s|@HTTP_PORT@|$(port_of "$n" HTTP)|g" -e "s|@TCP_PORT@|$(port_of "$n" TCP)|g" \
     "$here/config/clickhouse/config.xml.in" > "$d/config.xml"
-  cp "$here/config/clickhouse/users.xml" "$d/users.xml"
+  local pw="${CLUSTER_PASSWORD:-}" pw_sed
+  pw_sed="$(printf '%s' "$pw" | sed -e 's/[\\|&]/\\&/g')"
+  if [ -n "$pw" ]; then
+    sed -e "s|<password></password>|<password>$pw_sed</password>|" "$here/config/clickhouse/users.xml" > "$d/users.xml"
+  else
+    cp "$here/config/clickhouse/users.xml" "$d/users.xml"
+  fi
   local args=(-e "s|@CLUSTER@|$CLUSTER_NAME|g" -e "s|@ZK_HOST@|127.0.0.1|g" -e "s|@ZK_PORT@|$ZK_PORT|g")
   for m in "${nodes[@]}"; do
     args+=(-e "s|@${m^^}_HOST@|127.0.0.1|g" -e "s|@${m^^}_TCP@|$(port_of "$m" TCP)|g")
   done
+  [ -z "$pw" ] || args+=(-e "s|</port></replica>|</port><user>default</user><password>$pw_sed</password></replica>|")
   sed "${args[@]}" "$here/deploy/clickhouse/cluster.xml.in" > "$d/config.d/cluster.xml"
   sed -e "s|@CLUSTER@|$CLUSTER_NAME|g" -e "s|@SHARD@|$shard|g" -e "s|@REPLICA@|$n|g" \
     -e "s|@HOST@|127.0.0.1|g" -e "s|@INTERSERVER_PORT@|$(port_of "$n" INTERSERVER)|g" \

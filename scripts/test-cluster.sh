@@ -10,6 +10,11 @@
 #   - the two replicas of each shard converge (same count, same ids), no session on two shards;
 #   - the rollups read through their Distributed tables (and the query API) count every view once;
 #   - the probe showed the dead replica (clicktrail_clickhouse_replica_up 0, shard still up);
+#   - per-shard canaries (shard_canaries_* below): a series per shard and replica while all is
+#     up, each shard's canary on its own shard, the dead replica's delay rising while its peer's
+#     stays low, and back low after its restart; the servers require a password (default user,
+#     CLUSTER_PASSWORD), the probe logs in with clickhouse.password and calls a replica with
+#     another password down with ClickHouse's reason; the password is in no collector output;
 #   - the same plan rendered for ClickHouse 26.x parses and runs in chDB (tests/chdb/cluster_ddl.py).
 #
 #   scripts/test-cluster.sh [BINARY]     # default target/debug/clicktrail; ~2-3 minutes
@@ -31,6 +36,11 @@ cluster="$here/scripts/cluster.sh"
 passed=0; failed=0
 declare -A cpid
 TOKEN="cluster-read-token-0123456789"
+# Every server's `default` user has this password (scripts/cluster.sh CLUSTER_PASSWORD); a quote
+# and a backslash, so that the probe's and the canaries' literals are escaped or fail.
+CH_PASSWORD="ct-s3cr'et\\pw"
+export CLUSTER_PASSWORD="$CH_PASSWORD"
+CH_PASSWORD_SQL="${CH_PASSWORD//\\/\\\\}"; CH_PASSWORD_SQL="${CH_PASSWORD_SQL//\'/\\\'}"
 
 cleanup() {
   [ -f "$dir/haproxy.pid" ] && kill "$(cat "$dir/haproxy.pid")" 2>/dev/null
@@ -44,7 +54,7 @@ cleanup() {
 }
 trap cleanup EXIT
 check() { if [ "$2" = "$3" ]; then echo "ok   $1: $3"; passed=$((passed + 1)); else echo "FAIL $1: want [$2] got [$3]"; failed=$((failed + 1)); fi; }
-q() { curl -sS --max-time 60 "http://127.0.0.1:$1/" --data-binary "$2"; }
+q() { curl -sS --max-time 60 -u "default:$CH_PASSWORD" "http://127.0.0.1:$1/" --data-binary "$2"; }
 t0=$SECONDS
 say() { echo "[$((SECONDS - t0))s] $*"; }
 
@@ -64,6 +74,7 @@ trusted_proxies = ["127.0.0.1/32"]
 [clickhouse]
 url = "http://127.0.0.1:$2"
 database = "clicktrail"
+password = "${CH_PASSWORD//\\/\\\\}"
 cluster = "$CLUSTER_NAME"
 probe_interval = "1s"
 timeout = "10s"
@@ -95,6 +106,61 @@ metric() { # metric N NAME_WITH_LABELS
 }
 
 write_config 1 "$S1R1_HTTP"; write_config 2 "$S2R1_HTTP"
+
+# ---- per-shard canaries and probe auth (src/freshness.rs); each call adds at most seconds.
+canary_of() { # canary_of N NODE: collector N's clicktrail_canary_delay_seconds for that replica
+  local shard="${2:1:1}" tcp="${2^^}_TCP"
+  metric "$1" "clicktrail_canary_delay_seconds{shard=\"$shard\",replica=\"127.0.0.1:${!tcp}\"}"
+}
+replica_up_of() { local tcp="${2^^}_TCP"; metric "$1" "clicktrail_clickhouse_replica_up{shard=\"${2:1:1}\",replica=\"127.0.0.1:${!tcp}\"}"; }
+below() { awk -v v="$1" -v m="$2" 'BEGIN { exit !(v != "" && v + 0 < m) }'; }
+shard_canaries_all_up() { # every replica answers the password-protected probe and shows its shard's canary
+  local n ok
+  for _ in $(seq 1 150); do
+    ok=1; for n in s1r1 s1r2 s2r1 s2r2; do below "$(canary_of 1 $n)" 3 || ok=0; done
+    [ $ok = 1 ] && break; sleep 0.1
+  done
+  say "shard canaries on collector 1: s1r1 $(canary_of 1 s1r1) s1r2 $(canary_of 1 s1r2) s2r1 $(canary_of 1 s2r1) s2r2 $(canary_of 1 s2r2) s"
+  check "probe logged in with clickhouse.password: every replica up (collector 1)" "1 1 1 1" \
+    "$(replica_up_of 1 s1r1) $(replica_up_of 1 s1r2) $(replica_up_of 1 s2r1) $(replica_up_of 1 s2r2)"
+  check "a canary series per shard and replica, each below 3 s (collector 1)" "1" "$ok"
+  ok=1; for n in s1r1 s1r2 s2r1 s2r2; do below "$(canary_of 2 $n)" 3 || ok=0; done
+  check "the same on collector 2" "1" "$ok"
+}
+shard_canaries_dead_replica() { # s1r2 dead for ~16 s: its delay rises, s1r1's stays low
+  local dead live
+  dead="$(canary_of 1 s1r2)"; live="$(canary_of 1 s1r1)"
+  say "canary delays with s1r2 dead: s1r2 ${dead}s, s1r1 ${live}s"
+  check "the dead replica's canary delay rises (> 8 s), its peer's stays below 3 s" "yes yes" \
+    "$(below 8 "$dead" && echo yes || echo "no($dead)") $(below "$live" 3 && echo yes || echo "no($live)")"
+}
+shard_canaries_recovered() { # after s1r2's restart its delay falls back (it had to replicate first)
+  local t=$SECONDS
+  for _ in $(seq 1 300); do below "$(canary_of 1 s1r2)" 3 && break; sleep 0.1; done
+  say "s1r2's canary delay $(canary_of 1 s1r2)s (waited $((SECONDS - t))s)"
+  check "the restarted replica's canary delay is back below 3 s" "yes" "$(below "$(canary_of 1 s1r2)" 3 && echo yes)"
+  local s
+  for s in 1 2; do
+    local own="S${s}R1_HTTP" other="S$((3 - s))R1_HTTP"
+    check "shard $s's canaries are on shard $s only (hashed session id)" "yes 0" \
+      "$( [ "$(q "${!own}" "SELECT count() FROM clicktrail.events_local WHERE site = '__canary' AND event_id LIKE 'canary-s$s-%'")" -gt 0 ] && echo yes) $(q "${!other}" "SELECT count() FROM clicktrail.events_local WHERE site = '__canary' AND event_id LIKE 'canary-s$s-%'")"
+  done
+}
+shard_canaries_wrong_password() { # s2r2 restarted with another password: down, with the reason
+  "$cluster" kill "$dir" s2r2
+  CLUSTER_PASSWORD="not-$CH_PASSWORD" "$cluster" start-node "$dir" s2r2 || { echo "FAIL s2r2 did not start"; failed=$((failed + 1)); return; }
+  # Down already while it was killed: wait for the probe that meets the password.
+  why() { grep -a 'replica does not answer the probe' "$dir/c1/out.log" | grep -q "replica.*127.0.0.1:$S2R2_TCP.*Wrong password for user default" && echo yes; }
+  for _ in $(seq 1 50); do [ "$(why)" = yes ] && break; sleep 0.1; done
+  check "collector 1 logged why (ClickHouse's reason, on one line)" "yes" "$(why)"
+  check "probe: a replica with another password is down (collector 1)" "0" "$(replica_up_of 1 s2r2)"
+  "$cluster" kill "$dir" s2r2; "$cluster" start-node "$dir" s2r2
+  for _ in $(seq 1 50); do [ "$(replica_up_of 1 s2r2)" = 1 ] && break; sleep 0.1; done
+  check "probe: the same replica with the right password is up again" "1" "$(replica_up_of 1 s2r2)"
+  check "the password is in no collector log, metrics or readyz" "0" \
+    "$(cat "$dir"/c*/out.log <(curl -s "http://127.0.0.1:$((base + 501))/metrics") <(curl -s "http://127.0.0.1:$((base + 501))/readyz") | grep -cF -e "$CH_PASSWORD" -e "$CH_PASSWORD_SQL")"
+}
+# ---- end of per-shard canaries
 say "the same plan for ClickHouse 26.x, checked in chDB (tests/chdb/cluster_ddl.py)"
 "$bin" migrate --print-sql --server-version 26.1 --cluster "$CLUSTER_NAME" > "$dir/plan-26.sql"
 python3 "$here/tests/chdb/cluster_ddl.py" "$dir/plan-26.sql" > "$dir/chdb.log" 2>&1; rc=$?
@@ -116,6 +182,7 @@ haproxy -c -q -f "$dir/haproxy.cfg" && haproxy -f "$dir/haproxy.cfg" || { echo "
 up() { curl -s "http://127.0.0.1:$stats/;csv" | awk -F, '$1 == "collectors" && $2 ~ /^c[0-9]/ { printf "%s=%s ", $2, $18 }' | sed 's/ $//'; }
 for _ in $(seq 1 100); do [ "$(up)" = "c1=UP c2=UP" ] && break; sleep 0.1; done
 check "haproxy sees both collectors" "c1=UP c2=UP" "$(up)"
+shard_canaries_all_up
 
 say "load through haproxy for ${load_seconds}s; kill -9 s1r2 at 8s and collector 2 at 12s, restart c2 at 18s and s1r2 at 24s"
 python3 "$here/scripts/load-gen.py" "http://127.0.0.1:$lb" "$load_seconds" 4 "$dir/acked.txt" load > "$dir/load.json" &
@@ -126,7 +193,7 @@ check "probe: replica s1r2 down, shard 1 up (collector 1's metrics)" "0 1" \
   "$(metric 1 "clicktrail_clickhouse_replica_up{shard=\"1\",replica=\"127.0.0.1:$S1R2_TCP\"}") $(metric 1 'clicktrail_clickhouse_shard_up{shard="1"}')"
 sleep 1; kill -9 "${cpid[2]}"; say "killed collector 2 (pid ${cpid[2]})"
 sleep 6; start_collector 2 && say "restarted collector 2"
-sleep 6; "$cluster" start-node "$dir" s1r2 && say "restarted s1r2"
+sleep 6; shard_canaries_dead_replica; "$cluster" start-node "$dir" s1r2 && say "restarted s1r2"
 wait $load
 say "load done: $(cat "$dir/load.json")"
 acked="$(wc -l < "$dir/acked.txt" | tr -d ' ')"
@@ -159,7 +226,7 @@ dups=0; for p in "${HTTPS[@]}"; do dups=$((dups + $(q "$p" "SELECT sum(value) FR
 echo "     acknowledged $acked, landed ids $distinct (of them not acknowledged: $extra), rows: raw $raw, FINAL $final; blocks dropped as duplicates by the replicas (since their last start): $dups"
 check "count() FINAL = uniqExact(event_id) = acknowledged + landed-unacknowledged" "$distinct $distinct" "$final $((acked + extra))"
 check "no (site, session) on both shards" "0" \
-  "$(q "$S1R1_HTTP" "SELECT count() FROM (SELECT session_id FROM remote('127.0.0.1:$S1R1_TCP', clicktrail.events_local) WHERE site = 'demo' GROUP BY session_id) ANY INNER JOIN (SELECT session_id FROM remote('127.0.0.1:$S2R1_TCP', clicktrail.events_local) WHERE site = 'demo' GROUP BY session_id) USING session_id")"
+  "$(q "$S1R1_HTTP" "SELECT count() FROM (SELECT session_id FROM remote('127.0.0.1:$S1R1_TCP', clicktrail.events_local, 'default', '$CH_PASSWORD_SQL') WHERE site = 'demo' GROUP BY session_id) ANY INNER JOIN (SELECT session_id FROM remote('127.0.0.1:$S2R1_TCP', clicktrail.events_local, 'default', '$CH_PASSWORD_SQL') WHERE site = 'demo' GROUP BY session_id) USING session_id")"
 
 # The rollups, fed by the views on each shard's events_local, read through their Distributed
 # tables. Their counts are uniq states (sets, so a copy is never counted twice), approximate
@@ -176,6 +243,8 @@ check "the query API's page views (summed over pages) through collector 1" "$vie
   "$(python3 -c 'import json,sys; print(sum(p["views"] for p in json.load(sys.stdin)["pages"]))' <<<"$api" 2>/dev/null || echo "$api")"
 check "the canary of each collector reached ClickHouse" "yes" \
   "$( [ "$(q "$S1R1_HTTP" "SELECT count() FROM clicktrail.events WHERE site = '__canary'")" -gt 2 ] && echo yes)"
+shard_canaries_recovered
+shard_canaries_wrong_password
 
 say "done"
 echo "$passed passed, $failed failed"

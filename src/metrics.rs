@@ -85,6 +85,60 @@ pub struct ReplicaLabel {
 
 type FGauge = Gauge<f64, AtomicU64>;
 
+/// `clicktrail_canary_delay_seconds`: one family holding the unlabeled series (the canary read
+/// through `events`, as on one server) and, on a cluster, `{shard, replica}` series (each
+/// shard's canary read on each of its replicas). A `Family` alone cannot hold a series without
+/// labels (it writes `name{}`), and registering the two under one name would repeat its
+/// HELP/TYPE lines, so the pair is encoded here as one metric.
+#[derive(Clone, Debug, Default)]
+pub struct CanaryDelay {
+    entry: FGauge,
+    replicas: Family<ReplicaLabel, FGauge>,
+}
+
+impl CanaryDelay {
+    const HELP: &'static str = "End-to-end delay of the last canary event (spool to queryable); rises while the pending canary is not yet queryable. Unlabeled: read through `events`; cluster: {shard, replica} read on that replica";
+
+    /// The unlabeled series.
+    pub fn set(&self, seconds: f64) {
+        self.entry.set(seconds);
+    }
+
+    pub fn get(&self) -> f64 {
+        self.entry.get()
+    }
+
+    pub fn set_replica(&self, label: &ReplicaLabel, seconds: f64) {
+        self.replicas.get_or_create(label).set(seconds);
+    }
+
+    pub fn get_replica(&self, label: &ReplicaLabel) -> Option<f64> {
+        self.replicas.get(label).map(|g| g.get())
+    }
+
+    /// Drops a replica's series (it left the cluster's configuration).
+    pub fn remove_replica(&self, label: &ReplicaLabel) {
+        self.replicas.remove(label);
+    }
+}
+
+impl prometheus_client::collector::Collector for CanaryDelay {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        let mut metric = encoder.encode_descriptor(
+            "canary_delay_seconds",
+            Self::HELP,
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        metric.encode_gauge(&self.entry.get())?;
+        self.replicas.encode(metric)
+    }
+}
+
 fn latency_histogram() -> Histogram {
     // 100 µs .. ~13 s: ack latency lives at the low end, slow inserts at the high end.
     Histogram::new(exponential_buckets(0.0001, 2.0, 18))
@@ -137,7 +191,8 @@ pub struct Metrics {
     pub clickhouse_replica_up: Family<ReplicaLabel, Gauge>,
 
     pub freshness_lag: FGauge,
-    pub canary_delay: FGauge,
+    /// The unlabeled series (the canary through `events`) and, on a cluster, one per replica.
+    pub canary_delay: CanaryDelay,
 
     pub dlq_events: Family<StageReason, Counter>,
     pub dlq_bytes: Gauge,
@@ -372,12 +427,8 @@ impl Metrics {
             freshness_lag.clone(),
         );
 
-        let canary_delay = FGauge::default();
-        r.register(
-            "canary_delay_seconds",
-            "End-to-end delay of the last canary event (spool to queryable); rises while the pending canary is not yet queryable",
-            canary_delay.clone(),
-        );
+        let canary_delay = CanaryDelay::default();
+        r.register_collector(Box::new(canary_delay.clone()));
 
         let dlq_events = Family::<StageReason, Counter>::default();
         r.register(
@@ -642,5 +693,42 @@ mod tests {
         ] {
             assert!(text.contains(name), "missing `{name}` in\n{text}");
         }
+    }
+
+    #[test]
+    fn canary_delay_is_one_family_with_and_without_labels() {
+        let m = Metrics::new();
+        let text = m.encode();
+        assert!(
+            text.contains("\nclicktrail_canary_delay_seconds 0.0\n")
+                || text.contains("\nclicktrail_canary_delay_seconds 0\n"),
+            "the unlabeled series is there before any canary:\n{text}"
+        );
+        m.canary_delay.set(1.5);
+        let label = ReplicaLabel {
+            shard: "2".into(),
+            replica: "10.0.0.4:9000".into(),
+        };
+        m.canary_delay.set_replica(&label, 7.25);
+        let text = m.encode();
+        assert_eq!(
+            text.matches("# TYPE clicktrail_canary_delay_seconds gauge")
+                .count(),
+            1,
+            "{text}"
+        );
+        assert!(
+            text.contains("\nclicktrail_canary_delay_seconds 1.5\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "\nclicktrail_canary_delay_seconds{shard=\"2\",replica=\"10.0.0.4:9000\"} 7.25\n"
+            ),
+            "{text}"
+        );
+        assert_eq!(m.canary_delay.get_replica(&label), Some(7.25));
+        m.canary_delay.remove_replica(&label);
+        assert!(!m.encode().contains("replica=\"10.0.0.4:9000\""));
     }
 }

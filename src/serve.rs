@@ -95,13 +95,16 @@ pub async fn run_with_reload(
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let (probe_tx, probe_rx) = watch::channel(Err(crate::clickhouse::PingError::NotYet));
+    let (topology_tx, topology_rx) = watch::channel(None);
     let probe = tokio::spawn(crate::freshness::run_probe(
         crate::clickhouse::client(&config.clickhouse),
         config.clickhouse.cluster.clone(),
+        crate::freshness::RemoteAuth::new(&config.clickhouse),
         config.clickhouse.probe_interval,
         config.clickhouse.timeout,
         metrics.clone(),
         probe_tx,
+        topology_tx,
         stop_rx.clone(),
     ));
     let lag = tokio::spawn(crate::freshness::run_lag(
@@ -170,6 +173,22 @@ pub async fn run_with_reload(
             config.freshness.canary_interval,
             metrics.clone(),
             clock.clone(),
+            canary_stop_rx.clone(),
+        ))
+    });
+    // On a cluster, one canary per shard, read on each replica (the probe names them).
+    let shard_canaries = (!config.freshness.canary_interval.is_zero()
+        && !config.clickhouse.cluster.is_empty())
+    .then(|| {
+        tokio::spawn(crate::freshness::run_shard_canaries(
+            spool.handle.clone(),
+            crate::clickhouse::client(&config.clickhouse),
+            config.clickhouse.database.clone(),
+            crate::freshness::RemoteAuth::new(&config.clickhouse),
+            config.freshness.canary_interval,
+            metrics.clone(),
+            clock.clone(),
+            topology_rx,
             canary_stop_rx,
         ))
     });
@@ -260,7 +279,7 @@ pub async fn run_with_reload(
 
     let _ = canary_stop_tx.send(true);
     let _ = housekeeping.await;
-    if let Some(c) = canary {
+    for c in [canary, shard_canaries].into_iter().flatten() {
         let _ = c.await;
     }
     // The reloader holds the use case and with it a spool handle: it stops before the writer.
