@@ -168,7 +168,9 @@ fn intake_filter(c: &mut Criterion) {
     };
     for _ in 0..25_000 {
         let keys: Vec<_> = next_ids().iter().map(|id| f.key(id)).collect();
-        rt.block_on(f.admit("demo", &keys, 1_000)).reservation.resolve(true);
+        rt.block_on(f.admit("demo", &keys, 1_000))
+            .reservation
+            .resolve(true);
     }
     let mut g = c.benchmark_group("dedupe");
     g.throughput(Throughput::Elements(20));
@@ -185,7 +187,9 @@ fn intake_filter(c: &mut Criterion) {
     });
     let retry: Vec<_> = next_ids();
     let keys: Vec<_> = retry.iter().map(|id| f.key(id)).collect();
-    rt.block_on(f.admit("demo", &keys, 1_000)).reservation.resolve(true);
+    rt.block_on(f.admit("demo", &keys, 1_000))
+        .reservation
+        .resolve(true);
     g.bench_function("intake filter: a retry of 20 ids it holds", |b| {
         b.iter(|| {
             let keys: Vec<_> = retry.iter().map(|id| f.key(id)).collect();

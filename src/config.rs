@@ -238,7 +238,9 @@ impl DedupeConfig {
         if !self.window.is_zero() && !(1000..=MAX_DEDUPE_IDS).contains(&self.max_ids) {
             return Err(invalid(
                 "dedupe.max_ids",
-                format!("must be between 1000 and {MAX_DEDUPE_IDS} (about 64 bytes of memory each)"),
+                format!(
+                    "must be between 1000 and {MAX_DEDUPE_IDS} (about 64 bytes of memory each)"
+                ),
             ));
         }
         Ok(())

@@ -443,7 +443,10 @@ mod tests {
         let (f, _) = filter(600, 1000);
         let k = keys(&f, &["a", "b", "a"]);
         let a = f.admit("s", &k, 1000).await;
-        assert_eq!((a.keep.clone(), a.in_request, a.recent), (vec![true, true, false], 1, 0));
+        assert_eq!(
+            (a.keep.clone(), a.in_request, a.recent),
+            (vec![true, true, false], 1, 0)
+        );
         a.reservation.resolve(true);
         assert_eq!(f.len(), 2);
         // The retry: everything was taken.
@@ -494,16 +497,25 @@ mod tests {
         a.reservation.resolve(true);
         for round in 0..50 {
             let flood: Vec<IdKey> = (0..200).map(|i| f.key(&format!("a{round}-{i}"))).collect();
-            f.admit("a", &flood, 100 + round).await.reservation.resolve(true);
+            f.admit("a", &flood, 100 + round)
+                .await
+                .reservation
+                .resolve(true);
         }
         assert_eq!(f.len(), 1000, "full, not over");
         assert_eq!(m.dedupe_evicted.get(), 10_000 + 100 - 1000);
         let again = f.admit("b", &small_keys, 200).await;
-        assert_eq!(again.recent, 100, "every id of the small site is still known");
+        assert_eq!(
+            again.recent, 100,
+            "every id of the small site is still known"
+        );
         // The flooding site kept its newest ids, not its oldest.
         let newest = f.key("a49-199");
         let oldest = f.key("a0-0");
-        assert_eq!(f.admit("a", &[newest, oldest], 200).await.keep, vec![false, true]);
+        assert_eq!(
+            f.admit("a", &[newest, oldest], 200).await.keep,
+            vec![false, true]
+        );
     }
 
     #[tokio::test]

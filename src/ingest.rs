@@ -254,7 +254,11 @@ impl Ingest {
     /// Seeds the intake filter from the spool records on disk younger than `dedupe.window`
     /// (serve, at start, before HTTP listens), so a retry after a crash is caught like one after
     /// a lost answer. Returns the ids seeded. Blocking file reads.
-    pub fn seed_recent_ids(&self, spool_dir: &std::path::Path, now_ms: i64) -> std::io::Result<usize> {
+    pub fn seed_recent_ids(
+        &self,
+        spool_dir: &std::path::Path,
+        now_ms: i64,
+    ) -> std::io::Result<usize> {
         let Some(recent) = &self.inner.recent else {
             return Ok(0);
         };

@@ -185,7 +185,9 @@ pub async fn run_with_reload(
                 "intake filter seeded from the spool"
             ),
             // Only the filter is weaker (a retry may be stored twice); ingestion goes on.
-            Ok(Err(e)) => tracing::warn!(error = %e, "cannot seed the intake filter from the spool"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot seed the intake filter from the spool")
+            }
             Err(e) => tracing::warn!(error = %e, "cannot seed the intake filter from the spool"),
         }
     }

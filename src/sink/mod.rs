@@ -1005,12 +1005,19 @@ impl Rows {
     }
 
     /// The rows' bytes (borrowed when they are one run) and where each ends within them.
-    fn bytes<'a>(&self, body: &'a [u8], ends: &[usize]) -> (std::borrow::Cow<'a, [u8]>, Vec<usize>) {
+    fn bytes<'a>(
+        &self,
+        body: &'a [u8],
+        ends: &[usize],
+    ) -> (std::borrow::Cow<'a, [u8]>, Vec<usize>) {
         let start_of = |row: usize| if row == 0 { 0 } else { ends[row - 1] };
         if let [r] = &self.runs[..] {
             let base = start_of(r.start);
             let local = ends[r.clone()].iter().map(|e| e - base).collect();
-            return (std::borrow::Cow::Borrowed(&body[base..ends[r.end - 1]]), local);
+            return (
+                std::borrow::Cow::Borrowed(&body[base..ends[r.end - 1]]),
+                local,
+            );
         }
         let mut out = Vec::new();
         let mut local = Vec::with_capacity(self.len());

@@ -55,7 +55,11 @@ async fn a_client_retry_is_answered_as_accepted_and_stored_once_even_after_kill_
     let mut bin = Binary::start(&cfg);
     for _ in 0..2 {
         let (status, answer) = post_json(&client, &bin.base, &body).await;
-        assert_eq!((status, answer["accepted"].as_u64()), (200, Some(21)), "{answer}");
+        assert_eq!(
+            (status, answer["accepted"].as_u64()),
+            (200, Some(21)),
+            "{answer}"
+        );
     }
     wait_metric(&bin, "clicktrail_sink_rows_inserted_total", 20.0).await;
     let m = bin.metrics();
@@ -76,7 +80,11 @@ async fn a_client_retry_is_answered_as_accepted_and_stored_once_even_after_kill_
     bin.kill9();
     let bin = Binary::start(&cfg);
     let (status, answer) = post_json(&client, &bin.base, &body).await;
-    assert_eq!((status, answer["accepted"].as_u64()), (200, Some(21)), "{answer}");
+    assert_eq!(
+        (status, answer["accepted"].as_u64()),
+        (200, Some(21)),
+        "{answer}"
+    );
     let (status, _) = post_json(&client, &bin.base, &batch(events("after", 5))).await;
     assert_eq!(status, 200);
     wait_metric(&bin, "clicktrail_sink_rows_inserted_total", 5.0).await;
@@ -184,7 +192,10 @@ async fn an_insert_whose_answer_was_lost_is_not_sent_again() {
     .await;
     let m = bin.metrics();
     assert_eq!(
-        metric(&m, "clicktrail_sink_insert_errors_total{class=\"retryable\"}"),
+        metric(
+            &m,
+            "clicktrail_sink_insert_errors_total{class=\"retryable\"}"
+        ),
         Some(1.0),
         "the lost answer was one failed attempt"
     );

@@ -353,4 +353,3 @@ async fn sigterm_flushes_what_is_buffered_and_exits_zero() {
         "flushed before exit"
     );
 }
-
