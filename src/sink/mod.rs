@@ -878,6 +878,9 @@ fn add(batch: &mut Batch, rec: crate::spool::Record) {
 /// about 100,000 ids, a full `sink.max_batch_rows` batch in one query.
 const CHECK_QUERY_BYTES: usize = 4 << 20;
 
+/// The check's queries, and each row's (site, event_id) in order.
+type CheckQueries = (Vec<String>, Vec<(String, String)>);
+
 /// The queries of [`Sink::settle_ambiguous`] for the rows of `part`, and each row's (site,
 /// event_id) in order. Rows stamped before `since` (the batch's first attempt) are not looked
 /// at.
@@ -885,7 +888,7 @@ fn check_queries(
     part: &Rows,
     batch: &Batch,
     since: u32,
-) -> Result<(Vec<String>, Vec<(String, String)>), crate::rowbinary::RowError> {
+) -> Result<CheckQueries, crate::rowbinary::RowError> {
     let (slice, slice_ends) = part.bytes(&batch.body, &batch.ends);
     let rows = crate::row::decode_all(&slice, slice_ends.len())?;
     let mut sites: Vec<&str> = rows.iter().map(|r| r.site.as_ref()).collect();
@@ -953,7 +956,9 @@ struct Rows {
 
 impl Rows {
     fn all(n: usize) -> Self {
-        Self { runs: vec![0..n] }
+        Self {
+            runs: std::iter::once(0..n).collect(),
+        }
     }
 
     fn len(&self) -> usize {
@@ -1031,6 +1036,8 @@ impl Rows {
     }
 }
 
+// Runs are lists of ranges: `vec![0..2]` is one run, not the numbers 0 and 1.
+#[allow(clippy::single_range_in_vec_init)]
 #[cfg(test)]
 mod tests {
     use super::Rows;
