@@ -13,8 +13,9 @@
 //!   On one server (18.16's plain MergeTree has no block dedup) an attempt whose outcome is
 //!   unknown — any failed attempt (a timeout or a reset after the body was sent may have
 //!   landed), and the batch in flight at the last stop — is settled before the next one:
-//!   `KILL QUERY ... SYNC` stops every attempt of the batch still running on the server (each
-//!   attempt's query id starts with the batch's range), then one bounded query asks which of
+//!   the sink waits until no attempt of the batch runs on the server any more (each attempt's
+//!   query id starts with the batch's range; `system.processes`, and `KILL QUERY`, which 18.16
+//!   refuses for an INSERT), then one bounded query asks which of
 //!   the batch's (site, event_id) `events` has (rows stamped since `inflight_since`, the batch's
 //!   sites and `ts` range), and only the missing rows are sent, still with the batch's stamp
 //!   (`clicktrail_duplicates_dropped_total{stage="sink"}` counts the rest).
@@ -542,10 +543,10 @@ impl Sink {
         Ok(())
     }
 
-    /// After an attempt of unknown outcome on one server: stops every earlier attempt of the
-    /// batch that may still run on the server (`KILL QUERY ... SYNC` by the attempts' query id),
-    /// so that none can land after the check, then asks which rows of `part` `events` already
-    /// has. Returns their indices.
+    /// After an attempt of unknown outcome on one server: waits until no earlier attempt of the
+    /// batch runs on the server (found by the attempts' query id, asked to stop), so that none
+    /// can land after the check, then asks which rows of `part` `events` already has. Returns
+    /// their indices.
     ///
     /// The check is bounded: the batch's sites (the primary key's first column), its `ts` range
     /// (partition pruning), rows stamped at or after the batch's first attempt (`PREWHERE
@@ -557,11 +558,7 @@ impl Sink {
         part: &Rows,
     ) -> Result<Vec<usize>, clickhouse::error::Error> {
         let timeout = self.insert_timeout;
-        let kill = format!(
-            "KILL QUERY WHERE query_id LIKE '{}%' SYNC",
-            attempt_prefix(batch.start, batch.end)
-        );
-        tokio::time::timeout(timeout, self.client.query(&kill).execute())
+        tokio::time::timeout(timeout, self.no_attempt_running(batch))
             .await
             .map_err(|_| clickhouse::error::Error::TimedOut)??;
         let (queries, keys) =
@@ -587,6 +584,35 @@ impl Sink {
             .filter(|(_, k)| present.contains(*k))
             .map(|(i, _)| i)
             .collect())
+    }
+
+    /// Returns once no insert attempt of `batch` runs on the server, so that none can land
+    /// after the check: each is asked to stop (`KILL QUERY ... ASYNC`; 18.16 cannot stop an
+    /// INSERT, code 380, and then it is waited for). The caller bounds the wait.
+    async fn no_attempt_running(&self, batch: &Batch) -> Result<(), clickhouse::error::Error> {
+        let prefix = attempt_prefix(batch.start, batch.end);
+        let running =
+            format!("SELECT count() FROM system.processes WHERE startsWith(query_id, '{prefix}')");
+        let mut killed = false;
+        loop {
+            let n: u64 = self.client.query(&running).fetch_one().await?;
+            if n == 0 {
+                return Ok(());
+            }
+            if !killed {
+                tracing::info!(
+                    batch_start = batch.start,
+                    batch_end = batch.end,
+                    "an earlier attempt of the batch still runs on ClickHouse; stopping it, or waiting for it to end"
+                );
+                let kill = format!("KILL QUERY WHERE startsWith(query_id, '{prefix}') ASYNC");
+                if let Err(e) = self.client.query(&kill).execute().await {
+                    tracing::debug!(error = %e, "KILL QUERY refused; waiting for the attempt to end");
+                }
+                killed = true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// The rows of a part were found in ClickHouse: confirmed as if this attempt had inserted

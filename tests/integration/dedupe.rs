@@ -213,3 +213,49 @@ async fn an_insert_whose_answer_was_lost_is_not_sent_again() {
     assert_eq!(raw_counts(&ch, "down-"), (30, 30));
     assert_eq!(raw_counts(&ch, "lost-"), (40, 40));
 }
+
+/// A ClickHouse slower than `clickhouse.timeout`: a materialized view sleeps, so the insert is
+/// still running on the server when the sink gives up on it. The sink stops it (`KILL QUERY`),
+/// finds its rows in `events` (18.16 writes the table's part before the views), and sends
+/// nothing again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_insert_slower_than_the_timeout_is_not_sent_again() {
+    let ch = ClickHouse::start();
+    let data = tempfile::tempdir().unwrap();
+    let mut cfg = test_config(&ch, data.path());
+    cfg.clickhouse.timeout = Duration::from_secs(1);
+    migrate(&cfg).await;
+    ch.query("SYSTEM STOP MERGES clicktrail.events");
+    ch.query(
+        "CREATE MATERIALIZED VIEW clicktrail.slow ENGINE = Memory AS \
+         SELECT event_id, sleepEachRow(0.4) AS z FROM clicktrail.events",
+    );
+    let bin = Binary::start(&cfg);
+    let client = reqwest::Client::new();
+    let (status, _) = post_json(&client, &bin.base, &batch(events("slow", 6))).await;
+    assert_eq!(status, 200);
+    wait_metric(
+        &bin,
+        "clicktrail_duplicates_dropped_total{stage=\"sink\"}",
+        6.0,
+    )
+    .await;
+    let m = bin.metrics();
+    assert!(
+        metric(
+            &m,
+            "clicktrail_sink_insert_errors_total{class=\"retryable\"}"
+        )
+        .is_some_and(|n| n >= 1.0),
+        "the insert timed out: {m}"
+    );
+    assert_eq!(raw_counts(&ch, "slow-"), (6, 6));
+
+    // ClickHouse fast again: the next batch goes in at once, whole.
+    ch.query("DROP TABLE clicktrail.slow");
+    let (status, _) = post_json(&client, &bin.base, &batch(events("fast", 4))).await;
+    assert_eq!(status, 200);
+    wait_metric(&bin, "clicktrail_sink_rows_inserted_total", 4.0).await;
+    assert_eq!(raw_counts(&ch, "fast-"), (4, 4));
+    assert_eq!(raw_counts(&ch, "slow-"), (6, 6));
+}
