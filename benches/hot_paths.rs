@@ -146,6 +146,60 @@ fn decode_validate(c: &mut Criterion) {
     g.finish();
 }
 
+/// The intake filter per request: 20 ids hashed, looked up, reserved and settled after the
+/// append (new ids, the common case), and a retry of ids it holds. The filter is kept near its
+/// steady state (500,000 ids held, evicting) so that lookups miss the CPU caches as in
+/// production.
+fn intake_filter(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let cfg = clicktrail::config::DedupeConfig {
+        window: std::time::Duration::from_secs(600),
+        max_ids: 500_000,
+    };
+    let f = clicktrail::dedupe::RecentIds::new(&cfg, clicktrail::metrics::Metrics::new()).unwrap();
+    let mut n = 0u64;
+    let mut next_ids = || {
+        n += 1;
+        (0..20)
+            .map(|i| format!("{n:016x}-{i:04}-4f1c9a0e7b3d"))
+            .collect::<Vec<_>>()
+    };
+    for _ in 0..25_000 {
+        let keys: Vec<_> = next_ids().iter().map(|id| f.key(id)).collect();
+        rt.block_on(f.admit("demo", &keys, 1_000))
+            .reservation
+            .resolve(true);
+    }
+    let mut g = c.benchmark_group("dedupe");
+    g.throughput(Throughput::Elements(20));
+    g.bench_function("intake filter: 20 new ids (hash, admit, settle)", |b| {
+        b.iter_batched(
+            &mut next_ids,
+            |ids| {
+                let keys: Vec<_> = ids.iter().map(|id| f.key(id)).collect();
+                let a = rt.block_on(f.admit("demo", black_box(&keys), 1_000));
+                a.reservation.resolve(true);
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    let retry: Vec<_> = next_ids();
+    let keys: Vec<_> = retry.iter().map(|id| f.key(id)).collect();
+    rt.block_on(f.admit("demo", &keys, 1_000))
+        .reservation
+        .resolve(true);
+    g.bench_function("intake filter: a retry of 20 ids it holds", |b| {
+        b.iter(|| {
+            let keys: Vec<_> = retry.iter().map(|id| f.key(id)).collect();
+            black_box(rt.block_on(f.admit("demo", &keys, 1_000)).recent)
+        })
+    });
+    g.finish();
+}
+
 fn events(n: usize) -> Vec<Event> {
     let body = batch_body(n);
     let batch: RawBatch<'_> = serde_json::from_str(&body).unwrap();
@@ -233,6 +287,7 @@ fn parquet_write(c: &mut Criterion) {
 criterion_group!(
     benches,
     decode_validate,
+    intake_filter,
     spool_append,
     sink_decode,
     parquet_write

@@ -13,12 +13,15 @@ real collector binary:
     way fail) for 3-15 s, then started again; the collector keeps acknowledging into its spool.
 At the end the load stops, both are up, the spool drains, and every acknowledged id must be in
 `events FINAL` exactly once (lost = acknowledged but absent; duplicates = more than one row
-under FINAL). Rows stored twice before a merge (a batch resent after a crash, or a client
-resend of an acknowledged batch whose answer was lost) are counted too, as `stored_twice`:
-ReplacingMergeTree folds them, FINAL reads them once.
+under FINAL). And no row may have reached ClickHouse twice (a batch resent after a crash, or a
+client resend of an acknowledged batch whose answer was lost), since plain-sum rollups would
+count it twice: `inserted_twice` counts the ids a materialized view saw more than once (it
+counts every inserted row at insert time, as a sum rollup does, so merges cannot hide one),
+and `stored_twice` the ids with more than one raw row (count() vs uniqExact(event_id) without
+FINAL; merges may have folded some of those).
 
-Exit status 0 when nothing acknowledged was lost or duplicated. The figures (acknowledged,
-crashes, outages, lost, duplicates) are printed, and as JSON with --json.
+Exit status 0 when nothing acknowledged was lost and no id was stored or inserted twice. The
+figures (acknowledged, crashes, outages, lost, duplicates) are printed, and as JSON with --json.
 `make bench` runs 10 minutes; `make test` a bounded 75 s (scripts/test-chaos.sh).
 """
 import argparse
@@ -198,6 +201,11 @@ def main():
     try:
         ch.start()
         col.migrate()
+        # Every row ClickHouse takes, counted per id at insert time (a SummingMergeTree sums what
+        # merges fold): what a plain-sum rollup would count.
+        ch.query("CREATE MATERIALIZED VIEW default.chaos_inserted ENGINE = SummingMergeTree() "
+                 "ORDER BY event_id AS SELECT event_id, toUInt64(1) AS n FROM clicktrail.events "
+                 "WHERE site = 'chaos'")
         col.start()
         stop = threading.Event()
         clients = [Client(n, col.port, args.batch, stop) for n in range(args.clients)]
@@ -255,13 +263,21 @@ def main():
                                  "WHERE site = 'chaos' GROUP BY event_id HAVING n > 1)").strip())
         stored_twice = int(ch.query("SELECT count() FROM (SELECT event_id, count() AS n FROM clicktrail.events "
                                     "WHERE site = 'chaos' GROUP BY event_id HAVING n > 1)").strip())
-        rows = int(ch.query("SELECT count() FROM clicktrail.events WHERE site = 'chaos'").strip())
+        rows, unique = (int(v) for v in ch.query(
+            "SELECT count(), uniqExact(event_id) FROM clicktrail.events WHERE site = 'chaos' "
+            "FORMAT TSV").split())
+        inserted_twice, inserted_extra = (int(v) for v in ch.query(
+            "SELECT countIf(s > 1), sum(s - 1) FROM (SELECT event_id, sum(n) AS s "
+            "FROM default.chaos_inserted GROUP BY event_id) FORMAT TSV").split())
         figures = dict(seconds=round(time.time() - t0), acknowledged=len(acked), rejected=rejected,
                        crashes=col.crashes, clickhouse_outages=ch.outages, lost=missing,
                        duplicates=dup_final, stored_twice=stored_twice, rows_stored=rows,
+                       raw_extra_rows=rows - unique, inserted_twice=inserted_twice,
+                       inserted_extra_rows=inserted_extra,
                        attempts=sum(c.attempts for c in clients), failed_attempts=sum(c.errors for c in clients),
                        seed=seed)
-        ok = missing == 0 and dup_final == 0 and rejected == 0 and len(acked) > 0
+        ok = (missing == 0 and dup_final == 0 and rejected == 0 and len(acked) > 0
+              and stored_twice == 0 and rows == unique and inserted_twice == 0)
         log(("OK " if ok else "FAILED ") + " ".join(f"{k}={v}" for k, v in figures.items()))
         if args.json:
             print(json.dumps(figures))

@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 const SECTIONS: &[&str] = &[
     "log",
     "http",
+    "dedupe",
     "limits",
     "privacy",
     "clickhouse",
@@ -68,6 +69,7 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub log: LogConfig,
     pub http: HttpConfig,
+    pub dedupe: DedupeConfig,
     pub limits: LimitsConfig,
     pub privacy: PrivacyConfig,
     pub clickhouse: ClickHouseConfig,
@@ -92,6 +94,7 @@ impl Default for Config {
             data_dir: PathBuf::from("var/data"),
             log: LogConfig::default(),
             http: HttpConfig::default(),
+            dedupe: DedupeConfig::default(),
             limits: LimitsConfig::default(),
             privacy: PrivacyConfig::default(),
             clickhouse: ClickHouseConfig::default(),
@@ -195,6 +198,52 @@ impl Default for HttpConfig {
             retry_after_secs: 5,
             snippet_file: None,
         }
+    }
+}
+
+/// `[dedupe]`: the intake filter of recently accepted event ids ([`crate::dedupe`]). An event
+/// whose (site, id) this collector accepted within `window` is answered as accepted and not
+/// stored again, so a client retry never reaches ClickHouse twice (docs/delivery.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DedupeConfig {
+    /// How long an accepted id is remembered. `"0s"` turns the filter off.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// Most ids remembered over all sites (about 64 bytes each). When full, the oldest id of the
+    /// site holding the most is forgotten first.
+    pub max_ids: usize,
+}
+
+impl Default for DedupeConfig {
+    fn default() -> Self {
+        Self {
+            window: Duration::from_secs(600),
+            max_ids: 1_000_000,
+        }
+    }
+}
+
+/// The largest `dedupe.max_ids`: about 6.4 GB of memory.
+pub const MAX_DEDUPE_IDS: usize = 100_000_000;
+
+impl DedupeConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.window > Duration::from_secs(7 * 24 * 3600) {
+            return Err(invalid(
+                "dedupe.window",
+                "must be at most 7 days (\"0s\" turns the filter off)",
+            ));
+        }
+        if !self.window.is_zero() && !(1000..=MAX_DEDUPE_IDS).contains(&self.max_ids) {
+            return Err(invalid(
+                "dedupe.max_ids",
+                format!(
+                    "must be between 1000 and {MAX_DEDUPE_IDS} (about 64 bytes of memory each)"
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -994,6 +1043,7 @@ impl Config {
             ));
         }
         self.server.validate()?;
+        self.dedupe.validate()?;
         self.rate_limit.validate()?;
         self.privacy.validate()?;
         positive("bots.user_agent_cache", self.bots.user_agent_cache)?;
@@ -1294,6 +1344,8 @@ mod tests {
                 "sites[0].keep_query_params[1]",
             ),
             (format!("[query]\ntimeout = \"0s\"\n{SITE}"), "query.timeout"),
+            (format!("[dedupe]\nmax_ids = 10\n{SITE}"), "dedupe.max_ids"),
+            (format!("[dedupe]\nwindow = \"30d\"\n{SITE}"), "dedupe.window"),
             (
                 format!("[compactor]\nupload_part_bytes = 1048576\n{SITE}"),
                 "compactor.upload_part_bytes",

@@ -24,6 +24,13 @@
 //!   stores nothing, not even a dead letter: it is answered with [`Answer::dropped`] and
 //!   counted (`clicktrail_events_dropped_total`).
 //! - Dead letters keep no more of the User-Agent than a row does ([`Validator::stored_agent`]).
+//! - An event whose (site, id) this collector committed within `dedupe.window`, or whose id
+//!   came earlier in the same request, is answered as accepted and not appended again
+//!   ([`crate::dedupe`]): a client retry is idempotent. Its id is reserved before the append
+//!   and counts as accepted only once the append committed; the append and that outcome run on
+//!   a task of their own, so a request dropped mid-way (client gone, timeout) still records
+//!   the truth. Dead-letter replays bypass the filter: an insert dead letter's ids were
+//!   accepted once but never reached ClickHouse.
 //!
 //! Architecture invariant: this module knows nothing of HTTP (no status codes, headers or
 //! bodies); `http::error` maps [`IngestError`] to answers.
@@ -205,6 +212,8 @@ struct Inner {
     /// Unparseable bodies that name no site this collector takes: sampled, not all kept.
     unattributed: Option<governor::DefaultDirectRateLimiter>,
     live: Live,
+    /// The intake filter of recently accepted ids (`None`: `dedupe.window = "0s"`).
+    recent: Option<crate::dedupe::RecentIds>,
 }
 
 impl Ingest {
@@ -229,6 +238,7 @@ impl Ingest {
                     config.query.live_max_subscribers,
                     metrics.clone(),
                 ),
+                recent: crate::dedupe::RecentIds::new(&config.dedupe, metrics.clone()),
                 metrics,
                 max_user_agent_len: config.limits.max_user_agent_len,
                 per_site: crate::ratelimit::KeyedLimit::new(
@@ -241,9 +251,49 @@ impl Ingest {
         }
     }
 
-    /// Forgets per-site rate state that is back to a full burst.
-    pub fn housekeeping(&self) {
+    /// Forgets per-site rate state that is back to a full burst, and expired ids of the intake
+    /// filter.
+    pub fn housekeeping(&self, now_ms: i64) {
         self.inner.per_site.housekeeping();
+        if let Some(r) = &self.inner.recent {
+            r.housekeeping(unix_s(now_ms));
+        }
+    }
+
+    /// Seeds the intake filter from the spool records on disk younger than `dedupe.window`
+    /// (serve, at start, before HTTP listens), so a retry after a crash is caught like one after
+    /// a lost answer. Returns the ids seeded. Blocking file reads.
+    pub fn seed_recent_ids(
+        &self,
+        spool_dir: &std::path::Path,
+        now_ms: i64,
+    ) -> std::io::Result<usize> {
+        let Some(recent) = &self.inner.recent else {
+            return Ok(0);
+        };
+        let now_s = unix_s(now_ms);
+        let since_ms = now_ms.max(0) as u64;
+        let since_ms = since_ms.saturating_sub(recent.window().as_millis() as u64);
+        let mut ids = 0;
+        crate::spool::scan_recent(spool_dir, since_ms, |appended_ms, payload| {
+            // A record that does not decode is the sink's to dead-letter; nothing to remember.
+            if let Ok(rows) = crate::spool::decode_events(payload) {
+                let at_s = unix_s(appended_ms as i64);
+                for r in rows {
+                    if r.site != crate::freshness::CANARY_SITE {
+                        recent.seed(&r.site, recent.key(&r.event_id), at_s, now_s);
+                        ids += 1;
+                    }
+                }
+            }
+        })?;
+        Ok(ids)
+    }
+
+    /// The intake filter of recently accepted ids (`None` when `dedupe.window` is 0); serve
+    /// seeds it from the spool at start.
+    pub fn recent_ids(&self) -> Option<&crate::dedupe::RecentIds> {
+        self.inner.recent.as_ref()
     }
 
     /// Some configured site accepts this origin (CORS headers may name it).
@@ -370,8 +420,23 @@ impl Ingest {
             })
             .await;
         }
+        // Ids this collector already took (a retry) or that came earlier in this request:
+        // answered as accepted, not stored again.
+        let mut accepted = accepted;
+        let (duplicates, reservation) = match &self.inner.recent {
+            Some(recent) if !accepted.is_empty() => {
+                let keys: Vec<_> = accepted.iter().map(|e| recent.key(&e.event_id)).collect();
+                let a = recent
+                    .admit(&ctx.site, &keys, unix_s(meta.received_at_ms))
+                    .await;
+                let mut keep = a.keep.iter();
+                accepted.retain(|_| *keep.next().expect("one per event"));
+                (a.in_request + a.recent, Some(a.reservation))
+            }
+            _ => (0, None),
+        };
         let n = accepted.len();
-        if let Err(e) = self.commit(&accepted, Source::Client).await {
+        if let Err(e) = self.commit_reserved(&accepted, reservation).await {
             self.count_rejected("spool_full", n as u64);
             return Err(e.into());
         }
@@ -382,7 +447,7 @@ impl Ingest {
         self.inner.live.publish(&ctx.site, &accepted);
         Ok(Answer {
             dropped: 0,
-            accepted: n,
+            accepted: n + duplicates,
             rejected: rejected
                 .into_iter()
                 .map(|(index, r)| Rejected {
@@ -446,11 +511,44 @@ impl Ingest {
         events: &[EventRow<'_>],
         source: Source,
     ) -> Result<Option<Lsn>, SpoolError> {
+        self.append_counted(events, source, None).await
+    }
+
+    /// [`Ingest::commit`] of a client's events whose ids the intake filter reserved: the
+    /// append's outcome settles the reservation, on a task of its own so that it is settled
+    /// even when this request is dropped while it waits.
+    async fn commit_reserved(
+        &self,
+        events: &[EventRow<'_>],
+        reservation: Option<crate::dedupe::Reservation>,
+    ) -> Result<Option<Lsn>, SpoolError> {
+        self.append_counted(events, Source::Client, reservation)
+            .await
+    }
+
+    async fn append_counted(
+        &self,
+        events: &[EventRow<'_>],
+        source: Source,
+        reservation: Option<crate::dedupe::Reservation>,
+    ) -> Result<Option<Lsn>, SpoolError> {
         if events.is_empty() {
             return Ok(None);
         }
         let payload = crate::spool::encode_events(events);
-        let lsn = self.inner.spool.append(payload).await?;
+        let lsn = match reservation {
+            None => self.inner.spool.append(payload).await?,
+            Some(reservation) => {
+                let spool = self.inner.spool.clone();
+                tokio::spawn(async move {
+                    let result = spool.append(payload).await;
+                    reservation.resolve(result.is_ok());
+                    result
+                })
+                .await
+                .map_err(|e| SpoolError::Failed(format!("spool append task: {e}")))??
+            }
+        };
         let m = &self.inner.metrics;
         match source {
             Source::Replay => {
@@ -585,6 +683,11 @@ impl Ingest {
             Err(e) => tracing::error!(error = %e, "dead-letter task failed"),
         }
     }
+}
+
+/// Unix seconds of a clock reading in milliseconds.
+fn unix_s(ms: i64) -> u32 {
+    (ms.max(0) / 1000).min(i64::from(u32::MAX)) as u32
 }
 
 /// The `site` of a body that is not valid JSON as a whole: the first `"site": "KEY"` in its

@@ -20,6 +20,7 @@
 //!
 //! - [`config`]: the typed configuration and its validation.
 //! - [`datadir`]: the data directory's exclusive lock and private modes.
+//! - [`dedupe`]: the intake filter of recently accepted event ids (a retry is stored once).
 //! - [`event`]: wire types, validation rules and the row type.
 //! - [`http`]: router, handlers, CORS, errors → responses.
 //! - [`spool`]: the durable log: writer, reader, checkpoint, recovery.
@@ -39,6 +40,7 @@ pub mod clock;
 pub mod compactor;
 pub mod config;
 pub mod datadir;
+pub mod dedupe;
 pub mod dlq;
 pub mod event;
 pub mod freshness;

@@ -164,6 +164,9 @@ pub struct Metrics {
     pub events_rejected: Family<ReasonLabel, Counter>,
     pub events_dropped: Family<ReasonLabel, Counter>,
     pub bot_events_flagged: Counter,
+    pub duplicates_dropped: Family<StageLabel, Counter>,
+    pub dedupe_ids: Gauge,
+    pub dedupe_evicted: Counter,
 
     pub spool_bytes: Gauge,
     pub spool_quota_bytes: Gauge,
@@ -288,6 +291,25 @@ impl Metrics {
             "bot_events_flagged",
             "Events of known bots stored with device = 'bot' (bots.action = flag)",
             bot_events_flagged.clone(),
+        );
+
+        let duplicates_dropped = Family::<StageLabel, Counter>::default();
+        r.register(
+            "duplicates_dropped",
+            "Events not stored again because they already were: request (an id twice in one request), intake (accepted by this collector within dedupe.window), sink (rows ClickHouse already had, not resent)",
+            duplicates_dropped.clone(),
+        );
+        let dedupe_ids = Gauge::default();
+        r.register(
+            "dedupe_ids",
+            "Event ids the intake filter holds now (at most dedupe.max_ids)",
+            dedupe_ids.clone(),
+        );
+        let dedupe_evicted = Counter::default();
+        r.register(
+            "dedupe_evicted",
+            "Ids the intake filter forgot before dedupe.window ended because dedupe.max_ids was reached",
+            dedupe_evicted.clone(),
         );
 
         let spool_bytes = Gauge::default();
@@ -559,6 +581,9 @@ impl Metrics {
         for reason in ["do_not_track", "bot"] {
             let _ = events_dropped.get_or_create(&ReasonLabel { reason });
         }
+        for stage in crate::dedupe::STAGES {
+            let _ = duplicates_dropped.get_or_create(&StageLabel { stage });
+        }
         for scope in ["ip", "site"] {
             let _ = http_rate_limited.get_or_create(&ScopeLabel { scope });
         }
@@ -608,6 +633,9 @@ impl Metrics {
             events_rejected,
             events_dropped,
             bot_events_flagged,
+            duplicates_dropped,
+            dedupe_ids,
+            dedupe_evicted,
             spool_bytes,
             spool_quota_bytes,
             spool_segments,

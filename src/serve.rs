@@ -193,6 +193,23 @@ pub async fn run_with_reload(
         ))
     });
     let ingest = crate::ingest::Ingest::new(&config, spool.handle, dlq, metrics.clone());
+    // Before HTTP listens: a retry after a crash must find the ids it sent before it.
+    {
+        let (ingest, dir, now_ms) = (ingest.clone(), spool_dir.clone(), clock.now_ms());
+        let started = std::time::Instant::now();
+        match tokio::task::spawn_blocking(move || ingest.seed_recent_ids(&dir, now_ms)).await {
+            Ok(Ok(ids)) => tracing::info!(
+                ids,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "intake filter seeded from the spool"
+            ),
+            // Only the filter is weaker (a retry may be stored twice); ingestion goes on.
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot seed the intake filter from the spool")
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot seed the intake filter from the spool"),
+        }
+    }
     let reloader = reload.map(|r| {
         tokio::spawn(reload_on_sighup(
             r,
@@ -374,6 +391,7 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         "data_dir",
         "log",
         "http",
+        "dedupe",
         "limits",
         "privacy",
         "clickhouse",

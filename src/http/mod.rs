@@ -137,7 +137,7 @@ impl AppState {
     /// (serve does, every minute) so that memory follows the active clients only.
     pub fn housekeeping(&self) {
         self.inner.limits.per_ip.housekeeping();
-        self.inner.ingest.housekeeping();
+        self.inner.ingest.housekeeping(self.inner.clock.now_ms());
     }
 }
 

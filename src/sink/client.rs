@@ -26,12 +26,28 @@ pub async fn insert(
     inserted_at: u32,
     timeout: Duration,
 ) -> Result<(), clickhouse::error::Error> {
+    insert_as(client, rows, row_ends, inserted_at, timeout, None).await
+}
+
+/// [`insert`] with the server's `query_id` set, so that the attempt can be found and stopped
+/// (`KILL QUERY`) when its outcome is unknown.
+pub async fn insert_as(
+    client: &clickhouse::Client,
+    rows: &[u8],
+    row_ends: &[usize],
+    inserted_at: u32,
+    timeout: Duration,
+    query_id: Option<&str>,
+) -> Result<(), clickhouse::error::Error> {
     let mut insert = client
         .insert_formatted_with(format!(
             "INSERT INTO {EVENTS_TABLE} ({}) FORMAT RowBinary",
             columns()
         ))
         .with_timeouts(Some(timeout), Some(timeout));
+    if let Some(id) = query_id {
+        insert = insert.with_setting("query_id", id);
+    }
     // LZ4 frames of about 1 MiB: ClickHouse decompresses block by block, so a frame does not
     // need to follow row boundaries; rows are copied into frames anyway, the stamp with them.
     const FRAME: usize = 1 << 20;
@@ -54,5 +70,11 @@ pub async fn insert(
     if !frame.is_empty() {
         insert.send(bytes::Bytes::from(frame)).await?;
     }
-    insert.end().await
+    let answer = insert.end().await;
+    // Fault tests: ClickHouse answered, and the answer is lost on the way (`return`: the
+    // attempt fails as a timeout would, whatever the server did).
+    fail::fail_point!("sink::answer_lost", |_| Err(
+        clickhouse::error::Error::TimedOut
+    ));
+    answer
 }

@@ -3,18 +3,35 @@
 //!
 //! Invariants:
 //! - A batch is a fixed range of spool records `[start, end)`. Before its first insert attempt
-//!   the range is stored in the checkpoint as `inflight`; every retry, and the first delivery
+//!   the range is stored in the checkpoint as `inflight`, with `inserted_at` (stamped at the
+//!   first attempt, sent as the last column of every row) and `inflight_since` (that first
+//!   stamp, kept if the stamp is renewed).
+//! - **No row is sent to ClickHouse twice.** On a cluster every retry, and the first delivery
 //!   after a crash, resends exactly those records' RowBinary bytes in the same order (the
-//!   records hold the insert body as it is sent), each row followed by the batch's
-//!   `inserted_at`, stamped at the first attempt and kept in the checkpoint with the range. So
-//!   the block is byte-identical and ClickHouse drops the repeat (replicated tables' block
-//!   dedup, on a cluster and on 18.16 too; `non_replicated_deduplication_window` on one current
-//!   server). On one 18.16 server, which has neither, the table's ReplacingMergeTree key (which
-//!   ends with `event_id`) collapses the repeat at merge time.
+//!   records hold the insert body as it is sent) with the same stamp: the block is
+//!   byte-identical and replicated tables' block dedup drops the repeat (issue 17's design).
+//!   On one server (18.16's plain MergeTree has no block dedup) an attempt whose outcome is
+//!   unknown — any failed attempt (a timeout or a reset after the body was sent may have
+//!   landed), and the batch in flight at the last stop — is settled before the next one:
+//!   the sink waits until no attempt of the batch runs on the server any more (each attempt's
+//!   query id starts with the batch's range; `system.processes`, and `KILL QUERY`, which 18.16
+//!   refuses for an INSERT), then one bounded query asks which of
+//!   the batch's (site, event_id) `events` has (rows stamped since `inflight_since`, the batch's
+//!   sites and `ts` range), and only the missing rows are sent, still with the batch's stamp
+//!   (`clicktrail_duplicates_dropped_total{stage="sink"}` counts the rest).
+//! - What remains possible (docs/delivery.md): on 18.16 a materialized view that fails after
+//!   the `events` part was written answers the insert with an error although `events` has the
+//!   rows; the check finds them and does not resend, so the views that missed the block
+//!   undercount it (at most one batch, `sink.max_batch_rows` rows, per such failure; logged). A
+//!   collector clock stepped back between two attempts can hide a landed row from the check
+//!   (`inserted_at` below `inflight_since`): it is resent, a duplicate, never a loss. Anything
+//!   that gets through still collapses at merge time (the ReplacingMergeTree key ends with
+//!   `event_id`).
 //! - The one exception: a batch whose stamp could land older than `restamp_after` (half the
 //!   compactor's `insert_settle`) is stamped anew before the attempt. The compactor archives
 //!   and deletes `inserted_at <= now() - insert_settle`; a row landing later with an older
-//!   stamp would be deleted unarchived. That resend collapses at merge instead of at insert.
+//!   stamp would be deleted unarchived. On a cluster that resend collapses at merge instead of
+//!   at insert; on one server the check before it still bounds by `inflight_since`.
 //! - On a cluster (`clickhouse.cluster`) inserts go to the Distributed `events` with
 //!   synchronous distributed inserts ([`crate::clickhouse::Dialect::sync_distributed_insert`]):
 //!   the answer means every shard has its rows on one replica, so `delivered` may advance.
@@ -49,7 +66,7 @@ use tokio::sync::{mpsc, watch};
 use crate::clickhouse::codes::{classify, exception_code, row_specific, ErrorClass};
 use crate::config::{ClickHouseConfig, SinkConfig};
 use crate::dlq::{DeadLetters, NewEntry, Origin, Stage};
-use crate::metrics::{ClassLabel, Metrics, ReasonLabel};
+use crate::metrics::{ClassLabel, Metrics, ReasonLabel, StageLabel};
 use crate::row::EventRow;
 use crate::slow::{SlowCalls, SlowKind};
 use crate::spool::{Checkpoint, Lsn, SpoolConsumer, SpoolReader, StoredRows};
@@ -90,6 +107,8 @@ struct Batch {
     undecodable: Vec<(Lsn, Vec<u8>, String)>,
     /// `inserted_at` of a batch that was in flight at the last stop.
     inserted_at: Option<u32>,
+    /// In flight at the last stop: ClickHouse may have some or all of its rows.
+    resumed: bool,
 }
 
 pub struct Sink {
@@ -201,6 +220,7 @@ impl Sink {
             );
             let mut batch = prep.read_range(start, end)?;
             batch.inserted_at = self.checkpoint.inflight_inserted_at;
+            batch.resumed = true;
             self.deliver(batch).await?;
         }
         // One batch prepared ahead at most: the preparer reserves the slot before cutting.
@@ -306,8 +326,11 @@ impl Sink {
         self.status
             .send_modify(|s| s.oldest_pending_ms = Some(batch.oldest_ms));
         self.checkpoint.inflight = Some((batch.start, batch.end));
-        self.checkpoint.inflight_inserted_at =
-            Some(batch.inserted_at.unwrap_or_else(|| self.now_s()));
+        let stamp = batch.inserted_at.unwrap_or_else(|| self.now_s());
+        self.checkpoint.inflight_inserted_at = Some(stamp);
+        if !batch.resumed {
+            self.checkpoint.inflight_since = Some(stamp);
+        }
         self.store_checkpoint().await?;
         for (lsn, payload, why) in &batch.undecodable {
             self.dead_letter_record(*lsn, payload, why).await?;
@@ -317,8 +340,7 @@ impl Sink {
         fail::fail_point!("sink::after_insert");
         self.checkpoint = Checkpoint {
             delivered: batch.end,
-            inflight: None,
-            inflight_inserted_at: None,
+            ..Checkpoint::default()
         };
         self.store_checkpoint().await?;
         self.delivered_tx.send_replace(batch.end);
@@ -357,37 +379,78 @@ impl Sink {
     /// Inserts the rows of `body` (row `i` ends at `ends[i]`), retrying per error class. A range
     /// refused with a permanent error is split in halves until the refused rows stand alone;
     /// they go to the dead-letter store.
+    ///
+    /// On one server (no `clickhouse.cluster`) an attempt whose outcome is unknown (any failed
+    /// attempt, and the batch that was in flight at the last stop) is followed by
+    /// [`Sink::settle_ambiguous`] before the next one: the earlier attempts are stopped, and
+    /// only the rows `events` does not have yet are sent again.
     async fn insert_isolating(&mut self, batch: &Batch) -> std::io::Result<()> {
-        let (body, ends) = (&batch.body[..], &batch.ends[..]);
+        let ends = &batch.ends[..];
         if ends.is_empty() {
             return Ok(());
         }
-        let bytes_of = |r: &Range<usize>| {
-            let start = if r.start == 0 { 0 } else { ends[r.start - 1] };
-            &body[start..ends[r.end - 1]]
-        };
-        // Ranges still to insert, last = next; halves are pushed right first to keep row order.
-        let mut todo: Vec<(Range<usize>, u32)> =
-            vec![(0..ends.len(), self.cfg.permanent_error_attempts.max(1))];
-        while let Some((range, permanent_attempts)) = todo.pop() {
+        let mut ambiguous = batch.resumed && !self.cluster;
+        // Parts still to insert, last = next; halves are pushed right first to keep row order.
+        let mut todo: Vec<(Rows, u32)> = vec![(
+            Rows::all(ends.len()),
+            self.cfg.permanent_error_attempts.max(1),
+        )];
+        while let Some((mut part, permanent_attempts)) = todo.pop() {
             let mut attempt: u32 = 0;
             let mut permanent_failures: u32 = 0;
             let mut first_failed_ms = 0;
             loop {
-                let slice = bytes_of(&range);
-                let rows = range.len();
-                let slice_start = if range.start == 0 {
-                    0
-                } else {
-                    ends[range.start - 1]
-                };
-                let slice_ends: Vec<usize> = ends[range.clone()]
-                    .iter()
-                    .map(|e| e - slice_start)
-                    .collect();
+                if ambiguous {
+                    match self.settle_ambiguous(batch, &part).await {
+                        Ok(present) => {
+                            ambiguous = false;
+                            if !present.is_empty() {
+                                part = part.without(&present);
+                                tracing::info!(
+                                    batch_start = batch.start,
+                                    batch_end = batch.end,
+                                    present = present.len(),
+                                    missing = part.len(),
+                                    "rows of an unconfirmed insert are in ClickHouse; sending only the missing ones"
+                                );
+                                self.metrics
+                                    .duplicates_dropped
+                                    .get_or_create(&StageLabel { stage: "sink" })
+                                    .inc_by(present.len() as u64);
+                            }
+                            if part.is_empty() {
+                                self.record_confirmed();
+                                break;
+                            }
+                        }
+                        Err(e) => {
+                            // Nothing is sent before the check answers: ClickHouse is away.
+                            attempt += 1;
+                            let msg = format!("cannot check which rows ClickHouse has: {e}");
+                            tracing::warn!(error = %msg, attempt, "insert outcome unknown; will check again");
+                            self.status
+                                .send_modify(|s| s.last_error = Some(msg.clone()));
+                            self.metrics
+                                .sink_insert_errors
+                                .get_or_create(&ClassLabel { class: "retryable" })
+                                .inc();
+                            tokio::time::sleep(self.backoff(attempt)).await;
+                            continue;
+                        }
+                    }
+                }
+                let (slice, slice_ends) = part.bytes(&batch.body, ends);
+                let rows = part.len();
                 let inserted_at = self.stamp_for_attempt().await?;
+                let query_id = format!(
+                    "{}{:016x}",
+                    attempt_prefix(batch.start, batch.end),
+                    rand::random::<u64>()
+                );
                 let started = Instant::now();
-                let result = self.insert_once(slice, &slice_ends, inserted_at).await;
+                let result = self
+                    .insert_once(&slice, &slice_ends, inserted_at, &query_id)
+                    .await;
                 let took = started.elapsed();
                 self.metrics
                     .sink_insert_duration
@@ -412,6 +475,9 @@ impl Sink {
                     }
                     Err(e) => e,
                 };
+                // Refused or not, some of it may have landed (a timeout after the body was sent,
+                // a view failing after the events part was written on 18.16).
+                ambiguous = !self.cluster;
                 let class = classify(&err);
                 let msg = err.to_string();
                 if first_failed_ms == 0 {
@@ -446,13 +512,13 @@ impl Sink {
                         if permanent_failures >= permanent_attempts {
                             let code = exception_code(&msg);
                             if rows > 1 && row_specific(code) {
-                                let mid = range.start + rows / 2;
-                                // Sub-ranges are refused deterministically: one attempt each.
-                                todo.push((mid..range.end, 1));
-                                todo.push((range.start..mid, 1));
+                                let (left, right) = part.split();
+                                // Sub-parts are refused deterministically: one attempt each.
+                                todo.push((right, 1));
+                                todo.push((left, 1));
                             } else {
                                 // Boundaries were checked when the batch was assembled.
-                                let refused = crate::row::decode_all(slice, rows)
+                                let refused = crate::row::decode_all(&slice, rows)
                                     .map_err(std::io::Error::other)?;
                                 let stored = self
                                     .dead_letter(&refused, code, msg, first_failed_ms, attempt)
@@ -475,6 +541,88 @@ impl Sink {
             }
         }
         Ok(())
+    }
+
+    /// After an attempt of unknown outcome on one server: waits until no earlier attempt of the
+    /// batch runs on the server (found by the attempts' query id, asked to stop), so that none
+    /// can land after the check, then asks which rows of `part` `events` already has. Returns
+    /// their indices.
+    ///
+    /// The check is bounded: the batch's sites (the primary key's first column), its `ts` range
+    /// (partition pruning), rows stamped at or after the batch's first attempt (`PREWHERE
+    /// inserted_at`, a 4-byte column read before the ids), and its ids as `IN` lists cut to
+    /// [`CHECK_QUERY_BYTES`].
+    async fn settle_ambiguous(
+        &self,
+        batch: &Batch,
+        part: &Rows,
+    ) -> Result<Vec<usize>, clickhouse::error::Error> {
+        let timeout = self.insert_timeout;
+        tokio::time::timeout(timeout, self.no_attempt_running(batch))
+            .await
+            .map_err(|_| clickhouse::error::Error::TimedOut)??;
+        let (queries, keys) =
+            check_queries(part, batch, self.checkpoint.inflight_since.unwrap_or(0))
+                .map_err(|e| clickhouse::error::Error::Custom(e.to_string()))?;
+        let mut present = std::collections::HashSet::new();
+        for sql in queries {
+            let len = sql.len();
+            let found = tokio::time::timeout(
+                timeout,
+                self.client
+                    .query(&sql)
+                    .with_setting("max_query_size", (len + 4096).to_string())
+                    .fetch_all::<Present>(),
+            )
+            .await
+            .map_err(|_| clickhouse::error::Error::TimedOut)??;
+            present.extend(found.into_iter().map(|p| (p.site, p.event_id)));
+        }
+        Ok(keys
+            .iter()
+            .enumerate()
+            .filter(|(_, k)| present.contains(*k))
+            .map(|(i, _)| i)
+            .collect())
+    }
+
+    /// Returns once no insert attempt of `batch` runs on the server, so that none can land
+    /// after the check: each is asked to stop (`KILL QUERY ... ASYNC`; 18.16 cannot stop an
+    /// INSERT, code 380, and then it is waited for). The caller bounds the wait.
+    async fn no_attempt_running(&self, batch: &Batch) -> Result<(), clickhouse::error::Error> {
+        let prefix = attempt_prefix(batch.start, batch.end);
+        let running =
+            format!("SELECT count() FROM system.processes WHERE startsWith(query_id, '{prefix}')");
+        let mut killed = false;
+        loop {
+            let n: u64 = self.client.query(&running).fetch_one().await?;
+            if n == 0 {
+                return Ok(());
+            }
+            if !killed {
+                tracing::info!(
+                    batch_start = batch.start,
+                    batch_end = batch.end,
+                    "an earlier attempt of the batch still runs on ClickHouse; stopping it, or waiting for it to end"
+                );
+                let kill = format!("KILL QUERY WHERE startsWith(query_id, '{prefix}') ASYNC");
+                if let Err(e) = self.client.query(&kill).execute().await {
+                    tracing::debug!(error = %e, "KILL QUERY refused; waiting for the attempt to end");
+                }
+                killed = true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The rows of a part were found in ClickHouse: confirmed as if this attempt had inserted
+    /// them (readiness and the last-success time; not counted as rows inserted).
+    fn record_confirmed(&self) {
+        self.metrics
+            .sink_last_success
+            .set(self.clock.now_ms() as f64 / 1000.0);
+        self.set_held(None);
+        self.status.send_modify(|s| s.last_error = None);
     }
 
     fn now_s(&self) -> u32 {
@@ -515,6 +663,7 @@ impl Sink {
         rows: &[u8],
         ends: &[usize],
         inserted_at: u32,
+        query_id: &str,
     ) -> Result<(), clickhouse::error::Error> {
         if self.cluster && !self.sync_setting_added {
             let (version, _) = crate::clickhouse::server_version(&self.client).await?;
@@ -522,7 +671,15 @@ impl Sink {
             self.client = self.client.clone().with_setting(setting, "1");
             self.sync_setting_added = true;
         }
-        client::insert(&self.client, rows, ends, inserted_at, self.insert_timeout).await
+        client::insert_as(
+            &self.client,
+            rows,
+            ends,
+            inserted_at,
+            self.insert_timeout,
+            Some(query_id),
+        )
+        .await
     }
 
     async fn dead_letter(
@@ -633,6 +790,7 @@ impl Preparer {
             ends,
             undecodable: Vec::new(),
             inserted_at: None,
+            resumed: false,
         }
     }
 
@@ -745,5 +903,201 @@ fn add(batch: &mut Batch, rec: crate::spool::Record) {
             body.truncate(start);
             batch.undecodable.push((rec.lsn, rec.payload, why));
         }
+    }
+}
+
+/// Most bytes of one query of [`Sink::settle_ambiguous`] (its `max_query_size` is set to fit):
+/// about 100,000 ids, a full `sink.max_batch_rows` batch in one query.
+const CHECK_QUERY_BYTES: usize = 4 << 20;
+
+/// The check's queries, and each row's (site, event_id) in order.
+type CheckQueries = (Vec<String>, Vec<(String, String)>);
+
+/// The queries of [`Sink::settle_ambiguous`] for the rows of `part`, and each row's (site,
+/// event_id) in order. Rows stamped before `since` (the batch's first attempt) are not looked
+/// at.
+fn check_queries(
+    part: &Rows,
+    batch: &Batch,
+    since: u32,
+) -> Result<CheckQueries, crate::rowbinary::RowError> {
+    let (slice, slice_ends) = part.bytes(&batch.body, &batch.ends);
+    let rows = crate::row::decode_all(&slice, slice_ends.len())?;
+    let mut sites: Vec<&str> = rows.iter().map(|r| r.site.as_ref()).collect();
+    sites.sort_unstable();
+    sites.dedup();
+    let (min_ts, max_ts) = rows
+        .iter()
+        .fold((u32::MAX, 0), |(lo, hi), r| (lo.min(r.ts), hi.max(r.ts)));
+    let mut head = format!(
+        "SELECT site, event_id FROM {} PREWHERE inserted_at >= {since} \
+         WHERE ts >= toDateTime({min_ts}) AND ts <= toDateTime({max_ts}) AND site IN (",
+        client::EVENTS_TABLE
+    );
+    for (i, site) in sites.iter().enumerate() {
+        if i > 0 {
+            head.push_str(", ");
+        }
+        crate::query::sql::quote(site, &mut head);
+    }
+    head.push_str(") AND event_id IN (");
+    let mut queries = Vec::new();
+    let mut sql = String::new();
+    for r in &rows {
+        if sql.is_empty() {
+            sql.push_str(&head);
+        } else if sql.len() + r.event_id.len() + 8 > CHECK_QUERY_BYTES {
+            sql.push(')');
+            queries.push(std::mem::take(&mut sql));
+            sql.push_str(&head);
+        } else {
+            sql.push_str(", ");
+        }
+        crate::query::sql::quote(&r.event_id, &mut sql);
+    }
+    if !sql.is_empty() {
+        sql.push(')');
+        queries.push(sql);
+    }
+    let keys = rows
+        .iter()
+        .map(|r| (r.site.to_string(), r.event_id.to_string()))
+        .collect();
+    Ok((queries, keys))
+}
+
+/// A row of `events` that the check found.
+#[derive(Debug, serde::Deserialize, ::clickhouse::Row)]
+struct Present {
+    site: String,
+    event_id: String,
+}
+
+/// The query ids of a batch's insert attempts begin with this: the check stops them all by it,
+/// including attempts of a process that was killed (the range is in the checkpoint).
+fn attempt_prefix(start: Lsn, end: Lsn) -> String {
+    format!("clicktrail-insert-{start}-{end}-")
+}
+
+/// Rows of a batch by index, as runs of consecutive rows: one run, unless rows were found in
+/// ClickHouse and left out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Rows {
+    runs: Vec<Range<usize>>,
+}
+
+impl Rows {
+    fn all(n: usize) -> Self {
+        Self {
+            runs: std::iter::once(0..n).collect(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.runs.iter().map(|r| r.len()).sum()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// These rows but the ones at `positions` (ascending, counted within these rows).
+    fn without(&self, positions: &[usize]) -> Rows {
+        let mut skip = positions.iter().copied().peekable();
+        let mut runs: Vec<Range<usize>> = Vec::new();
+        let mut pos = 0;
+        for r in &self.runs {
+            for row in r.clone() {
+                if skip.peek() == Some(&pos) {
+                    skip.next();
+                } else {
+                    match runs.last_mut() {
+                        Some(last) if last.end == row => last.end += 1,
+                        _ => runs.push(row..row + 1),
+                    }
+                }
+                pos += 1;
+            }
+        }
+        Rows { runs }
+    }
+
+    /// The first half of the rows and the rest.
+    fn split(&self) -> (Rows, Rows) {
+        let mut left_n = self.len() / 2;
+        let (mut left, mut right) = (Vec::new(), Vec::new());
+        for r in &self.runs {
+            if left_n >= r.len() {
+                left_n -= r.len();
+                left.push(r.clone());
+            } else if left_n > 0 {
+                left.push(r.start..r.start + left_n);
+                right.push(r.start + left_n..r.end);
+                left_n = 0;
+            } else {
+                right.push(r.clone());
+            }
+        }
+        (Rows { runs: left }, Rows { runs: right })
+    }
+
+    /// The rows' bytes (borrowed when they are one run) and where each ends within them.
+    fn bytes<'a>(
+        &self,
+        body: &'a [u8],
+        ends: &[usize],
+    ) -> (std::borrow::Cow<'a, [u8]>, Vec<usize>) {
+        let start_of = |row: usize| if row == 0 { 0 } else { ends[row - 1] };
+        if let [r] = &self.runs[..] {
+            let base = start_of(r.start);
+            let local = ends[r.clone()].iter().map(|e| e - base).collect();
+            return (
+                std::borrow::Cow::Borrowed(&body[base..ends[r.end - 1]]),
+                local,
+            );
+        }
+        let mut out = Vec::new();
+        let mut local = Vec::with_capacity(self.len());
+        for r in self.runs.iter().filter(|r| !r.is_empty()) {
+            out.extend_from_slice(&body[start_of(r.start)..ends[r.end - 1]]);
+            let base = start_of(r.start);
+            let offset = out.len() - (ends[r.end - 1] - base);
+            local.extend(ends[r.clone()].iter().map(|e| offset + e - base));
+        }
+        (std::borrow::Cow::Owned(out), local)
+    }
+}
+
+// Runs are lists of ranges: `vec![0..2]` is one run, not the numbers 0 and 1.
+#[allow(clippy::single_range_in_vec_init)]
+#[cfg(test)]
+mod tests {
+    use super::Rows;
+
+    #[test]
+    fn rows_leave_out_found_ones_and_split_in_halves() {
+        let all = Rows::all(6);
+        let rest = all.without(&[1, 2, 5]);
+        assert_eq!(rest.runs, vec![0..1, 3..5]);
+        assert_eq!(rest.len(), 3);
+        assert_eq!(rest.without(&[0]).runs, vec![3..5]);
+        assert!(all.without(&[0, 1, 2, 3, 4, 5]).is_empty());
+        let (l, r) = rest.split();
+        assert_eq!((l.runs, r.runs), (vec![0..1], vec![3..5]));
+        let (l, r) = Rows::all(5).split();
+        assert_eq!((l.runs, r.runs), (vec![0..2], vec![2..5]));
+    }
+
+    #[test]
+    fn rows_bytes_are_their_rows_in_order() {
+        // Rows of 1, 2, 3 and 4 bytes.
+        let body = b"abbcccdddd";
+        let ends = [1, 3, 6, 10];
+        let (b, e) = Rows::all(4).bytes(body, &ends);
+        assert_eq!((&b[..], e), (&body[..], vec![1, 3, 6, 10]));
+        let (b, e) = Rows::all(4).without(&[1]).bytes(body, &ends);
+        assert_eq!((&b[..], e), (&b"acccdddd"[..], vec![1, 4, 8]));
+        let (b, e) = Rows::all(4).without(&[0, 2]).bytes(body, &ends);
+        assert_eq!((&b[..], e), (&b"bbdddd"[..], vec![2, 6]));
     }
 }

@@ -22,6 +22,11 @@ pub struct Checkpoint {
     /// Unix seconds; absent in checkpoints of older builds (their resend gets a new stamp).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inflight_inserted_at: Option<u32>,
+    /// The stamp of the in-flight batch's first attempt, kept when the stamp is renewed: every
+    /// row of the batch that reached ClickHouse has `inserted_at` at or after it, which bounds
+    /// the sink's check of which rows landed. Absent in checkpoints of older builds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inflight_since: Option<u32>,
 }
 
 fn path(dir: &Path) -> PathBuf {
@@ -69,6 +74,7 @@ mod tests {
             delivered: 17,
             inflight: Some((17, 30)),
             inflight_inserted_at: Some(1_764_633_600),
+            inflight_since: Some(1_764_633_000),
         };
         c.store(d.path()).unwrap();
         assert_eq!(Checkpoint::load(d.path()).unwrap(), c);

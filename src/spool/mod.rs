@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use tokio::sync::{mpsc, watch};
 
 pub use checkpoint::Checkpoint;
-pub use reader::{Record, SpoolReader};
+pub use reader::{scan_recent, Record, SpoolReader};
 pub(crate) use segment::sync_dir;
 pub use writer::SpoolHandle;
 
@@ -381,6 +381,7 @@ mod tests {
                 delivered: 30,
                 inflight: None,
                 inflight_inserted_at: None,
+                inflight_since: None,
             }
             .store(d.path())
             .unwrap();

@@ -237,3 +237,44 @@ fn read_up_to(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize
     }
     Ok(done)
 }
+
+/// Calls `f(appended_ms, payload)` for every record on disk appended at or after `since_ms`,
+/// segment by segment in LSN order; returns how many. Only headers are read for older records.
+/// For the start of `serve`, before the sink runs: a segment deleted meanwhile is skipped, and a
+/// segment stops at its first record that does not frame (recovery truncated the tail already).
+pub fn scan_recent(
+    dir: &std::path::Path,
+    since_ms: u64,
+    mut f: impl FnMut(u64, &[u8]),
+) -> std::io::Result<usize> {
+    let mut n = 0;
+    for base in segment::list(dir)? {
+        let file = match File::open(segment::path(dir, base)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        let mut offset = MAGIC.len() as u64;
+        loop {
+            let mut header = [0u8; HEADER_LEN];
+            if read_up_to(&file, &mut header, offset)? < HEADER_LEN {
+                break;
+            }
+            let h = record::parse_header(&header);
+            if h.len > record::MAX_RECORD_LEN {
+                break;
+            }
+            if h.appended_ms >= since_ms {
+                let mut payload = vec![0u8; h.len as usize];
+                let got = read_up_to(&file, &mut payload, offset + HEADER_LEN as u64)?;
+                if got < payload.len() || !record::verify(&h, &payload) {
+                    break;
+                }
+                f(h.appended_ms, &payload);
+                n += 1;
+            }
+            offset += record::framed_len(h.len as usize);
+        }
+    }
+    Ok(n)
+}

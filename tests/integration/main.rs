@@ -4,6 +4,7 @@
 
 mod compactor;
 mod compactor_safety;
+mod dedupe;
 mod dlq;
 mod drain;
 mod durability;

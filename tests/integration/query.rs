@@ -425,10 +425,17 @@ async fn reports_answer_cell_by_cell_and_count_each_event_once() {
         );
     }
 
-    // Counted once: the client resends both batches (same ids). The copies reach ClickHouse
-    // (the sink inserted every row twice; 18.16 has no insert deduplication) and no answer moves.
+    // Counted once: the client resends both batches (same ids). The collector answers them as
+    // accepted and keeps the copies out of ClickHouse (docs/delivery.md), and no answer moves.
     post_all().await;
-    inserted(&app, 2 * n).await;
+    let want = format!("clicktrail_duplicates_dropped_total{{stage=\"intake\"}} {n}\n");
+    assert!(
+        app.metrics().await.contains(&want),
+        "the resend is dropped at intake"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    inserted(&app, n).await;
+    assert_eq!(ch.count("SELECT count() FROM clicktrail.events"), n as u64);
     for (u, want) in uris.iter().zip(&first) {
         assert_eq!(&ok(&app, u).await, want, "{u} changed after the resend");
     }
