@@ -377,4 +377,55 @@ mod tests {
             )
         );
     }
+
+    #[test]
+    fn shard_parts_are_named_by_cutoff_and_shard_and_belong_to_their_cluster() {
+        let cluster = TableIdentity {
+            cluster: Some("clicktrail".into()),
+            ..me(None)
+        };
+        let part = ShardPart {
+            num: 2,
+            replicas: vec!["127.0.0.1:31300".into(), "127.0.0.1:31400".into()],
+        };
+        let e = ManifestEntry::for_shard(
+            cluster.clone(),
+            "2026-11-28",
+            20_785,
+            1_796_193_382,
+            part.clone(),
+            Checksum { rows: 7, sum: 9 },
+        );
+        // The same name on every run for (day, cutoff, shard): a rerun finds it again.
+        assert_eq!(e.file, "events/date=2026-11-28/part-1796193382-s2.parquet");
+        assert_eq!(
+            e.manifest_path().as_ref(),
+            "manifest/events/date=2026-11-28/part-1796193382-s2.json"
+        );
+        assert_eq!((e.rows, e.checksum.as_str()), (7, "9"));
+        let back: ManifestEntry =
+            serde_json::from_str(&serde_json::to_string(&e).unwrap()).unwrap();
+        assert_eq!(back.shard, Some(part));
+        assert_eq!(
+            back.source.as_ref().unwrap().cluster.as_deref(),
+            Some("clicktrail")
+        );
+        assert_eq!(back.ownership(&cluster), Ownership::Own);
+        // A single server's compactor never resumes a cluster's entry, nor the other way round,
+        // nor another cluster's, nor an entry without identity.
+        assert_eq!(back.ownership(&me(None)), Ownership::Foreign);
+        let other = TableIdentity {
+            cluster: Some("other".into()),
+            ..me(None)
+        };
+        assert_eq!(back.ownership(&other), Ownership::Foreign);
+        let single = ManifestEntry::new(me(None), "2026-11-28", 20_785, 5, Checksum::default());
+        assert_eq!(single.shard, None);
+        assert!(!serde_json::to_string(&single).unwrap().contains("shard"));
+        assert_eq!(single.ownership(&cluster), Ownership::Foreign);
+        let mut legacy = single.clone();
+        legacy.source = None;
+        assert_eq!(legacy.ownership(&me(None)), Ownership::Legacy);
+        assert_eq!(legacy.ownership(&cluster), Ownership::Foreign);
+    }
 }
