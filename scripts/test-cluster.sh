@@ -15,12 +15,15 @@
 #     stays low, and back low after its restart; the servers require a password (default user,
 #     CLUSTER_PASSWORD), the probe logs in with clickhouse.password and calls a replica with
 #     another password down with ClickHouse's reason; the password is in no collector output;
+#   - the compactor archives a cold day per shard (count and checksum of each shard, its ids),
+#     deletes it from every replica and nothing else, and holds the day while a replica is down;
 #   - the same plan rendered for ClickHouse 26.x parses and runs in chDB (tests/chdb/cluster_ddl.py).
 #
 #   scripts/test-cluster.sh [BINARY]     # default target/debug/clicktrail; ~2-3 minutes
+#   (CLUSTER_BASE_PORT=26000 ... to run beside another run)
 #
 # Ports: CLUSTER_BASE_PORT (default 23000, below the ephemeral range) + offsets (scripts/cluster.sh), +500 haproxy,
-# +501/+502 collectors, +509 haproxy stats. Everything started is stopped at the end.
+# +501/+502 collectors, +503 the compactor's (unused) listen address, +509 haproxy stats. Everything started is stopped at the end.
 set -uo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 bin="${1:-$here/target/debug/clicktrail}"
@@ -245,6 +248,88 @@ check "the canary of each collector reached ClickHouse" "yes" \
   "$( [ "$(q "$S1R1_HTTP" "SELECT count() FROM clicktrail.events WHERE site = '__canary'")" -gt 2 ] && echo yes)"
 shard_canaries_recovered
 shard_canaries_wrong_password
+
+# --- The compactor on a cluster (src/compactor/cluster.rs) ------------------------------------
+# A cold day (4 days ago, inserted an hour ago) seeded through the Distributed table lands on
+# both shards. First s2r2 is killed -9: the run must hold the day (nothing recorded, nothing
+# deleted). Then s2r2 is back: the run archives one file per shard, whose manifest count and
+# checksum equal what every replica of that shard held, whose ids are that shard's ids, and the
+# day's rows leave all four replicas while today's rows stay.
+compactor_phase() {
+  mkdir -p "$dir/c0"
+  cat > "$dir/c0/clicktrail.toml" <<EOT
+listen = "127.0.0.1:$((base + 503))"
+data_dir = "$dir/c0/data"
+[clickhouse]
+url = "http://127.0.0.1:$S1R1_HTTP"
+database = "clicktrail"
+cluster = "$CLUSTER_NAME"
+timeout = "10s"
+password = "${CH_PASSWORD//\\/\\\\}"
+[compactor]
+hot_days = 2
+archive_url = "$dir/archive"
+insert_settle = "10s"
+mutation_timeout = "120s"
+[[sites]]
+key = "demo"
+origins = ["*"]
+EOT
+  local cold cold_s
+  cold="$(q "$S1R1_HTTP" "SELECT toUInt32(toDate(now())) - 4")"; cold_s="$(q "$S1R1_HTTP" "SELECT toString(toDate(now()) - 4)")"
+  out="$(q "$S1R1_HTTP" "INSERT INTO clicktrail.events (event_id, site, type, ts, ts_ms, received_at, url, host, path, session_id, visitor_id, x, y, inserted_at) \
+    SELECT concat('cold-', toString(number)), 'demo', 'click', toDateTime($cold * 86400 + number % 86400), number % 1000, toDateTime($cold * 86400 + number % 86400 + 1), \
+    'https://a.test/p', 'a.test', concat('/p/', toString(number % 7)), concat('cs', toString(number % 500)), concat('v', toString(number % 300)), toInt32(number % 1280), toInt32(number % 4000), \
+    toDateTime(toUInt32(now()) - 3600) FROM system.numbers LIMIT 20000 SETTINGS insert_distributed_sync = 1")"
+  [ -z "$out" ] || echo "$out"
+  local cols hash day_rows
+  cols="$(q "$S1R1_HTTP" "SELECT arrayStringConcat(groupArray(name), ', ') FROM system.columns WHERE database = 'clicktrail' AND table = 'events_local' AND name != 'inserted_at'")"
+  hash="cityHash64($cols)"
+  day_rows() { q "$1" "SELECT count(), sum($hash) FROM clicktrail.events_local WHERE toDate(ts) = toDate('$cold_s')" | tr '\t' ' '; }
+  for _ in $(seq 1 100); do [ "$(day_rows "$S1R1_HTTP")" = "$(day_rows "$S1R2_HTTP")" ] && [ "$(day_rows "$S2R1_HTTP")" = "$(day_rows "$S2R2_HTTP")" ] && break; sleep 0.1; done
+  local s1 s2 today_before
+  s1="$(day_rows "$S1R1_HTTP")"; s2="$(day_rows "$S2R1_HTTP")"
+  say "cold day $cold_s seeded: shard 1 [$s1], shard 2 [$s2] (count, checksum)"
+  check "the cold day is on both shards, all 20000 rows" "20000 yes" "$(( ${s1%% *} + ${s2%% *} )) $( [ "${s1%% *}" -gt 0 ] && [ "${s2%% *}" -gt 0 ] && echo yes)"
+  today_rows() { for p in "${HTTPS[@]}"; do q "$p" "SELECT count() FROM clicktrail.events_local WHERE site = 'demo' AND toDate(ts) != toDate('$cold_s')"; done | tr '\n' ' '; }
+  today_before="$(today_rows)"
+  q "$S1R1_HTTP" "SELECT event_id FROM remote('127.0.0.1:$S1R2_TCP', clicktrail.events_local, 'default', '$CH_PASSWORD_SQL') WHERE toDate(ts) = toDate('$cold_s') FORMAT TSV" > "$dir/cold-s1.ids"
+  q "$S1R1_HTTP" "SELECT event_id FROM remote('127.0.0.1:$S2R2_TCP', clicktrail.events_local, 'default', '$CH_PASSWORD_SQL') WHERE toDate(ts) = toDate('$cold_s') FORMAT TSV" > "$dir/cold-s2.ids"
+
+  say "compactor with replica s2r2 killed -9: the run must hold the day"
+  "$cluster" kill "$dir" s2r2
+  out="$("$bin" --config "$dir/c0/clicktrail.toml" compact --once 2>&1)"; rc=$?
+  check "compact --once with s2r2 down fails" "1" "$([ $rc != 0 ] && echo 1 || echo 0)"
+  check "... naming the held shard" "1" "$(grep -c "day $cold_s, shard 2: replica 127.0.0.1:$S2R2_TCP does not answer" <<<"$out" | awk '{ print ($1 > 0) }')"
+  check "... recording nothing in the archive" "0" "$(find "$dir/archive" -type f 2>/dev/null | wc -l | tr -d ' ')"
+  check "... deleting nothing (shard 1 on both replicas, shard 2 on s2r1)" "$s1 $s1 $s2" "$(day_rows "$S1R1_HTTP") $(day_rows "$S1R2_HTTP") $(day_rows "$S2R1_HTTP")"
+
+  "$cluster" start-node "$dir" s2r2 >/dev/null 2>&1
+  for _ in $(seq 1 100); do [ "$(day_rows "$S2R2_HTTP" 2>/dev/null)" = "$s2" ] && break; sleep 0.1; done
+  say "s2r2 back; compactor again"
+  local t_c=$SECONDS
+  out="$("$bin" --config "$dir/c0/clicktrail.toml" compact --once 2>&1)"; rc=$?
+  say "compact --once took $((SECONDS - t_c))s"
+  check "compact --once with every replica up" "0" "$rc"; [ $rc = 0 ] || tail -5 <<<"$out"
+  grep -E "^$cold_s|^archived" <<<"$out" | sed 's/^/     /'
+  local m1 m2
+  m1="$(ls "$dir/archive/manifest/events/date=$cold_s/"*-s1.json 2>/dev/null)"; m2="$(ls "$dir/archive/manifest/events/date=$cold_s/"*-s2.json 2>/dev/null)"
+  manifest() { python3 -c 'import json,sys; m = json.load(open(sys.argv[1])); print(m["state"], m["rows"], m["checksum"], m["shard"]["num"])' "$1" 2>/dev/null; }
+  check "shard 1's manifest: dropped, count and checksum of shard 1" "dropped $s1 1" "$(manifest "$m1")"
+  check "shard 2's manifest: dropped, count and checksum of shard 2" "dropped $s2 2" "$(manifest "$m2")"
+  # The files themselves, read by pyarrow (var/venv): each holds its shard's ids.
+  local f
+  for n in 1 2; do
+    f="$dir/archive/events/date=$cold_s/$(basename "$( [ $n = 1 ] && echo "$m1" || echo "$m2")" .json).parquet"
+    python3 -c 'import pyarrow.parquet as pq,sys; print("\n".join(sorted(pq.read_table(sys.argv[1], columns=["event_id"]).column(0).to_pylist())))' "$f" > "$dir/file-s$n.ids"
+  done
+  check "the files' ids are each shard's ids (shard 1, shard 2)" "$(LC_ALL=C sort "$dir/cold-s1.ids" | md5sum) $(LC_ALL=C sort "$dir/cold-s2.ids" | md5sum)" \
+    "$(md5sum < "$dir/file-s1.ids") $(md5sum < "$dir/file-s2.ids")"
+  check "the cold day's rows are gone from every replica" "0 0 0 0" \
+    "$(for p in "${HTTPS[@]}"; do q "$p" "SELECT count() FROM clicktrail.events_local WHERE toDate(ts) = toDate('$cold_s')"; done | tr '\n' ' ' | sed 's/ $//')"
+  check "every other day's rows (the load's) stay on every replica" "$today_before" "$(today_rows)"
+}
+compactor_phase
 
 say "done"
 echo "$passed passed, $failed failed"

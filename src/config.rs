@@ -479,7 +479,8 @@ pub struct ClickHouseConfig {
     /// The `remote_servers` cluster the schema lives on; empty = one server. With a name,
     /// `migrate` creates everything `ON CLUSTER` (replicated local tables, Distributed tables
     /// under the single-server names), the sink inserts synchronously through the Distributed
-    /// `events`, and the probe reports every shard and replica.
+    /// `events`, the probe reports every shard and replica, and the compactor archives each
+    /// shard's part of a day from its replicas and deletes it `ON CLUSTER`.
     pub cluster: String,
 }
 
@@ -1097,14 +1098,6 @@ impl Config {
                 "must be empty (one server) or a remote_servers cluster name: letters, digits and underscores, not starting with a digit",
             ));
         }
-        if !self.clickhouse.cluster.is_empty() && self.compactor.enabled {
-            // Its DELETE and its per-part checks address one server's table; on a cluster that
-            // is a Distributed table, which has neither mutations nor parts.
-            return Err(invalid(
-                "compactor.enabled",
-                "the compactor does not run on a cluster yet (clickhouse.cluster is set): set compactor.enabled = false (docs/scaling.md)",
-            ));
-        }
         if self.sites.is_empty() {
             return Err(invalid(
                 "sites",
@@ -1353,10 +1346,6 @@ mod tests {
             (
                 format!("[clickhouse]\ncluster = \"two shards\"\n{SITE}"),
                 "clickhouse.cluster",
-            ),
-            (
-                format!("[clickhouse]\ncluster = \"c1\"\n{SITE}"),
-                "compactor.enabled",
             ),
             (
                 format!("[server]\nkeep_alive_timeout = \"1m\"\n{SITE}"),

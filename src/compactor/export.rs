@@ -24,9 +24,10 @@ impl Compactor {
         let t_export = Instant::now();
         let mode = self.read_mode(entry.day, entry.cutoff).await?;
         let final_ = mode == ReadMode::Final;
+        let from = format!("{}.{TABLE}", self.db);
         let (rows, streamed) = tokio::join!(
             self.count(entry.day, entry.cutoff, final_),
-            self.export(entry.day, entry.cutoff, final_, &staged, progress)
+            self.export(&from, entry.day, entry.cutoff, final_, &staged, progress)
         );
         let (rows, streamed) = (rows?, streamed?);
         let export_time = t_export.elapsed();
@@ -64,11 +65,37 @@ impl Compactor {
         }
 
         let t_publish = Instant::now();
+        self.publish_verify(&mut entry, &staged, expected).await?;
+        tracing::info!(
+            partition = %entry.partition,
+            rows = entry.rows,
+            read = %mode,
+            export_s,
+            publish_and_verify_s = t_publish.elapsed().as_secs_f64(),
+            "part exported and verified"
+        );
+        let mut outcome = self.delete_archived(entry, action).await?;
+        outcome.export = Some((mode.as_str(), export_time));
+        Ok(outcome)
+    }
+
+    /// Publishes the staged file as the entry's file, streams it back and checks it against
+    /// `expected` (ClickHouse's count and row hashes); records the entry `verified`.
+    pub(super) async fn publish_verify(
+        &self,
+        entry: &mut ManifestEntry,
+        staged: &Path,
+        expected: Checksum,
+    ) -> Result<(), CompactError> {
+        let fail = |what: String| CompactError::Verify {
+            partition: entry.partition.clone(),
+            what,
+        };
         let target = entry.file_path();
         let staged_digest = publish::upload(
             self.store.as_ref(),
             &self.store_url,
-            &staged,
+            staged,
             &target,
             self.cfg.upload_part_bytes,
         )
@@ -80,10 +107,7 @@ impl Compactor {
         // Verify what readers will read, not what we meant to write: stream the published
         // file back, compare it byte-wise (size, CRC32C) with the staged one, then read every
         // row of it back and compare count and content checksum with ClickHouse's.
-        let check = self.staging.join(format!(
-            "{}-{}.verify.parquet",
-            entry.partition, entry.cutoff
-        ));
+        let check = staged.with_extension("verify.parquet");
         let published =
             publish::download(self.store.as_ref(), &self.store_url, &target, &check).await?;
         if published != staged_digest {
@@ -106,25 +130,14 @@ impl Compactor {
                 reread.rows, reread.sum, expected.rows, expected.sum
             )));
         }
-        tracing::info!(
-            partition = %entry.partition,
-            rows = entry.rows,
-            read = %mode,
-            export_s,
-            publish_and_verify_s = t_publish.elapsed().as_secs_f64(),
-            "part exported and verified"
-        );
-
         entry.state = PartState::Verified;
         entry.bytes = size;
         entry.crc32c = format!("{crc:08x}");
-        manifest::store(self.store.as_ref(), &entry).await?;
-        let _ = tokio::fs::remove_file(&staged).await;
+        manifest::store(self.store.as_ref(), entry).await?;
+        let _ = tokio::fs::remove_file(staged).await;
         // ... and here: verified, recorded, nothing deleted.
         fail::fail_point!("compactor::after_verify");
-        let mut outcome = self.delete_archived(entry, action).await?;
-        outcome.export = Some((mode.as_str(), export_time));
-        Ok(outcome)
+        Ok(())
     }
 
     /// Streams the part's rows into a local Parquet file; returns the rows written and the sum
@@ -141,8 +154,9 @@ impl Compactor {
     ///
     /// The answer is not compressed: on the same host or LAN, LZ4 costs both sides more CPU than
     /// the bytes it saves.
-    async fn export(
+    pub(super) async fn export(
         &self,
+        from: &str,
         day: i64,
         cutoff: u32,
         final_: bool,
@@ -153,9 +167,8 @@ impl Compactor {
         // contiguous key range; with FINAL the whole stream is), which is what compression and
         // row-group pruning need. Sorting doubled ClickHouse's cost of the export.
         let sql = format!(
-            "SELECT {} FROM {}.{TABLE}{} WHERE {}",
+            "SELECT {} FROM {from}{} WHERE {}",
             native::export_columns(),
-            self.db,
             if final_ { " FINAL" } else { "" },
             self.day_filter(day, cutoff)
         );

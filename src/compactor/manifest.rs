@@ -4,6 +4,11 @@
 //! cutoff, rows, bytes, the content checksum ClickHouse agreed to, the file's CRC32C, when it
 //! was created, the part's state, and the table it came from ([`TableIdentity`]).
 //!
+//! On a cluster (`clickhouse.cluster`) a day's part is one file set per shard: an entry per
+//! (day, cutoff, shard), `part-<cutoff>-s<N>` (see [`ManifestEntry::for_shard`]), whose
+//! [`ShardPart`] names the shard and the replicas that agreed on its rows; the identity names
+//! the cluster. All shards of a day share one cutoff, which is what ties them into one delete.
+//!
 //! Invariant: a compactor acts only on entries of its own table ([`Ownership`]). Several
 //! deployments may share one archive prefix; an entry of another one is refused, never resumed,
 //! because resuming means deleting rows from *this* deployment's table.
@@ -27,13 +32,17 @@ pub enum PartState {
 
 /// The ClickHouse table a part was archived from: database and table, and the table's UUID
 /// where the server has one (Atomic databases; 18.16 and Ordinary databases have none, and a
-/// zero UUID counts as none).
+/// zero UUID counts as none). On a cluster: the cluster's name, the logical table (`events`,
+/// whose rows live in each shard's `events_local`) and no UUID (every server has its own
+/// Distributed table, each with its own UUID, and any of them may be the entry server).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TableIdentity {
     pub database: String,
     pub table: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uuid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
 }
 
 impl TableIdentity {
@@ -43,6 +52,9 @@ impl TableIdentity {
     pub fn same_table(&self, other: &TableIdentity) -> bool {
         self.database == other.database
             && self.table == other.table
+            // A single server's entry is not a cluster's: resuming it would delete from the
+            // wrong table (and the other way round).
+            && self.cluster == other.cluster
             && match (&self.uuid, &other.uuid) {
                 (Some(a), Some(b)) => a == b,
                 _ => true,
@@ -53,6 +65,9 @@ impl TableIdentity {
 impl std::fmt::Display for TableIdentity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}.{}", self.database, self.table)?;
+        if let Some(c) = &self.cluster {
+            write!(f, " on cluster {c}")?;
+        }
         match &self.uuid {
             Some(u) => write!(f, " (uuid {u})"),
             None => f.write_str(" (no uuid)"),
@@ -92,6 +107,25 @@ pub struct ManifestEntry {
     pub crc32c: String,
     pub created_at: String,
     pub state: PartState,
+    /// On a cluster: the shard this part's rows came from; `None` on one server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<ShardPart>,
+}
+
+/// The shard of a cluster part: its `system.clusters.shard_num`, and the replicas
+/// (`host:port`, native protocol) that held exactly the part's rows when it was exported, the
+/// first being the one it was exported from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardPart {
+    pub num: u32,
+    pub replicas: Vec<String>,
+}
+
+/// The file name (without extension) of shard `shard`'s part of a day: named by the day's
+/// cutoff and the shard alone, so a rerun after a crash finds the same name, and a reader sees
+/// which shard a file holds.
+pub fn shard_part_name(cutoff: u32, shard: u32) -> String {
+    format!("part-{cutoff}-s{shard}")
 }
 
 impl ManifestEntry {
@@ -116,7 +150,29 @@ impl ManifestEntry {
             crc32c: String::new(),
             created_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             state: PartState::Exporting,
+            shard: None,
         }
+    }
+
+    /// Shard `shard`'s part of a day on a cluster (`<table>/date=<day>/part-<cutoff>-s<N>.parquet`).
+    /// No random suffix: one cutoff per day and run, and a part whose rows are all deleted is
+    /// never written again (a later run finds none of them), so the name is unique.
+    pub fn for_shard(
+        source: TableIdentity,
+        partition: &str,
+        day: i64,
+        cutoff: u32,
+        shard: ShardPart,
+        expected: Checksum,
+    ) -> Self {
+        let mut e = Self::new(source, partition, day, cutoff, expected);
+        e.file = format!(
+            "{}/date={partition}/{}.parquet",
+            e.source.as_ref().map_or("events", |s| s.table.as_str()),
+            shard_part_name(cutoff, shard.num)
+        );
+        e.shard = Some(shard);
+        e
     }
 }
 
@@ -126,6 +182,7 @@ impl ManifestEntry {
         match &self.source {
             Some(s) if s.same_table(me) => Ownership::Own,
             Some(_) => Ownership::Foreign,
+            None if me.cluster.is_some() => Ownership::Foreign,
             None => {
                 let layout = format!("{}/date={}/part-{}-", me.table, self.partition, self.cutoff);
                 if self.file.starts_with(&layout)
@@ -233,6 +290,7 @@ mod tests {
             database: "clicktrail".into(),
             table: "events".into(),
             uuid: uuid.map(String::from),
+            cluster: None,
         }
     }
 
@@ -318,5 +376,56 @@ mod tests {
                 e.file.rsplit('/').next().unwrap()
             )
         );
+    }
+
+    #[test]
+    fn shard_parts_are_named_by_cutoff_and_shard_and_belong_to_their_cluster() {
+        let cluster = TableIdentity {
+            cluster: Some("clicktrail".into()),
+            ..me(None)
+        };
+        let part = ShardPart {
+            num: 2,
+            replicas: vec!["127.0.0.1:31300".into(), "127.0.0.1:31400".into()],
+        };
+        let e = ManifestEntry::for_shard(
+            cluster.clone(),
+            "2026-11-28",
+            20_785,
+            1_796_193_382,
+            part.clone(),
+            Checksum { rows: 7, sum: 9 },
+        );
+        // The same name on every run for (day, cutoff, shard): a rerun finds it again.
+        assert_eq!(e.file, "events/date=2026-11-28/part-1796193382-s2.parquet");
+        assert_eq!(
+            e.manifest_path().as_ref(),
+            "manifest/events/date=2026-11-28/part-1796193382-s2.json"
+        );
+        assert_eq!((e.rows, e.checksum.as_str()), (7, "9"));
+        let back: ManifestEntry =
+            serde_json::from_str(&serde_json::to_string(&e).unwrap()).unwrap();
+        assert_eq!(back.shard, Some(part));
+        assert_eq!(
+            back.source.as_ref().unwrap().cluster.as_deref(),
+            Some("clicktrail")
+        );
+        assert_eq!(back.ownership(&cluster), Ownership::Own);
+        // A single server's compactor never resumes a cluster's entry, nor the other way round,
+        // nor another cluster's, nor an entry without identity.
+        assert_eq!(back.ownership(&me(None)), Ownership::Foreign);
+        let other = TableIdentity {
+            cluster: Some("other".into()),
+            ..me(None)
+        };
+        assert_eq!(back.ownership(&other), Ownership::Foreign);
+        let single = ManifestEntry::new(me(None), "2026-11-28", 20_785, 5, Checksum::default());
+        assert_eq!(single.shard, None);
+        assert!(!serde_json::to_string(&single).unwrap().contains("shard"));
+        assert_eq!(single.ownership(&cluster), Ownership::Foreign);
+        let mut legacy = single.clone();
+        legacy.source = None;
+        assert_eq!(legacy.ownership(&me(None)), Ownership::Legacy);
+        assert_eq!(legacy.ownership(&cluster), Ownership::Foreign);
     }
 }

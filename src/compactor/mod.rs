@@ -33,6 +33,7 @@
 
 mod checksum;
 mod cityhash;
+mod cluster;
 mod export;
 pub mod manifest;
 mod mutation;
@@ -57,7 +58,7 @@ use std::time::{Duration, Instant};
 use object_store::ObjectStore;
 
 pub use checksum::Checksum;
-pub use manifest::{ManifestEntry, Ownership, PartState, TableIdentity};
+pub use manifest::{ManifestEntry, Ownership, PartState, ShardPart, TableIdentity};
 
 /// The table the compactor archives (in the configured database).
 pub(crate) const TABLE: &str = "events";
@@ -100,6 +101,14 @@ pub enum CompactError {
         mutation: String,
         timeout: Duration,
     },
+    #[error("day {partition}, shard {shard}: {why}; the day is held (nothing of it is exported or deleted) until every replica of the shard answers with the same rows")]
+    ShardHeld {
+        partition: String,
+        shard: u32,
+        why: String,
+    },
+    #[error("cluster: {0}")]
+    Cluster(String),
     #[error("manifest entry {file} belongs to {theirs}, not to this compactor's {ours}; it is left alone (two deployments share archive {url}: give each its own prefix)")]
     ForeignEntry {
         file: String,
@@ -174,6 +183,8 @@ pub struct Compactor {
     ch: clickhouse::Client,
     ch_cfg: ClickHouseConfig,
     db: String,
+    /// `clickhouse.cluster`, when set: archive per shard (`cluster.rs`).
+    cluster: Option<String>,
     store: Arc<dyn ObjectStore>,
     store_url: String,
     staging: PathBuf,
@@ -245,6 +256,7 @@ impl Compactor {
             ch: client,
             ch_cfg: ch.clone(),
             db: ch.database.clone(),
+            cluster: (!ch.cluster.is_empty()).then(|| ch.cluster.clone()),
             store,
             store_url,
             staging,
@@ -342,10 +354,21 @@ impl Compactor {
 
     /// This compactor's table, as manifest entries name it.
     pub async fn identity(&self) -> Result<TableIdentity, CompactError> {
+        if let Some(cluster) = &self.cluster {
+            // Every server has a Distributed `events` of its own (its own UUID where there are
+            // UUIDs), and any of them may be the entry server: the cluster names the table.
+            return Ok(TableIdentity {
+                database: self.db.clone(),
+                table: TABLE.to_string(),
+                uuid: None,
+                cluster: Some(cluster.clone()),
+            });
+        }
         Ok(TableIdentity {
             database: self.db.clone(),
             table: TABLE.to_string(),
             uuid: crate::clickhouse::table_uuid(&self.ch, &self.db, TABLE).await?,
+            cluster: None,
         })
     }
 
@@ -356,6 +379,36 @@ impl Compactor {
         progress: &dyn Progress,
     ) -> Result<Vec<Outcome>, CompactError> {
         let started = Instant::now();
+        let (outcomes, first_error) = match &self.cluster {
+            Some(cluster) => {
+                self.cluster_run(cluster, hot_days, dry_run, progress)
+                    .await?
+            }
+            None => self.single_run(hot_days, dry_run, progress).await?,
+        };
+        self.metrics
+            .compactor_run_duration
+            .observe(started.elapsed().as_secs_f64());
+        match first_error {
+            Some(e) => Err(e),
+            None => {
+                if !dry_run {
+                    self.metrics
+                        .compactor_last_success
+                        .set(self.clock.now_ms() as f64 / 1000.0);
+                }
+                Ok(outcomes)
+            }
+        }
+    }
+
+    /// One server: one part per cold day (the steps of the module doc).
+    async fn single_run(
+        &self,
+        hot_days: u32,
+        dry_run: bool,
+        progress: &dyn Progress,
+    ) -> Result<(Vec<Outcome>, Option<CompactError>), CompactError> {
         let mut outcomes = Vec::new();
         let mut first_error = None;
         // Days whose earlier part could not be finished: exporting them again would archive
@@ -401,20 +454,7 @@ impl Compactor {
                 }
             }
         }
-        self.metrics
-            .compactor_run_duration
-            .observe(started.elapsed().as_secs_f64());
-        match first_error {
-            Some(e) => Err(e),
-            None => {
-                if !dry_run {
-                    self.metrics
-                        .compactor_last_success
-                        .set(self.clock.now_ms() as f64 / 1000.0);
-                }
-                Ok(outcomes)
-            }
-        }
+        Ok((outcomes, first_error))
     }
 
     fn refuse_foreign(&self, entry: &ManifestEntry, me: &TableIdentity) -> CompactError {
@@ -445,7 +485,11 @@ impl Compactor {
             day: day_string(day),
             rows,
             bytes: 0,
-            file: format!("events/date={}/part-{cutoff}-*.parquet", day_string(day)),
+            file: format!(
+                "events/date={}/part-{cutoff}-{}.parquet",
+                day_string(day),
+                if self.cluster.is_some() { "s*" } else { "*" }
+            ),
             action: "would archive",
             export: None,
         })

@@ -30,11 +30,11 @@ pub(super) struct Mutation {
 
 /// A row of `system.mutations`: id, command, block numbers by partition.
 #[derive(Debug, Clone, serde::Deserialize, ::clickhouse::Row)]
-struct MutationRow {
-    id: String,
-    command: String,
-    partitions: Vec<String>,
-    numbers: Vec<i64>,
+pub(super) struct MutationRow {
+    pub(super) id: String,
+    pub(super) command: String,
+    pub(super) partitions: Vec<String>,
+    pub(super) numbers: Vec<i64>,
 }
 
 impl MutationRow {
@@ -53,7 +53,7 @@ pub(super) fn partition_id(day: i64) -> String {
 }
 
 /// Whether a mutation's command (as `system.mutations` formats it) is the delete of this part.
-fn is_delete_of(command: &str, day: i64, cutoff: u32) -> bool {
+pub(super) fn is_delete_of(command: &str, day: i64, cutoff: u32) -> bool {
     command.starts_with("DELETE WHERE")
         && command.contains(&format!("'{}'", day_string(day)))
         && command.contains(&format!("toDateTime({cutoff})"))
@@ -62,7 +62,7 @@ fn is_delete_of(command: &str, day: i64, cutoff: u32) -> bool {
 /// The mutation's block number for `partition`: non-replicated tables number mutations for
 /// the whole table (partition id ''), replicated ones per partition; `mutation_<N>.txt` is
 /// the fallback.
-fn version_of(row: &MutationRow, partition: &str) -> Option<i64> {
+pub(super) fn version_of(row: &MutationRow, partition: &str) -> Option<i64> {
     let at = |p: &str| {
         let i = row.partitions.iter().position(|x| x == p)?;
         row.numbers.get(i).copied()
