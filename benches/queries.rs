@@ -175,7 +175,7 @@ fn main() {
         config.compactor.insert_settle = Duration::from_secs(3600);
         config.freshness.canary_interval = Duration::ZERO;
         config.query.timeout = Duration::from_secs(60);
-        clicktrail::migrate::run(&config.clickhouse).await.unwrap();
+        clicktrail::migrate::run(&config.clickhouse, clicktrail::migrate::InsertWait::Skip).await.unwrap();
 
         let seed = std::fs::read_to_string(concat!(
             env!("CARGO_MANIFEST_DIR"),

@@ -100,9 +100,9 @@ say "the same plan for ClickHouse 26.x, checked in chDB (tests/chdb/cluster_ddl.
 python3 "$here/tests/chdb/cluster_ddl.py" "$dir/plan-26.sql" > "$dir/chdb.log" 2>&1; rc=$?
 check "the cluster plan for 26.x parses and runs in chDB" "0" "$rc"; [ $rc = 0 ] || tail -20 "$dir/chdb.log"
 say "migrate ON CLUSTER $CLUSTER_NAME"
-out="$("$bin" --config "$dir/c1/clicktrail.toml" migrate 2>&1)"; rc=$?
+out="$("$bin" --config "$dir/c1/clicktrail.toml" migrate --no-insert-wait 2>&1)"; rc=$?
 check "clicktrail migrate with clickhouse.cluster" "0" "$rc"; [ $rc = 0 ] || { echo "$out"; exit 1; }
-check "a second migrate is a no-op" "schema is up to date" "$("$bin" --config "$dir/c1/clicktrail.toml" migrate 2>/dev/null)"
+check "a second migrate is a no-op" "schema is up to date" "$("$bin" --config "$dir/c1/clicktrail.toml" migrate --no-insert-wait 2>/dev/null)"
 for p in "${HTTPS[@]}"; do
   got="$(q "$p" "SELECT arrayStringConcat(groupArray(concat(name, ':', engine)), ' ') FROM (SELECT name, engine FROM system.tables WHERE database = 'clicktrail' AND name IN ('events', 'events_local', 'page_stats_hourly', 'page_stats_hourly_local', 'page_stats_hourly_mv') ORDER BY name)")"
   check "tables on :$p" "events:Distributed events_local:ReplicatedReplacingMergeTree page_stats_hourly:Distributed page_stats_hourly_local:ReplicatedAggregatingMergeTree page_stats_hourly_mv:MaterializedView" "$got"

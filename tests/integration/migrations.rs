@@ -55,13 +55,17 @@ async fn migrations_run_once_on_clickhouse_18_16_and_rerun_is_a_no_op() {
     assert!(ch.query("SELECT version()").starts_with("18.16"));
     let data = tempfile::tempdir().unwrap();
     let cfg = test_config(&ch, data.path());
-    let applied = clicktrail::migrate::run(&cfg.clickhouse).await.unwrap();
+    let applied = clicktrail::migrate::run(&cfg.clickhouse, clicktrail::migrate::InsertWait::Skip)
+        .await
+        .unwrap();
     let files: Vec<&str> = clicktrail::migrate::MIGRATIONS
         .iter()
         .map(|m| m.1)
         .collect();
     assert_eq!(applied, files);
-    let again = clicktrail::migrate::run(&cfg.clickhouse).await.unwrap();
+    let again = clicktrail::migrate::run(&cfg.clickhouse, clicktrail::migrate::InsertWait::Skip)
+        .await
+        .unwrap();
     assert!(again.is_empty(), "rerun applies nothing");
     assert_eq!(
         ch.count("SELECT count() FROM clicktrail.schema_migrations"),
