@@ -32,7 +32,7 @@ pub const SITE_TOTALS: &str = "site_totals";
 static BLOCKS: LazyLock<HashMap<&'static str, &'static str>> = LazyLock::new(|| blocks(QUERIES_MD));
 
 /// Every `<!-- query: NAME -->` followed by a ```` ```sql ```` fence, by name.
-fn blocks(md: &'static str) -> HashMap<&'static str, &'static str> {
+pub fn blocks(md: &'static str) -> HashMap<&'static str, &'static str> {
     let mut out = HashMap::new();
     let mut rest = md;
     while let Some(i) = rest.find("<!-- query: ") {
