@@ -240,7 +240,7 @@ async fn assert_reports(app: &App, ts: i64) -> (Vec<String>, Vec<Value>) {
     }
     close(&totals["bounce_rate"], 0.25, "totals bounce_rate");
 
-    // Over 21 days (longer than PAGES_DAILY_MAX_DAYS: the per-page rollups' statement) the
+    // Over 21 days (other days' rows in the range, none of them with events) the
     // same events give the same report.
     let long_from = Day(ts.div_euclid(86_400_000) - 20).format();
     let long = ok(
