@@ -75,7 +75,7 @@ fn main() {
             timeout: Duration::from_secs(300),
             ..ClickHouseConfig::default()
         };
-        clicktrail::migrate::run(&ch).await.unwrap();
+        clicktrail::migrate::run(&ch, clicktrail::migrate::InsertWait::Skip).await.unwrap();
         let today = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() / 86_400;
         // Realistic variety: 200 pages, 40 selectors, 5000 sessions, a click/pageview/scroll mix.
         let seed = |day: u64, from: u64, count: u64| {

@@ -779,7 +779,7 @@ async fn clickhouse_one_shot(ch: &ClickHouse, rows: &[u8], n: u64, with_views: b
             .await;
         if with_views {
             let st = Command::new(env!("CARGO_BIN_EXE_clicktrail"))
-                .args(["migrate"])
+                .args(["migrate", "--no-insert-wait"])
                 .env("CLICKTRAIL_CLICKHOUSE_URL", ch.url())
                 .env("CLICKTRAIL_CLICKHOUSE_DATABASE", &db)
                 .env("CLICKTRAIL_LOG_LEVEL", "warn")
@@ -865,7 +865,7 @@ fn main() {
     rt.block_on(async {
         let ch = ClickHouse::start();
         let st = Command::new(env!("CARGO_BIN_EXE_clicktrail"))
-            .args(["migrate"])
+            .args(["migrate", "--no-insert-wait"])
             .env("CLICKTRAIL_CLICKHOUSE_URL", ch.url())
             .env("CLICKTRAIL_LOG_LEVEL", "warn")
             .stdout(Stdio::null())

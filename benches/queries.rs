@@ -6,7 +6,11 @@
 //! collector in-process and times each `/v1/query/*` call, K times warm (default 50), for one
 //! page-day (2024-06-15) and for 30 days, on the busiest page `/p/0`; beside each, the same
 //! report computed from raw `events` rows straight in ClickHouse (fewer runs: it is slower), so
-//! the ratio shows what the rollups buy. Prints a Markdown table (docs/benchmarks.md).
+//! the ratio shows what the rollups buy. Prints Markdown tables (docs/benchmarks.md).
+//!
+//! Before / after migration 0006: the seed goes through 0006's sum views; then the set rollups
+//! of 0002-0004 are filled from the same rows by their own backfill statements, and every report
+//! is timed in SQL over both, the statements before 0006 being `benches/queries_0005.md`.
 //!
 //! Targets on ClickHouse 18.16: every page-day report under 200 ms p99, 30 days under 1 s p99.
 
@@ -21,15 +25,20 @@ const FIRST: &str = "2024-06-01";
 const LAST: &str = "2024-06-30";
 const PAGE: &str = "/p/0";
 
-/// The API's literals for the site-wide `pages` report (site `bench`, all devices, limit 100).
-fn bind_pages(sql: &str, from: &str, to: &str) -> String {
+/// The API's literals for a report of site `bench`, page [`PAGE`], all devices, kind `click`.
+fn bind(sql: &str, from: &str, to: &str, limit: u32) -> String {
     sql.replace("{{db}}", "clicktrail")
         .replace("{site:String}", "'bench'")
+        .replace("{path:String}", &format!("'{PAGE}'"))
+        .replace("{kind:String}", "'click'")
         .replace("{device:String}", "''")
         .replace("{from:Date}", &format!("toDate('{from}')"))
         .replace("{to:Date}", &format!("toDate('{to}')"))
-        .replace("{limit:UInt32}", "100")
+        .replace("{limit:UInt32}", &limit.to_string())
 }
+
+/// The report statements before migration 0006 (over the set rollups).
+const BEFORE_0006: &str = include_str!("queries_0005.md");
 
 fn arg(name: &str) -> Option<String> {
     std::env::args().skip_while(|a| a != name).nth(1)
@@ -177,7 +186,7 @@ fn main() {
         config.compactor.insert_settle = Duration::from_secs(3600);
         config.freshness.canary_interval = Duration::ZERO;
         config.query.timeout = Duration::from_secs(60);
-        clicktrail::migrate::run(&config.clickhouse).await.unwrap();
+        clicktrail::migrate::run(&config.clickhouse, clicktrail::migrate::InsertWait::Skip).await.unwrap();
 
         let seed = std::fs::read_to_string(concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -186,11 +195,35 @@ fn main() {
         .unwrap()
         .replace("{{db}}", "clicktrail")
         .replace("{{rows}}", &rows.to_string());
-        eprintln!("seeding {rows} events (the seven rollup views fill as they go)...");
+        eprintln!("seeding {rows} events (the seven sum views of 0006 fill as they go)...");
         let started = Instant::now();
         q(seed).await;
         let seed_time = started.elapsed();
         let rate = rows as f64 / seed_time.as_secs_f64();
+        // The set rollups of 0002-0004 from the same rows, by their backfill statements.
+        eprintln!("filling the set rollups of 0002-0004 from the same rows...");
+        let version = q("SELECT version()".into()).await;
+        let mut v = version.trim().split('.');
+        let version: clicktrail::migrate::ServerVersion =
+            format!("{}.{}", v.next().unwrap(), v.next().unwrap())
+                .parse()
+                .unwrap();
+        let dialect = clicktrail::migrate::Dialect { version };
+        let started = Instant::now();
+        for (_, name, sql) in &clicktrail::migrate::MIGRATIONS[1..4] {
+            let statements = clicktrail::migrate::render(
+                dialect,
+                clicktrail::migrate::Layout::Single,
+                "clicktrail",
+                name,
+                sql,
+            )
+            .unwrap();
+            for s in statements.into_iter().filter(|s| s.starts_with("INSERT INTO")) {
+                q(s).await;
+            }
+        }
+        let set_fill = started.elapsed();
         let mut rollups = Vec::new();
         for t in [
             "click_grid_daily",
@@ -201,8 +234,15 @@ fn main() {
             "fold_daily",
             "pages_daily",
         ] {
-            let n = q(format!("SELECT count() FROM clicktrail.{t}")).await;
-            rollups.push(format!("{t} {}", n.trim()));
+            let size = |t: String| {
+                q(format!(
+                    "SELECT concat(toString(sum(rows)), ' rows, ', formatReadableSize(sum(bytes_on_disk))) \
+                     FROM system.parts WHERE database = 'clicktrail' AND table = '{t}' AND active"
+                ))
+            };
+            let old = size(t.to_string()).await;
+            let new = size(format!("{t}_sum")).await;
+            rollups.push(format!("| {t} | {} | {} |", old.trim(), new.trim()));
         }
         let page_events = q(format!(
             "SELECT count() FROM clicktrail.events WHERE site = 'bench' AND path = '{PAGE}'"
@@ -248,8 +288,12 @@ fn main() {
             (percentile(samples, 0.5), percentile(samples, 0.99))
         };
 
-        println!("\n{rows} events seeded in {:.1} s ({rate:.0} events/s, with the seven views)", seed_time.as_secs_f64());
-        println!("rollup rows: {}", rollups.join(", "));
+        println!("\n{rows} events seeded in {:.1} s ({rate:.0} events/s, with the seven sum views); the set rollups filled from them in {:.1} s", seed_time.as_secs_f64(), set_fill.as_secs_f64());
+        println!("\n| rollup | sets (0002-0004) | sums (0006, `_sum`) |\n| --- | --- | --- |");
+        for r in &rollups {
+            println!("{r}");
+        }
+        println!();
         println!(
             "page {PAGE}: {} events over 30 days, {} on {DAY}; {iters} warm runs per API call, {raw_iters} per raw query\n",
             page_events.trim(),
@@ -292,26 +336,47 @@ fn main() {
             }
         }
 
-        // The two statements of the site-wide report, sent straight to ClickHouse: the join of
-        // the three per-page rollups (keyed path first, `pages_long`) against the day-first
-        // `pages_daily` (`pages`); the API picks by range length (PAGES_DAILY_MAX_DAYS).
-        println!("\n| pages (site), SQL direct | range | p50 ms | p99 ms |");
-        println!("| --- | --- | ---: | ---: |");
-        use clicktrail::query::sql::{statement, PAGES, PAGES_LONG};
-        for (range, from, to) in [("1 day", DAY, DAY), ("7 days", "2024-06-09", DAY), ("14 days", FIRST, "2024-06-14"), ("30 days", FIRST, LAST)] {
-            for (label, sql) in [("pages_long (per-page rollups)", statement(PAGES_LONG)), ("pages (pages_daily)", statement(PAGES))] {
-                let sql = bind_pages(sql, from, to);
-                q(sql.clone()).await; // warm-up
-                let mut samples = Vec::with_capacity(iters);
-                for _ in 0..iters {
-                    let started = Instant::now();
-                    q(sql.clone()).await;
-                    samples.push(started.elapsed());
+        // Before / after 0006: each report's statement over the set rollups and over the sums,
+        // straight to ClickHouse, in this run.
+        let before = clicktrail::query::sql::blocks(BEFORE_0006);
+        println!("\n| report, SQL direct | range | sets p50 ms | sets p99 ms | sums p50 ms | sums p99 ms | sets / sums (p50) |");
+        println!("| --- | --- | ---: | ---: | ---: | ---: | ---: |");
+        for (range, from, to) in [("1 day", DAY, DAY), ("7 days", "2024-06-09", DAY), ("30 days", FIRST, LAST)] {
+            for (label, name, limit) in [
+                ("pages (site)", "pages", 100),
+                ("pages (site), before: pages_long", "pages_long", 100),
+                ("site_totals", "site_totals", 0),
+                ("heatmap", "heatmap", 1_000_000),
+                ("elements", "elements", 100),
+                ("scroll", "scroll", 0),
+                ("page_trend", "page_trend", 0),
+            ] {
+                let mut p = Vec::new();
+                // `pages_long` (the per-page rollups, the API's pick beyond 14 days before 0006)
+                // has no sum version: `pages` over pages_daily_sum is faster at every length.
+                let now = if name == "pages_long" { "pages" } else { name };
+                for sql in [before[name], clicktrail::query::sql::statement(now)] {
+                    let sql = bind(sql, from, to, limit);
+                    q(sql.clone()).await; // warm-up
+                    let mut samples = Vec::with_capacity(iters);
+                    for _ in 0..iters {
+                        let started = Instant::now();
+                        q(sql.clone()).await;
+                        samples.push(started.elapsed());
+                    }
+                    p.push(time(&mut samples));
                 }
-                let (p50, p99) = time(&mut samples);
-                println!("| {label} | {range} | {} | {} |", ms(p50), ms(p99));
+                println!(
+                    "| {label} | {range} | {} | {} | {} | {} | {:.1}x |",
+                    ms(p[0].0),
+                    ms(p[0].1),
+                    ms(p[1].0),
+                    ms(p[1].1),
+                    p[0].0.as_secs_f64() / p[1].0.as_secs_f64()
+                );
             }
         }
+
         let _ = stop_tx.send(());
         server.await.unwrap().unwrap();
     });

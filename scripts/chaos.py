@@ -102,7 +102,7 @@ origins = ["{ORIGIN}"]
         self.logfile = open(self.dir / "collector.log", "ab")
 
     def migrate(self):
-        subprocess.run([self.bin, "--config", str(self.config), "migrate"], check=True,
+        subprocess.run([self.bin, "--config", str(self.config), "migrate", "--no-insert-wait"], check=True,
                        stdout=self.logfile, stderr=self.logfile)
 
     def start(self):

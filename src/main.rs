@@ -53,6 +53,10 @@ enum Command {
         /// With --print-sql: render for this cluster (`clickhouse.cluster`), ON CLUSTER.
         #[arg(long, requires = "print_sql")]
         cluster: Option<String>,
+        /// Do not wait for inserts stamped before a cutover (migration 0006) to commit: only
+        /// when no collector is running against this database (scripts/run.sh, `make run`).
+        #[arg(long, conflicts_with = "print_sql")]
+        no_insert_wait: bool,
     },
     /// Validate the configuration and check ClickHouse and the data directory.
     Check,
@@ -152,6 +156,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         print_sql: true,
         server_version: Some(v),
         cluster,
+        ..
     } = &cli.command
     {
         // Printing needs no server and no valid sites; only the database name matters.
@@ -189,8 +194,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             .await?;
             Ok(ExitCode::SUCCESS)
         }),
-        Command::Migrate { .. } => rt.block_on(async {
-            let applied = migrate::run(&config.clickhouse).await?;
+        Command::Migrate { no_insert_wait, .. } => rt.block_on(async {
+            let wait = if no_insert_wait {
+                migrate::InsertWait::Skip
+            } else {
+                migrate::InsertWait::of(&config)
+            };
+            let applied = migrate::run(&config.clickhouse, wait).await?;
             if applied.is_empty() {
                 println!("schema is up to date");
             } else {

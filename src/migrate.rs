@@ -12,6 +12,9 @@
 //! [`cluster`] into `ON CLUSTER` statements: one source of truth for both layouts.
 
 pub mod cluster;
+pub mod cutover;
+
+pub use cutover::InsertWait;
 
 use std::fmt::Write as _;
 
@@ -45,6 +48,11 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         "0005_event_from.sql",
         include_str!("../migrations/0005_event_from.sql"),
     ),
+    (
+        6,
+        "0006_sum_rollups.sql",
+        include_str!("../migrations/0006_sum_rollups.sql"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +72,8 @@ pub enum MigrateError {
     },
     #[error("recording migrations failed: {0}")]
     Record(clickhouse::error::Error),
+    #[error("migration {file}: {why}")]
+    Cutover { file: String, why: String },
     #[error("migration {file}: {source}")]
     Cluster {
         file: String,
@@ -175,16 +185,38 @@ pub fn plan_sql(dialect: Dialect, db: &str, layout: Layout<'_>) -> Result<String
     }
     for (version, name, sql) in MIGRATIONS {
         let _ = writeln!(out, "-- {name}");
-        for s in render(dialect, layout, db, name, sql)? {
-            let _ = writeln!(out, "{s};\n");
+        if let Some(phases) = cutover::phases(sql) {
+            let _ = writeln!(out, "{};\n", cutover::bookkeeping(db, layout));
+            out.push_str(&cutover::plan(
+                |part| render(dialect, layout, db, name, part),
+                db,
+                layout,
+                *version,
+                phases,
+            )?);
+        } else {
+            for s in render(dialect, layout, db, name, sql)? {
+                let _ = writeln!(out, "{s};\n");
+            }
         }
         let _ = writeln!(out, "{};\n", record_sql(db, *version, name, sql));
     }
     Ok(out)
 }
 
-/// Applies pending migrations; returns the names applied.
-pub async fn run(cfg: &ClickHouseConfig) -> Result<Vec<String>, MigrateError> {
+/// Applies pending migrations; returns the names applied. `wait`: whether a cutover migration
+/// waits for inserts of running collectors ([`cutover`]).
+pub async fn run(cfg: &ClickHouseConfig, wait: InsertWait) -> Result<Vec<String>, MigrateError> {
+    run_to(cfg, wait, u32::MAX).await
+}
+
+/// [`run`], applying only the migrations up to version `last` (tests: a schema as an older
+/// release left it, with data, then the newer migrations over it).
+pub async fn run_to(
+    cfg: &ClickHouseConfig,
+    wait: InsertWait,
+    last: u32,
+) -> Result<Vec<String>, MigrateError> {
     // No default database: it may not exist yet.
     let mut client = crate::clickhouse::client(cfg)
         .with_database("default")
@@ -225,7 +257,28 @@ pub async fn run(cfg: &ClickHouseConfig) -> Result<Vec<String>, MigrateError> {
         .map_err(MigrateError::Record)?;
     let mut done = Vec::new();
     for (version, name, sql) in MIGRATIONS {
-        if applied.contains(version) {
+        if applied.contains(version) || *version > last {
+            continue;
+        }
+        if let Some(phases) = cutover::phases(sql) {
+            cutover::apply(
+                &client,
+                |part| render(dialect, layout, db, name, part),
+                db,
+                layout,
+                *version,
+                name,
+                phases,
+                wait,
+            )
+            .await?;
+            client
+                .query(&record_sql(db, *version, name, sql))
+                .execute()
+                .await
+                .map_err(MigrateError::Record)?;
+            tracing::info!(migration = name, "applied");
+            done.push(name.to_string());
             continue;
         }
         for s in render(dialect, layout, db, name, sql)? {
@@ -350,10 +403,22 @@ mod tests {
                 "page_stats_hourly",
                 "fold_daily",
                 "pages_daily",
+                "click_grid_daily_sum",
+                "element_clicks_daily_sum",
+                "scroll_depth_daily_sum",
+                "engagement_daily_sum",
+                "fold_daily_sum",
+                "page_stats_hourly_sum",
+                "pages_daily_sum",
             ] {
+                let engine = if rollup.ends_with("_sum") && !rollup.starts_with("page") {
+                    "Summing"
+                } else {
+                    "Aggregating"
+                };
                 assert!(sql.contains(&format!(
-                    "ReplicatedAggregatingMergeTree('/clickhouse/tables/{{shard}}/ct/{rollup}_local', '{{replica}}')"
-                )));
+                    "Replicated{engine}MergeTree('/clickhouse/tables/{{shard}}/ct/{rollup}_local', '{{replica}}')"
+                )), "{rollup}");
                 assert!(sql.contains(&format!(
                     "CREATE TABLE IF NOT EXISTS ct.{rollup} ON CLUSTER c1 AS ct.{rollup}_local"
                 )));

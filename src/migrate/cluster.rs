@@ -7,7 +7,9 @@
 //! | `CREATE TABLE db.t (...) ENGINE = XMergeTree()` | `db.t_local ON CLUSTER c` with `ReplicatedXMergeTree('/clickhouse/tables/{shard}/db/t_local', '{replica}')`, and a `Distributed(c, db, t_local, key)` named `db.t` |
 //! | `ALTER TABLE db.t ...` | the same on `db.t_local`, then `db.t` dropped and created again over it, `ON CLUSTER c` |
 //! | `CREATE MATERIALIZED VIEW db.v TO db.r AS SELECT ... FROM db.t` | `db.v ON CLUSTER c TO db.r_local AS SELECT ... FROM db.t_local` |
-//! | `INSERT INTO db.r SELECT ... FROM db.t` (a backfill) | through the Distributed tables, each shard aggregating its own rows (`distributed_group_by_no_merge`) |
+//! | `INSERT INTO db.r SELECT ... FROM db.events` (a backfill) | through the Distributed tables, each shard aggregating its own rows (`distributed_group_by_no_merge`) |
+//! | `INSERT INTO db.r SELECT ... FROM db.old_rollup` (0006's conversion) | through the Distributed tables, states merged across shards before they are counted |
+//! | `DROP TABLE IF EXISTS db.v_mv` (a view) | `... ON CLUSTER c` |
 //!
 //! Invariants:
 //! - The Distributed tables keep the single-server names, so the sink's `INSERT INTO events`,
@@ -172,10 +174,29 @@ pub fn statement(s: &str, db: &str, cluster: &str) -> Result<Vec<String>, Unsupp
         )]);
     }
     if s.starts_with("INSERT INTO ") {
+        if !(s.contains(&format!("FROM {db}.events\n"))
+            || s.contains(&format!("FROM {db}.events ")))
+        {
+            // A conversion of old rollups (0006): one event's id may be in two shards' states
+            // (its view's and a backfill's, routed by ROLLUP_SHARDING_KEY), so the states are
+            // merged across shards, by the default distributed aggregation, before counting.
+            return Ok(vec![s.to_string()]);
+        }
         // Each shard aggregates its own rows and the entry server only forwards the states:
         // no shard's events cross to one server to be grouped.
         return Ok(vec![format!(
             "{s}\nSETTINGS distributed_group_by_no_merge = 1"
+        )]);
+    }
+    if let Some(rest) = s.strip_prefix("DROP TABLE IF EXISTS ") {
+        let (view, tail) =
+            qualified(rest).ok_or_else(|| unsupported("table outside the database"))?;
+        // Only views: a table would need its local table and its Distributed one dropped.
+        if !view.ends_with("_mv") || !tail.trim().is_empty() {
+            return Err(unsupported("only views (`*_mv`) are dropped"));
+        }
+        return Ok(vec![format!(
+            "DROP TABLE IF EXISTS {db}.{view} ON CLUSTER {cluster}"
         )]);
     }
     Err(unsupported(
@@ -233,6 +254,11 @@ mod tests {
     #[test]
     fn unknown_shapes_are_refused() {
         assert!(statement("DROP TABLE ct.events", "ct", "c1").is_err());
+        assert!(statement("DROP TABLE IF EXISTS ct.events", "ct", "c1").is_err());
+        assert_eq!(
+            statement("DROP TABLE IF EXISTS ct.fold_daily_mv", "ct", "c1").unwrap(),
+            ["DROP TABLE IF EXISTS ct.fold_daily_mv ON CLUSTER c1"]
+        );
         assert!(statement(
             "CREATE TABLE IF NOT EXISTS other.t (a String) ENGINE = Log",
             "ct",

@@ -489,12 +489,7 @@ pub async fn pages(
     let limit = limit_param(&p, r.limits.max_rows)?;
     let mut params = scope.params();
     params.push(("limit", Param::UInt32(limit)));
-    let days = scope.to.0 - scope.from.0 + 1;
-    let report = if days <= sql::PAGES_DAILY_MAX_DAYS {
-        sql::PAGES
-    } else {
-        sql::PAGES_LONG
-    };
+    let report = sql::PAGES;
     // Visitors merged across pages (the sum of the rows would count a visitor once per page),
     // asked at the same time: ClickHouse runs the two on separate cores.
     let total_params = scope.params();

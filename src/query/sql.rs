@@ -18,11 +18,6 @@ const QUERIES_MD: &str = include_str!("../../docs/queries.md");
 
 /// The reports the API serves, by block name in `docs/queries.md`.
 pub const PAGES: &str = "pages";
-pub const PAGES_LONG: &str = "pages_long";
-/// Ranges of up to this many days read `pages` (day-first `pages_daily`), longer ones
-/// `pages_long` (the per-page rollups): the faster of the two at each length, measured
-/// (docs/queries.md, "Pages").
-pub const PAGES_DAILY_MAX_DAYS: i64 = 14;
 pub const HEATMAP: &str = "heatmap";
 pub const ELEMENTS: &str = "elements";
 pub const SCROLL: &str = "scroll";
@@ -32,7 +27,7 @@ pub const SITE_TOTALS: &str = "site_totals";
 static BLOCKS: LazyLock<HashMap<&'static str, &'static str>> = LazyLock::new(|| blocks(QUERIES_MD));
 
 /// Every `<!-- query: NAME -->` followed by a ```` ```sql ```` fence, by name.
-fn blocks(md: &'static str) -> HashMap<&'static str, &'static str> {
+pub fn blocks(md: &'static str) -> HashMap<&'static str, &'static str> {
     let mut out = HashMap::new();
     let mut rest = md;
     while let Some(i) = rest.find("<!-- query: ") {
@@ -253,15 +248,7 @@ mod tests {
 
     #[test]
     fn every_report_is_in_docs_queries_md() {
-        for name in [
-            PAGES,
-            PAGES_LONG,
-            HEATMAP,
-            ELEMENTS,
-            SCROLL,
-            FOLD,
-            SITE_TOTALS,
-        ] {
+        for name in [PAGES, HEATMAP, ELEMENTS, SCROLL, FOLD, SITE_TOTALS] {
             let sql = statement(name);
             assert!(sql.starts_with("SELECT"), "{name}: {sql}");
             // The API's invariant: reports read rollups, never raw rows.

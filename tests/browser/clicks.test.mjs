@@ -425,7 +425,7 @@ test("engagement: the page view's engaged time so far, sent when the tab is hidd
   await sleep(700);                            // visible: engaged since the snippet started
   const hidden1 = await setHidden(page, true); // sends the time so far
   const stint1 = (await stored(1)).find((r) => r.type === 'engagement').duration_ms;
-  // The second stint makes the total cross the next engagement_daily bound above the first
+  // The second stint makes the total cross the next engagement bound above the first
   // stint, while staying below that bound itself: only a sum of the stints reaches it (both
   // stints 300 ms or more from it, as the first is over 500 ms).
   const bound = [1, 2, 3, 5, 7, 10].find((b) => b * 1000 > stint1 + 300) * 1000;
@@ -455,15 +455,16 @@ test("engagement: the page view's engaged time so far, sent when the tab is hidd
   assert.deepEqual([p1.from, p2.from], [0, p1.duration_ms], 'from: 0 on the first, then the time sent before');
   await storedAsPosted(postedOnce(capture), 'desktop');
 
-  // The rollup reads the maximum per page view: it must have reached the bound that only the
-  // two stints together reach (the page clock's total, not what the snippet said).
+  // The rollup sums what each event adds (from < bound <= duration_ms): the page view must be
+  // counted once in every bound up to its total, including the one only the two stints
+  // together reach (the page clock's total, not what the snippet said), and in none twice.
   const total = stint1 + (hidden2 - shown);
-  const buckets = await ch.rows(`SELECT engaged_s, uniqMerge(pageviews) AS n FROM clicktrail.engagement_daily
+  const buckets = await ch.rows(`SELECT engaged_s, sum(pageviews) AS n FROM clicktrail.engagement_daily_sum
     WHERE site = 'test' AND path = '/c/engaged' GROUP BY engaged_s ORDER BY engaged_s`);
   const bounds = [1, 2, 3, 5, 7, 10, 15, 20, 30].filter((b) => b * 1000 <= total);
   assert.ok(bounds.includes(bound / 1000), `the total ${total} ms reached ${bound} ms`);
   assert.deepEqual(buckets.map((b) => [b.engaged_s, Number(b.n)]), bounds.map((b) => [b, 1]),
-    `engagement_daily: the page view reached the buckets of its total engaged time, ${total} ms`);
+    `engagement_daily_sum: the page view reached the buckets of its total engaged time, ${total} ms`);
   assert.deepEqual(seen.errors, []);
   await context.close();
 });

@@ -177,8 +177,12 @@ OLD_COLUMNS = [
 ]
 NEW_COLUMNS = [("elem_x", "n"), ("elem_y", "n"), ("dead", "n"), ("error", "n"),
                ("device_class", "s"), ("pageview_id", "s")]
+FROM_COLUMNS = [("depth_from", "n"), ("duration_from_ms", "n")]  # 0005
 
 SITES = ["demo", "other"]
+# A site whose events all arrive after the cutover, each once, from the new snippet (with `from`):
+# there the sums must equal the per-page-view truth (deepest scroll, longest engagement).
+EXACT_SITE = "exact"
 PATHS = ["/", "/pricing", "/o'reilly\\guide"]
 SELECTORS = ["#buy", "main>a:nth-of-type(2)", "body", "nav>button"]
 WIDTHS = [0, 375, 767, 768, 1023, 1024, 1440]
@@ -190,7 +194,7 @@ def device_class(w):
     return "unknown" if w == 0 else "mobile" if w < 768 else "tablet" if w < 1024 else "desktop"
 
 
-def generate(seed=13):
+def generate(seed=13, sites=SITES, n_pageviews=260, new_snippet_share=0.6):
     """Page views with their clicks, scrolls, engagement and custom events. Each event gets the
     values the snippet would send; `block` is assigned later."""
     rnd = random.Random(seed)
@@ -202,8 +206,8 @@ def generate(seed=13):
 
     events = []
     visitors = [f"v{i}" for i in range(40)]
-    for pvn in range(260):
-        site = rnd.choice(SITES) if pvn % 7 else "demo"
+    for pvn in range(n_pageviews):
+        site = rnd.choice(sites) if pvn % 7 else sites[0]
         path = rnd.choice(PATHS)
         visitor = rnd.choice(visitors)
         # a few sessions get several page views, some of the same path (legacy key merges them)
@@ -211,7 +215,7 @@ def generate(seed=13):
         vw = rnd.choice(WIDTHS)
         dw = rnd.choice([0, vw, vw + 17, 1920]) if vw else rnd.choice([0, 1280])
         t0 = START + timedelta(seconds=rnd.randrange(0, 2 * 86400))
-        new_snippet = rnd.random() < 0.6
+        new_snippet = rnd.random() < new_snippet_share
         pv_id = rid()
         base = dict(site=site, path=path, url="https://ex.com" + path, host="ex.com",
                     session_id=session, visitor_id=visitor, viewport_w=vw,
@@ -231,13 +235,14 @@ def generate(seed=13):
         depth = 0
         for _ in range(rnd.choice([0, 1, 1, 2, 3])):
             t += timedelta(seconds=rnd.randrange(1, 3000))
-            depth = min(100, depth + rnd.choice([1, 4, 5, 13, 30, 55, 100]))
-            events.append(dict(base, event_id=rid(), type="scroll", ts=t, scroll_depth=depth))
+            prev, depth = depth, min(100, depth + rnd.choice([1, 4, 5, 13, 30, 55, 100]))
+            # `from`: what this page view had sent before (the snippet's wire field, 0005)
+            events.append(dict(base, event_id=rid(), type="scroll", ts=t, scroll_depth=depth, depth_from=prev))
         ms = 0
         for _ in range(rnd.choice([0, 1, 1, 2, 3])):
             t += timedelta(seconds=rnd.randrange(1, 3000))
-            ms += rnd.choice([400, 600, 1000, 2500, 9000, 10000, 30000, 200000, 4_000_000])
-            events.append(dict(base, event_id=rid(), type="engagement", ts=t, duration_ms=ms))
+            prev, ms = ms, ms + rnd.choice([400, 600, 1000, 2500, 9000, 10000, 30000, 200000, 4_000_000])
+            events.append(dict(base, event_id=rid(), type="engagement", ts=t, duration_ms=ms, duration_from_ms=prev))
         if rnd.random() < 0.1:
             events.append(dict(base, event_id=rid(), type="custom", ts=t, name="signup", props="{}"))
     # a legacy (pre-0002) click with no geometry at all, and one on an empty path
@@ -255,19 +260,24 @@ def value(e, col):
         return device_class(e.get("viewport_w", 0))
     if col == "pageview_id":
         return e["pv"] if e.get("new_snippet") else ""
-    if col in ("elem_x", "elem_y", "dead", "error") and not e.get("new_snippet"):
+    if col in ("elem_x", "elem_y", "dead", "error", "depth_from", "duration_from_ms") and not e.get("new_snippet"):
         return 0
     v = e.get(col)
     if v is None:
-        return "" if dict(OLD_COLUMNS + NEW_COLUMNS).get(col) == "s" else 0
+        return "" if dict(OLD_COLUMNS + NEW_COLUMNS + FROM_COLUMNS).get(col) == "s" else 0
     return v
 
 
-def insert(server, evs, with_new_columns):
-    cols = OLD_COLUMNS + (NEW_COLUMNS if with_new_columns else [])
+def columns(level):
+    """The insert's column list: 0 = before 0002, 1 = with 0002's, 2 = with 0005's too."""
+    return OLD_COLUMNS + (NEW_COLUMNS if level >= 1 else []) + (FROM_COLUMNS if level >= 2 else [])
+
+
+def insert(server, evs, level, inserted_at=None):
+    cols = columns(level)
     tuples = []
     for e in evs:
-        vals = []
+        vals = [] if inserted_at is None else [f"toDateTime({inserted_at})"]
         for c, kind in cols:
             v = value(e, c)
             if kind == "t":
@@ -277,14 +287,19 @@ def insert(server, evs, with_new_columns):
             else:
                 vals.append(str(int(v)))
         tuples.append("(" + ", ".join(vals) + ")")
-    server.query(f"INSERT INTO {DB}.events ({', '.join(c for c, _ in cols)}) VALUES " + ", ".join(tuples))
+    names = ([] if inserted_at is None else ["inserted_at"]) + [c for c, _ in cols]
+    server.query(f"INSERT INTO {DB}.events ({', '.join(names)}) VALUES " + ", ".join(tuples))
 
 
-def effective(e, with_new_columns):
-    """The row as stored: 0002 columns are their defaults when the insert did not list them."""
+def effective(e, level, new_side):
+    """The row as stored: 0002 / 0005 columns are their defaults when the insert did not list
+    them. new_side: stamped at or after the cutover (counted by 0006's views, as a sum)."""
     r = {c: value(e, c) for c, _ in OLD_COLUMNS}
     for c, _ in NEW_COLUMNS:
-        r[c] = value(e, c) if with_new_columns else (device_class(r["viewport_w"]) if c == "device_class" else ("" if c == "pageview_id" else 0))
+        r[c] = value(e, c) if level >= 1 else (device_class(r["viewport_w"]) if c == "device_class" else ("" if c == "pageview_id" else 0))
+    for c, _ in FROM_COLUMNS:
+        r[c] = value(e, c) if level >= 2 else 0
+    r["new_side"] = new_side
     return r
 
 
@@ -295,9 +310,54 @@ def pv_key(r):
     return r["pageview_id"] if r["pageview_id"] else r["session_id"] + " " + r["path"]
 
 
+class Tally:
+    """A count as the rollups keep it: rows stamped before the cutover as a set of ids (the old
+    rollups, converted by 0006), rows stamped after it one each (0006's sums)."""
+
+    def __init__(self):
+        self.ids, self.n = set(), 0
+
+    def add(self, old, key):
+        if old:
+            self.ids.add(key)
+        else:
+            self.n += 1
+
+    def __len__(self):
+        return len(self.ids) + self.n
+
+
+def step(v):
+    return min(v, 100) // 5
+
+
+def scroll_buckets(r):
+    """The 5 % buckets one scroll event adds 1 to (0006): above its `from`, up to its depth, and
+    bucket 0 on its page view's first send."""
+    lo, hi = step(r["depth_from"]), step(r["scroll_depth"])
+    return ([0] if r["depth_from"] == 0 else []) + [5 * i for i in range(lo + 1, hi + 1)]
+
+
+def eng_bounds_added(r):
+    return [i for i, b in enumerate(ENG_BOUNDS) if r["duration_from_ms"] < b * 1000 <= r["duration_ms"]]
+
+
 class Model:
-    def __init__(self, stored):
-        self.r = list(stored.values())  # distinct by event_id
+    """Expected values from the stored rows. as_sets: every row counted as the old set rollups
+    count (the per-page-view truth: deepest scroll, longest engagement, each event id once)."""
+
+    def __init__(self, stored, as_sets=False):
+        self.r = list(stored.values())
+        self.as_sets = as_sets
+
+    def old(self, r):
+        return self.as_sets or not r["new_side"]
+
+    def okey(self, r):
+        """The page-view key of a set-counted row. Converted rows (0006) are counts per rollup
+        row, i.e. per day and device class: a page view (or a legacy key covering several)
+        with events on two days or in two device classes counts once in each."""
+        return pv_key(r) if self.as_sets else (r["ts"].date(), r["device_class"], pv_key(r))
 
     def sel(self, site, frm, to, device, path=None, types=None):
         for r in self.r:
@@ -312,41 +372,64 @@ class Model:
                 continue
             yield r
 
-    def pages(self, site, frm, to, device, limit):
-        by = defaultdict(lambda: defaultdict(set))
-        for r in self.sel(site, frm, to, device, types={"pageview", "click", "engagement"}):
-            p = by[r["path"]]
+    def _stats(self, rows):
+        p = defaultdict(Tally)
+        p["visitors"], p["engaged"] = set(), set()
+        for r in rows:
+            old = self.old(r)
             if r["type"] == "pageview":
-                p["views"].add(r["event_id"])
+                p["views"].add(old, r["event_id"])
                 p["visitors"].add(r["visitor_id"])
             if r["type"] == "click":
-                p["clicks"].add(r["event_id"])
+                p["clicks"].add(old, r["event_id"])
                 p["engaged"].add(pv_key(r))
                 for f in ("rage", "dead", "error"):
                     if r[f] == 1:
-                        p[f].add(r["event_id"])
+                        p[f].add(old, r["event_id"])
             if r["type"] == "engagement" and r["duration_ms"] >= 10000:
                 p["engaged"].add(pv_key(r))
-        # per page view: deepest scroll, engaged time (max of the cumulative values), by path
+        return p
+
+    def pages(self, site, frm, to, device, limit):
+        by = defaultdict(list)
+        for r in self.sel(site, frm, to, device, types={"pageview", "click", "engagement"}):
+            by[r["path"]].append(r)
+        # per page view (old rows): deepest scroll, engaged time (max of the cumulative values);
+        # per event (new rows): what it adds
         deep = defaultdict(lambda: defaultdict(int))
+        scrolled_new, steps_new = defaultdict(int), defaultdict(int)
         for r in self.sel(site, frm, to, device, types={"scroll"}):
-            k = pv_key(r)
-            deep[r["path"]][k] = max(deep[r["path"]][k], r["scroll_depth"])
+            if self.old(r):
+                k = self.okey(r)
+                deep[r["path"]][k] = max(deep[r["path"]][k], r["scroll_depth"])
+            else:
+                scrolled_new[r["path"]] += r["depth_from"] == 0
+                steps_new[r["path"]] += max(0, step(r["scroll_depth"]) - step(r["depth_from"]))
         eng = defaultdict(lambda: defaultdict(int))
+        reached_new = defaultdict(lambda: [0] * len(ENG_BOUNDS))
+        any_new = defaultdict(bool)
         for r in self.sel(site, frm, to, device, types={"engagement"}):
-            if r["duration_ms"] >= 1000:
-                k = pv_key(r)
-                eng[r["path"]][k] = max(eng[r["path"]][k], r["duration_ms"])
+            if self.old(r):
+                if r["duration_ms"] >= 1000:
+                    k = self.okey(r)
+                    eng[r["path"]][k] = max(eng[r["path"]][k], r["duration_ms"])
+            else:
+                any_new[r["path"]] = True
+                for i in eng_bounds_added(r):
+                    reached_new[r["path"]][i] += 1
         out = []
-        for path, p in by.items():
+        for path, prs in by.items():
+            p = self._stats(prs)
             views = len(p["views"])
             engaged = len(p["engaged"])
             bounces = views - min(engaged, views)
             d = deep.get(path, {})
-            avg = 5 * sum(min(v, 100) // 5 for v in d.values()) / len(d) if d else 0.0
+            scrolled = len(d) + scrolled_new[path]
+            steps = sum(step(v) for v in d.values()) + steps_new[path]
+            avg = 5 * steps / scrolled if scrolled else 0.0
             # median through the reached buckets, as documented
             bounds = [0] + ENG_BOUNDS
-            reached = [float(views)] + [float(sum(1 for v in eng.get(path, {}).values() if v >= b * 1000)) for b in ENG_BOUNDS]
+            reached = [float(views)] + [float(sum(1 for v in eng.get(path, {}).values() if v >= b * 1000) + reached_new[path][i]) for i, b in enumerate(ENG_BOUNDS)]
             half = views / 2
             j = next((i + 1 for i, c in enumerate(reached) if c < half), 0)
             if views == 0:
@@ -356,9 +439,9 @@ class Model:
             else:
                 lo, hi, clo, chi = bounds[j - 2], bounds[j - 1], reached[j - 2], reached[j - 1]
                 med = lo + (hi - lo) * (clo - half) / (clo - chi)
-                # the true median of per-page-view engaged time lies in [lo, hi)
+                # the true median of per-page-view engaged time lies in [lo, hi) (set-counted rows)
                 vals = sorted([v / 1000 for v in eng.get(path, {}).values()] + [0.0] * max(0, views - len(eng.get(path, {}))))
-                if len(eng.get(path, {})) <= views:
+                if len(eng.get(path, {})) <= views and not any_new[path]:
                     at_least_lo = sum(1 for v in vals if v >= lo)
                     at_least_hi = sum(1 for v in vals if v >= hi)
                     assert at_least_lo >= half > at_least_hi, (path, lo, hi)
@@ -370,15 +453,15 @@ class Model:
         return out[:limit]
 
     def page_trend(self, site, path, frm, to, device):
-        by = defaultdict(lambda: (set(), set()))
+        by = defaultdict(lambda: (Tally(), set()))
         for r in self.sel(site, frm, to, device, path=path or None, types={"pageview"}):
             h = r["ts"].replace(minute=0, second=0).strftime("%Y-%m-%d %H:%M:%S")
-            by[h][0].add(r["event_id"])
+            by[h][0].add(self.old(r), r["event_id"])
             by[h][1].add(r["visitor_id"])
         return [dict(hour=h, views=len(v), visitors=len(u)) for h, (v, u) in sorted(by.items())]
 
     def heatmap(self, site, path, kind, frm, to, device):
-        cells = defaultdict(set)
+        cells = defaultdict(Tally)
         for r in self.sel(site, frm, to, device, path=path, types={"click"}):
             w = r["doc_w"] if r["doc_w"] > 0 else r["viewport_w"]
             if w == 0:
@@ -387,19 +470,20 @@ class Model:
                 continue
             cx = min(max(r["x"], 0) * 100 // w, 99)
             cy = min(max(r["y"], 0) // 20, 65535)
-            cells[(cx, cy)].add(r["event_id"])
+            cells[(cx, cy)].add(self.old(r), r["event_id"])
         return [dict(cx=cx, cy=cy, y_px=cy * 20, n=len(s)) for (cx, cy), s in sorted(cells.items(), key=lambda kv: (kv[0][1], kv[0][0]))]
 
     def elements(self, site, path, frm, to, device, limit):
-        by = defaultdict(lambda: defaultdict(set))
+        by = defaultdict(lambda: defaultdict(Tally))
         for r in self.sel(site, frm, to, device, path=path, types={"click"}):
+            old = self.old(r)
             cell = 255 if r["elem_x"] == 0 and r["elem_y"] == 0 else (r["elem_y"] // 16384) * 4 + r["elem_x"] // 16384
             b = by[r["selector"]]
-            b["clicks"].add(r["event_id"])
-            b[("cell", cell)].add(r["event_id"])
+            b["clicks"].add(old, r["event_id"])
+            b[("cell", cell)].add(old, r["event_id"])
             for f in ("rage", "dead", "error"):
                 if r[f] == 1:
-                    b[f].add(r["event_id"])
+                    b[f].add(old, r["event_id"])
         out = []
         for sel, b in by.items():
             cells = [len(b.get(("cell", i), ())) for i in range(16)]
@@ -413,26 +497,19 @@ class Model:
         return out[:limit]
 
     def fold(self, site, path, frm, to, device):
-        pairs = {(pv_key(r), min(100, r["viewport_h"] * 100 // r["doc_h"]))
-                 for r in self.sel(site, frm, to, device, path=path, types={"pageview"})
-                 if r["doc_h"] > 0 and r["viewport_h"] > 0}
-        n = len(pairs)
-        return [dict(measured=n, avg_fold_pct=(sum(f for _, f in pairs) / n if n else 0.0))]
+        pairs, new = set(), []
+        for r in self.sel(site, frm, to, device, path=path, types={"pageview"}):
+            if r["doc_h"] > 0 and r["viewport_h"] > 0:
+                f = min(100, r["viewport_h"] * 100 // r["doc_h"])
+                if self.old(r):
+                    pairs.add((self.okey(r), f))
+                else:
+                    new.append(f)
+        n = len(pairs) + len(new)
+        return [dict(measured=n, avg_fold_pct=((sum(f for _, f in pairs) + sum(new)) / n if n else 0.0))]
 
     def site_totals(self, site, frm, to, device):
-        s = defaultdict(set)
-        for r in self.sel(site, frm, to, device, types={"pageview", "click", "engagement"}):
-            if r["type"] == "pageview":
-                s["views"].add(r["event_id"])
-                s["visitors"].add(r["visitor_id"])
-            if r["type"] == "click":
-                s["clicks"].add(r["event_id"])
-                s["engaged"].add(pv_key(r))
-                for f in ("rage", "dead", "error"):
-                    if r[f] == 1:
-                        s[f].add(r["event_id"])
-            if r["type"] == "engagement" and r["duration_ms"] >= 10000:
-                s["engaged"].add(pv_key(r))
+        s = self._stats(self.sel(site, frm, to, device, types={"pageview", "click", "engagement"}))
         views, engaged = len(s["views"]), len(s["engaged"])
         bounces = views - min(engaged, views)
         return [dict(views=views, visitors=len(s["visitors"]), engaged=engaged, bounces=bounces,
@@ -441,14 +518,16 @@ class Model:
 
     def scroll(self, site, path, frm, to, device):
         deep = defaultdict(int)
+        new = defaultdict(int)
         for r in self.sel(site, frm, to, device, path=path, types={"scroll"}):
-            deep[pv_key(r)] = max(deep[pv_key(r)], r["scroll_depth"])
-        total = len(deep)
-        out = []
-        for b in range(0, 101, 5):
-            n = sum(1 for v in deep.values() if v >= b)
-            out.append(dict(depth=b, reached=n, share=(n / total if total else 0.0)))
-        return out
+            if self.old(r):
+                deep[self.okey(r)] = max(deep[self.okey(r)], r["scroll_depth"])
+            else:
+                for b in scroll_buckets(r):
+                    new[b] += 1
+        reached = {b: sum(1 for v in deep.values() if v >= b) + new[b] for b in range(0, 101, 5)}
+        total = reached[0]
+        return [dict(depth=b, reached=n, share=(n / total if total else 0.0)) for b, n in reached.items()]
 
 
 # ---------------------------------------------------------------- comparison
@@ -504,15 +583,14 @@ def check_all(server, queries, model, days):
     first, last = days[0], days[-1]
     ranges = [(first, last)] + [(d, d) for d in days] + [(days[1], last)]
     devices = ["", "mobile", "tablet", "desktop", "unknown", "watch"]
-    for site in SITES + ["nosuchsite"]:
+    for site in SITES + [EXACT_SITE, "nosuchsite"]:
         for frm, to in ranges:
             for device in devices:
                 for limit in (100, 2):
                     p = dict(site=site, **{"from": frm, "to": to}, device=device, limit=limit)
                     want = model.pages(site, frm, to, device, limit)
                     cells += compare("pages", p, rows(server, bind(queries["pages"], p)), want)
-                    cells += compare("pages_long", p, rows(server, bind(queries["pages_long"], p)), want)
-                    checked += 2
+                    checked += 1
                 p = dict(site=site, **{"from": frm, "to": to}, device=device)
                 cells += compare("site_totals", p, rows(server, bind(queries["site_totals"], p)), model.site_totals(site, frm, to, device))
                 checked += 1
@@ -554,6 +632,68 @@ def uniq_exactness(server):
     return out
 
 
+def phases(sql):
+    """src/migrate/cutover.rs `phases`: the sections after `-- phase: NAME` lines."""
+    parts = re.split(r"^-- phase: (\w+)$", sql, flags=re.M)
+    return dict(zip(parts[1::2], parts[2::2]))
+
+
+def backfill_tables(switch_sql):
+    """cutover::backfill_tables: tables partitioned by (toYYYYMM(col), backfill)."""
+    return re.findall(r"CREATE TABLE IF NOT EXISTS \{\{db\}\}\.(\w+)\n.*?PARTITION BY \(toYYYYMM\((\w+)\), backfill\)", switch_sql, re.S)
+
+
+def run_phase(server, sql, version, cutover):
+    for st in statements(render(sql.replace("{{cutover}}", f"toDateTime({cutover})"), version)):
+        try:
+            server.query(st)
+        except ServerError as e:
+            raise SystemExit(f"0006 failed on:\n{st}\n{e}")
+
+
+def convert(server, ph, version, cutover):
+    """cutover::apply step 4: every backfill = 1 partition dropped, then the conversion."""
+    dropped = 0
+    for table, col in backfill_tables(ph["switch"]):
+        for m in server.query(f"SELECT DISTINCT toYYYYMM({col}) FROM {DB}.{table} WHERE backfill = 1", "TSV").split():
+            server.query(f"ALTER TABLE {DB}.{table} DROP PARTITION ({m}, 1)")
+            dropped += 1
+    run_phase(server, ph["convert"], version, cutover)
+    return dropped
+
+
+OLD_NEW = [  # (old table, new table, key, [(old merge, new column)])
+    ("click_grid_daily", "click_grid_daily_sum", "site, path, kind, day, device_class, cy, cx", [("uniqMerge(clicks)", "sum(clicks)")]),
+    ("element_clicks_daily", "element_clicks_daily_sum", "site, path, day, device_class, selector, ecell",
+     [("uniqMerge(clicks)", "sum(clicks)"), ("uniqIfMerge(rage_clicks)", "sum(rage_clicks)"), ("uniqIfMerge(dead_clicks)", "sum(dead_clicks)"), ("uniqIfMerge(error_clicks)", "sum(error_clicks)")]),
+    ("scroll_depth_daily", "scroll_depth_daily_sum", "site, path, day, device_class, depth", [("uniqMerge(pageviews)", "sum(pageviews)")]),
+    ("engagement_daily", "engagement_daily_sum", "site, path, day, device_class, engaged_s", [("uniqMerge(pageviews)", "sum(pageviews)")]),
+    ("fold_daily", "fold_daily_sum", "site, path, day, device_class, fold", [("uniqMerge(pageviews)", "sum(pageviews)")]),
+    ("page_stats_hourly", "page_stats_hourly_sum", "site, path, hour, device_class",
+     [("uniqIfMerge(views)", "sumMerge(views)"), ("uniqIfMerge(visitors)", "uniqIfMerge(visitors)"), ("uniqIfMerge(engaged)", "uniqIfMerge(engaged)"), ("uniqIfMerge(clicks)", "sumMerge(clicks)"), ("uniqIfMerge(error_clicks)", "sumMerge(error_clicks)")]),
+    ("pages_daily", "pages_daily_sum", "site, day, device_class, path",
+     [("uniqIfMerge(views)", "sumMerge(views)"), ("uniqIfMerge(visitors)", "uniqIfMerge(visitors)"), ("uniqIfMerge(engaged)", "uniqIfMerge(engaged)"), ("uniqIfMerge(rage_clicks)", "sumMerge(rage_clicks)"),
+      ("uniqIfMerge(scrolled)", "sumMerge(scrolled)"), ("uniqArrayMerge(scroll_steps)", "sumMerge(scroll_steps)"), ("uniqIfForEachMerge(engaged_reached)", "sumForEachMerge(engaged_reached)")]),
+]
+
+
+def conversion_equals_old_sets(server):
+    """Every key of every old rollup: its backfill = 1 rows in the new table give the old set's
+    count (and the copied states the same distinct counts). Returns the keys compared."""
+    keys = 0
+    for old, new, key, cols in OLD_NEW:
+        o = server.query(f"SELECT {key}, {', '.join(m for m, _ in cols)} FROM {DB}.{old} GROUP BY {key} ORDER BY {key}", "TSV")
+        n = server.query(f"SELECT {key}, {', '.join(c for _, c in cols)} FROM {DB}.{new} WHERE backfill = 1 GROUP BY {key} ORDER BY {key}", "TSV")
+        # rows whose counts are all 0 are not converted (SummingMergeTree drops them anyway)
+        o_lines = [line for line in o.splitlines() if any(v not in ("0", "[]") and not re.fullmatch(r"\[0(,0)*\]", v) for v in line.split("\t")[len(key.split(",")):])]
+        if new.endswith("_sum") and not new.startswith("page"):
+            o = "\n".join(o_lines)
+        if o.strip() != n.strip():
+            raise AssertionError(f"{new}: the conversion differs from {old}:\n{o[:2000]}\n---\n{n[:2000]}")
+        keys += len(n.splitlines())
+    return keys
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--http", help="URL of a ClickHouse server (else chDB in-process)")
@@ -566,7 +706,7 @@ def main():
     t0 = time.time()
 
     queries = load_queries()
-    assert set(queries) == {"pages", "pages_long", "page_trend", "heatmap", "elements", "scroll", "fold", "site_totals"}, sorted(queries)
+    assert set(queries) == {"pages", "page_trend", "heatmap", "elements", "scroll", "fold", "site_totals"}, sorted(queries)
 
     server.query(f"DROP DATABASE IF EXISTS {DB}")
     server.query(f"CREATE DATABASE {DB}")
@@ -576,49 +716,98 @@ def main():
     rnd.shuffle(events)
     n = len(events)
     pre, post_new, post_old, last = events[: n // 3], events[n // 3: n // 2], events[n // 2: 2 * n // 3], events[2 * n // 3:]
+    late, after, final = last[: len(last) // 3], last[len(last) // 3: 2 * len(last) // 3], last[2 * len(last) // 3:]
+    # The cutover: far enough ahead that every row this test stamps by default (now()) is before
+    # it; rows after it are stamped explicitly.
+    cutover = int(server.query("SELECT toUInt32(now()) + 86400").strip())
     stored = {}
+    n_new = [0]
 
-    def put(evs, new_cols):
-        insert(server, evs, new_cols)
+    def put(evs, level, inserted_at=None):
+        insert(server, evs, level, inserted_at)
+        new_side = inserted_at is not None and inserted_at >= cutover
         for e in evs:
-            stored.setdefault(e["event_id"], effective(e, new_cols))
+            if new_side:  # a sum counts every row: each gets its own entry
+                n_new[0] += 1
+                stored[(e["event_id"], n_new[0])] = effective(e, level, True)
+            else:
+                stored.setdefault(e["event_id"], effective(e, level, False))
 
     # 1. rows present before 0002, a duplicate block of some of them
-    put(pre[: len(pre) // 2], False)
-    put(pre[len(pre) // 2:], False)
-    put(pre[::5], False)
+    put(pre[: len(pre) // 2], 0)
+    put(pre[len(pre) // 2:], 0)
+    put(pre[::5], 0)
     # 2. the migration: views, then backfill
     apply_file(server, "0002_analytics.sql", version)
     apply_file(server, "0003_fold.sql", version)
     apply_file(server, "0004_pages_daily.sql", version)
     # 3. new-format and old-format inserts, duplicates (also of pre rows) in separate blocks
-    put(post_new, True)
-    put(post_old, False)
-    put(post_new[::3], True)
-    put(pre[1::4], False)
+    put(post_new, 1)
+    put(post_old, 0)
+    put(post_new[::3], 1)
+    put(pre[1::4], 0)
     # 4. the migration again
     skipped = apply_file(server, "0002_analytics.sql", version)
     apply_file(server, "0003_fold.sql", version, rerun=True)
     apply_file(server, "0004_pages_daily.sql", version, rerun=True)
-    # 5. more, and a whole block resent
-    put(last, True)
-    put(last, True)
+    apply_file(server, "0005_event_from.sql", version)
+    # 5. 0006, as src/migrate/cutover.rs runs it: the switch ...
+    ph = phases((ROOT / "migrations" / "0006_sum_rollups.sql").read_text())
+    assert set(ph) == {"switch", "convert", "finish"}, sorted(ph)
+    run_phase(server, ph["switch"], version, cutover)
+    # ... rows stamped before the cutover that commit after the switch (a sink's batch in
+    # flight; duplicates of it too: the old rollups are sets), rows stamped after it (half from
+    # collectors not yet sending `from`) ...
+    put(late, 2, cutover - 60)
+    put(late[::4], 2, cutover - 60)
+    put(after[::2], 2, cutover)
+    put(after[1::2], 1, cutover + 30)
+    # ... the conversion, twice (a rerun doubles nothing) ...
+    convert(server, ph, version, cutover)
+    keys = conversion_equals_old_sets(server)
+    dropped = convert(server, ph, version, cutover)
+    assert dropped > 0, "the rerun found no backfill partition to drop"
+    assert keys == conversion_equals_old_sets(server)
+    print(f"conversion: {keys} keys equal the old sets' counts, also after a rerun ({dropped} backfill partitions dropped)")
+    # ... and the finish. Rows stamped after the cutover keep coming.
+    run_phase(server, ph["finish"], version, cutover)
+    put(final, 2, cutover + 100)
+    # A site whose page views send scroll and engagement several times with `from`, all after
+    # the cutover: the sums give exactly the per-page-view truth.
+    exact, _ = generate(seed=14, sites=[EXACT_SITE], n_pageviews=120, new_snippet_share=1.0)
+    rnd.shuffle(exact)
+    put(exact[: len(exact) // 2], 2, cutover + 5)
+    put(exact[len(exact) // 2:], 2, cutover + 200)
+    multi = sum(1 for e in exact if e["type"] in ("scroll", "engagement") and (e.get("depth_from") or e.get("duration_from_ms")))
+    assert multi > 20, multi
 
     distinct = int(server.query(f"SELECT uniqExact(event_id) FROM {DB}.events").strip())
     raw = int(server.query(f"SELECT count() FROM {DB}.events").strip())
-    assert distinct == len(stored), (distinct, len(stored))
-    print(f"events: {len(stored)} distinct, {raw} rows stored (duplicates included); 0002 rerun skipped {skipped} ALTER(s)")
+    assert distinct == len({k[0] if isinstance(k, tuple) else k for k in stored}), (distinct, len(stored))
+    print(f"events: {distinct} distinct, {raw} rows stored (duplicates included), {n_new[0]} after the cutover "
+          f"({multi} sends with `from`); 0002 rerun skipped {skipped} ALTER(s)")
 
     # device_class of the pre rows comes from the DEFAULT, on read
     dc = server.query(f"SELECT countIf(device_class != multiIf(viewport_w = 0, 'unknown', viewport_w < 768, 'mobile', viewport_w < 1024, 'tablet', 'desktop')) FROM {DB}.events").strip()
     assert dc == "0", dc
 
     model = Model(stored)
+    # the sums equal the per-page-view truth where every send arrived once with `from`
+    truth = Model({k: r for k, r in stored.items() if r["site"] == EXACT_SITE}, as_sets=True)
     days = sorted({r["ts"].date().isoformat() for r in stored.values()})
+    # (over the whole range: a range cut between two sends of one page view counts each send
+    # in its own day, docs/queries.md)
+    for frm, to in [(days[0], days[-1])]:
+        for device in ("", "mobile", "desktop"):
+            assert model.pages(EXACT_SITE, frm, to, device, 100) == truth.pages(EXACT_SITE, frm, to, device, 100)
+            for path in PATHS:
+                assert model.scroll(EXACT_SITE, path, frm, to, device) == truth.scroll(EXACT_SITE, path, frm, to, device)
     checked, cells = check_all(server, queries, model, days)
     print(f"queries: {checked} runs, {cells} cells matched")
-    for t in ("click_grid_daily", "element_clicks_daily", "scroll_depth_daily", "engagement_daily", "page_stats_hourly", "fold_daily", "pages_daily"):
+    tables = ("click_grid_daily", "element_clicks_daily", "scroll_depth_daily", "engagement_daily", "page_stats_hourly", "fold_daily", "pages_daily")
+    for t in tables:
         server.query(f"OPTIMIZE TABLE {DB}.{t} FINAL")
+        server.query(f"OPTIMIZE TABLE {DB}.{t}_sum FINAL")
     server.query(f"OPTIMIZE TABLE {DB}.events FINAL")
     checked2, cells2 = check_all(server, queries, model, days)
     print(f"after OPTIMIZE FINAL: {checked2} runs, {cells2} cells matched")

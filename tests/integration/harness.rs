@@ -232,7 +232,7 @@ pub fn test_config(ch: &ClickHouse, data_dir: &Path) -> Config {
 }
 
 pub async fn migrate(c: &Config) {
-    clicktrail::migrate::run(&c.clickhouse)
+    clicktrail::migrate::run(&c.clickhouse, clicktrail::migrate::InsertWait::Skip)
         .await
         .expect("migrate");
 }

@@ -103,12 +103,12 @@ fn events(ts: i64) -> (Vec<Value>, Vec<Value>) {
             json!({"type": "click", "id": "c4", "url": a, "session": "s1", "visitor": "v1", "pv": "pv1",
             "x": 999, "y": 0, "selector": "#buy", "error": true, "ex": 60000, "ey": 60000}),
         )),
-        // Scroll: pv1 reached 80 (two events), pv2 20, pv3 100.
+        // Scroll: pv1 reached 80 (two sends: the second says it had sent 50), pv2 20, pv3 100.
         desktop(ev(
             json!({"type": "scroll", "id": "sc1", "url": a, "session": "s1", "visitor": "v1", "pv": "pv1", "depth": 50}),
         )),
         desktop(ev(
-            json!({"type": "scroll", "id": "sc2", "url": a, "session": "s1", "visitor": "v1", "pv": "pv1", "depth": 80}),
+            json!({"type": "scroll", "id": "sc2", "url": a, "session": "s1", "visitor": "v1", "pv": "pv1", "depth": 80, "from": 50}),
         )),
         desktop(ev(
             json!({"type": "scroll", "id": "sc3", "url": a, "session": "s2", "visitor": "v2", "pv": "pv2", "depth": 20}),
@@ -116,9 +116,13 @@ fn events(ts: i64) -> (Vec<Value>, Vec<Value>) {
         desktop(ev(
             json!({"type": "scroll", "id": "sc4", "url": a, "session": "s3", "visitor": "v1", "pv": "pv3", "depth": 100}),
         )),
-        // Engagement: pv1 12 s (engaged), pv2 3 s; pv3 none and no click: the one bounce.
+        // Engagement: pv1 12 s (engaged; two sends, 4 s then 12 s from 4 s), pv2 3 s; pv3 none
+        // and no click: the one bounce.
         desktop(ev(
-            json!({"type": "engagement", "id": "en1", "url": a, "session": "s1", "visitor": "v1", "pv": "pv1", "duration_ms": 12000}),
+            json!({"type": "engagement", "id": "en0", "url": a, "session": "s1", "visitor": "v1", "pv": "pv1", "duration_ms": 4000}),
+        )),
+        desktop(ev(
+            json!({"type": "engagement", "id": "en1", "url": a, "session": "s1", "visitor": "v1", "pv": "pv1", "duration_ms": 12000, "from": 4000}),
         )),
         desktop(ev(
             json!({"type": "engagement", "id": "en2", "url": a, "session": "s2", "visitor": "v2", "pv": "pv2", "duration_ms": 3000}),
@@ -152,27 +156,10 @@ async fn inserted(app: &App, rows: usize) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reports_answer_cell_by_cell_and_count_each_event_once() {
-    let (ch, _data, app) = setup().await;
-    let ts = now_ms() - 5_000;
+/// Every report of the day of `ts` over the events of [`events`], checked cell by cell; returns
+/// the URIs asked and their answers.
+async fn assert_reports(app: &App, ts: i64) -> (Vec<String>, Vec<Value>) {
     let day = Day(ts.div_euclid(86_400_000)).format();
-    let (test, other) = events(ts);
-    let n = test.len() + other.len();
-    let post_all = || async {
-        let (s, b) = app.post(&batch(test.clone())).await;
-        assert_eq!((s, &b["accepted"]), (200, &json!(test.len())), "{b}");
-        let (s, b) = app
-            .post(&json!({"site": "other", "events": other.clone()}))
-            .await;
-        assert_eq!(s, 200, "{b}");
-    };
-    post_all().await;
-    // The sink counts rows once their INSERT returned, i.e. after the materialized views
-    // wrote the rollups too (rows are visible in `events` before the views have run).
-    inserted(&app, n).await;
-    assert_eq!(ch.count("SELECT count() FROM clicktrail.events"), n as u64);
-
     let range = format!("from={day}&to={day}");
     let uris = [
         format!("/v1/query/pages?site=test&{range}"),
@@ -188,7 +175,7 @@ async fn reports_answer_cell_by_cell_and_count_each_event_once() {
     ];
     let mut first = Vec::new();
     for u in &uris {
-        first.push(ok(&app, u).await);
+        first.push(ok(app, u).await);
     }
 
     // pages: /p/a first (3 views), then /p/b.
@@ -254,11 +241,11 @@ async fn reports_answer_cell_by_cell_and_count_each_event_once() {
     }
     close(&totals["bounce_rate"], 0.25, "totals bounce_rate");
 
-    // Over 21 days (longer than PAGES_DAILY_MAX_DAYS: the per-page rollups' statement) the
+    // Over 21 days (other days' rows in the range, none of them with events) the
     // same events give the same report.
     let long_from = Day(ts.div_euclid(86_400_000) - 20).format();
     let long = ok(
-        &app,
+        app,
         &format!("/v1/query/pages?site=test&from={long_from}&to={day}"),
     )
     .await;
@@ -366,6 +353,32 @@ async fn reports_answer_cell_by_cell_and_count_each_event_once() {
         );
         close(&d["share"], want as f64 / 3.0, &format!("share at {b}"));
     }
+    (uris.to_vec(), first)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_answer_cell_by_cell() {
+    let (ch, _data, app) = setup().await;
+    let ts = now_ms() - 5_000;
+    let day = Day(ts.div_euclid(86_400_000)).format();
+    let (test, other) = events(ts);
+    let n = test.len() + other.len();
+    let post_all = || async {
+        let (s, b) = app.post(&batch(test.clone())).await;
+        assert_eq!((s, &b["accepted"]), (200, &json!(test.len())), "{b}");
+        let (s, b) = app
+            .post(&json!({"site": "other", "events": other.clone()}))
+            .await;
+        assert_eq!(s, 200, "{b}");
+    };
+    post_all().await;
+    // The sink counts rows once their INSERT returned, i.e. after the materialized views
+    // wrote the rollups too (rows are visible in `events` before the views have run).
+    inserted(&app, n).await;
+    assert_eq!(ch.count("SELECT count() FROM clicktrail.events"), n as u64);
+
+    let range = format!("from={day}&to={day}");
+    assert_reports(&app, ts).await;
 
     // The heatmap as a PNG: 51 bands (y 0..50) at 200 px wide: 2 px per cell, 102 px high.
     let (status, png) = get_bytes(
@@ -425,8 +438,29 @@ async fn reports_answer_cell_by_cell_and_count_each_event_once() {
         );
     }
 
-    // Counted once: the client resends both batches (same ids). The collector answers them as
-    // accepted and keeps the copies out of ClickHouse (docs/delivery.md), and no answer moves.
+    app.shutdown().await;
+}
+
+/// Counted once: the client resends both batches (same ids). The sum rollups (0006) count
+/// what reaches ClickHouse; the collector answers the copies as accepted and keeps them out
+/// (docs/delivery.md), so no answer moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resent_batch_moves_no_report() {
+    let (ch, _data, app) = setup().await;
+    let ts = now_ms() - 5_000;
+    let (test, other) = events(ts);
+    let n = test.len() + other.len();
+    let post_all = || async {
+        let (s, b) = app.post(&batch(test.clone())).await;
+        assert_eq!(s, 200, "{b}");
+        let (s, b) = app
+            .post(&json!({"site": "other", "events": other.clone()}))
+            .await;
+        assert_eq!(s, 200, "{b}");
+    };
+    post_all().await;
+    inserted(&app, n).await;
+    let (uris, first) = assert_reports(&app, ts).await;
     post_all().await;
     let want = format!("clicktrail_duplicates_dropped_total{{stage=\"intake\"}} {n}\n");
     assert!(
@@ -599,5 +633,74 @@ async fn tokens_and_parameters_get_their_statuses_and_reasons() {
     .await;
     assert_eq!(s, 200, "{b}");
     assert_eq!(b["pages"], json!([]));
+    app.shutdown().await;
+}
+
+/// Issue 13: `clicktrail migrate` converts the rollups of rows already present into the sum
+/// rollups (0006), and a rerun of the conversion (a crash before its record) doubles nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sum_migration_converts_present_rows_and_a_rerun_doubles_nothing() {
+    use clicktrail::migrate::{run_to, InsertWait};
+    let ch = ClickHouse::start();
+    let data = tempfile::tempdir().unwrap();
+    let mut cfg = test_config(&ch, data.path());
+    cfg.sites[0].read_tokens = vec![TOKEN.into()];
+    cfg.sites.push(SiteConfig {
+        key: "other".into(),
+        origins: vec![ORIGIN.into()],
+        read_tokens: vec![OTHER_TOKEN.into()],
+    });
+    // The schema as the release before 0006 left it, with the events in its set rollups.
+    run_to(&cfg.clickhouse, InsertWait::Skip, 5).await.unwrap();
+    let app = App::spawn(cfg.clone()).await;
+    let ts = now_ms() - 5_000;
+    let (test, other) = events(ts);
+    let n = test.len() + other.len();
+    let (s, b) = app.post(&batch(test)).await;
+    assert_eq!(s, 200, "{b}");
+    let (s, b) = app.post(&json!({"site": "other", "events": other})).await;
+    assert_eq!(s, 200, "{b}");
+    inserted(&app, n).await;
+    assert!(ch.count("SELECT count() FROM clicktrail.pages_daily") > 0);
+
+    // No insert in flight (the sink has delivered everything): no wait needed.
+    migrate(&cfg).await;
+    let converted = "SELECT count() FROM clicktrail.pages_daily_sum FINAL WHERE backfill = 1";
+    assert!(
+        ch.count(converted) > 0,
+        "the rows came through the conversion"
+    );
+    assert_eq!(
+        ch.count("SELECT count() FROM clicktrail.pages_daily_sum WHERE backfill = 0"),
+        0,
+        "no view of 0006 saw them"
+    );
+    let (uris, first) = assert_reports(&app, ts).await;
+
+    // A crash after the conversion, before its record: the next migrate converts again.
+    ch.query("ALTER TABLE clicktrail.schema_migrations DELETE WHERE version = 6");
+    eventually(
+        "the record of 0006 deleted",
+        Duration::from_secs(20),
+        || ch.count("SELECT count() FROM clicktrail.schema_migrations WHERE version = 6") == 0,
+    )
+    .await;
+    migrate(&cfg).await;
+    assert_eq!(
+        ch.count("SELECT count() FROM clicktrail.schema_migrations WHERE version = 6"),
+        1
+    );
+    for (u, want) in uris.iter().zip(&first) {
+        assert_eq!(&ok(&app, u).await, want, "{u} changed after the rerun");
+    }
+    // And once more, recorded: a no-op.
+    migrate(&cfg).await;
+    for (u, want) in uris.iter().zip(&first) {
+        assert_eq!(
+            &ok(&app, u).await,
+            want,
+            "{u} changed after a third migrate"
+        );
+    }
     app.shutdown().await;
 }
