@@ -649,6 +649,7 @@ async fn the_sum_migration_converts_present_rows_and_a_rerun_doubles_nothing() {
         key: "other".into(),
         origins: vec![ORIGIN.into()],
         read_tokens: vec![OTHER_TOKEN.into()],
+        keep_query_params: vec![],
     });
     // The schema as the release before 0006 left it, with the events in its set rollups.
     run_to(&cfg.clickhouse, InsertWait::Skip, 5).await.unwrap();
