@@ -906,9 +906,15 @@ fn add(batch: &mut Batch, rec: crate::spool::Record) {
     }
 }
 
-/// Most bytes of one query of [`Sink::settle_ambiguous`] (its `max_query_size` is set to fit):
-/// about 100,000 ids, a full `sink.max_batch_rows` batch in one query.
+/// Most bytes of one query of [`Sink::settle_ambiguous`] (its `max_query_size` is set to fit).
 const CHECK_QUERY_BYTES: usize = 4 << 20;
+
+/// Most ids in one query of the check. ClickHouse parses each literal into an AST element and
+/// refuses a query of more than `max_ast_elements` (50,000 by default): a check of a full
+/// 100,000-row batch in one query failed every time ("AST is too big", code 168) and held
+/// the sink until it was restarted (the chaos soak, 2026-12-02). 20,000 leaves room for the
+/// sites and the rest of the query.
+const CHECK_QUERY_IDS: usize = 20_000;
 
 /// The check's queries, and each row's (site, event_id) in order.
 type CheckQueries = (Vec<String>, Vec<(String, String)>);
@@ -943,17 +949,20 @@ fn check_queries(
     head.push_str(") AND event_id IN (");
     let mut queries = Vec::new();
     let mut sql = String::new();
+    let mut ids = 0;
     for r in &rows {
         if sql.is_empty() {
             sql.push_str(&head);
-        } else if sql.len() + r.event_id.len() + 8 > CHECK_QUERY_BYTES {
+        } else if sql.len() + r.event_id.len() + 8 > CHECK_QUERY_BYTES || ids == CHECK_QUERY_IDS {
             sql.push(')');
             queries.push(std::mem::take(&mut sql));
             sql.push_str(&head);
+            ids = 0;
         } else {
             sql.push_str(", ");
         }
         crate::query::sql::quote(&r.event_id, &mut sql);
+        ids += 1;
     }
     if !sql.is_empty() {
         sql.push(')');
@@ -1073,6 +1082,42 @@ impl Rows {
 #[cfg(test)]
 mod tests {
     use super::Rows;
+
+    #[test]
+    fn the_check_of_a_full_batch_stays_within_clickhouse_limits() {
+        let mut e = crate::compactor::tests_support::event();
+        let mut body = Vec::new();
+        let mut ends = Vec::new();
+        let n = 100_000;
+        for i in 0..n {
+            e.event_id = format!("e-{i:08}").into();
+            e.encode(&mut body);
+            ends.push(body.len());
+        }
+        let batch = super::Batch {
+            start: 0,
+            end: 1,
+            rows: n,
+            bytes: body.len(),
+            oldest_ms: 0,
+            body,
+            ends,
+            undecodable: Vec::new(),
+            inserted_at: None,
+            resumed: false,
+        };
+        let (queries, keys) = super::check_queries(&Rows::all(n), &batch, 0).unwrap();
+        assert_eq!(keys.len(), n);
+        assert_eq!(queries.len(), n / super::CHECK_QUERY_IDS);
+        let mut asked = 0;
+        for q in &queries {
+            let ids = q.matches("'e-").count();
+            assert!(ids <= super::CHECK_QUERY_IDS, "{ids} ids in one query");
+            assert!(q.len() <= super::CHECK_QUERY_BYTES + 64);
+            asked += ids;
+        }
+        assert_eq!(asked, n, "every row is asked for once");
+    }
 
     #[test]
     fn rows_leave_out_found_ones_and_split_in_halves() {
