@@ -72,7 +72,7 @@ key = "demo"
 origins = ["*"]
 EOT
   done
-  "$bin" --config "$dir/$db/c1/clicktrail.toml" migrate >/dev/null 2>&1 || { echo "migrate failed for $db"; return 1; }
+  "$bin" --config "$dir/$db/c1/clicktrail.toml" migrate --no-insert-wait >/dev/null 2>&1 || { echo "migrate failed for $db"; return 1; }
   for i in $(seq 1 "$n"); do
     cpids+=("$( (nohup "$bin" serve --config "$dir/$db/c$i/clicktrail.toml" > "$dir/$db/c$i/out.log" 2>&1 & echo $!) )")
     for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$((base + 500 + i))/healthz" >/dev/null && break; sleep 0.1; done

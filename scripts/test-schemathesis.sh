@@ -96,7 +96,7 @@ read_tokens = ["other-site-read-token"]
 TOML
 # The collector reads only this file and these variables; none of the caller's CLICKTRAIL_*.
 unset "${!CLICKTRAIL_@}" 2>/dev/null || true
-"$bin" --config "$config" migrate >"$tmp/migrate.log" 2>&1 || { cat "$tmp/migrate.log" >&2; exit 1; }
+"$bin" --config "$config" migrate --no-insert-wait >"$tmp/migrate.log" 2>&1 || { cat "$tmp/migrate.log" >&2; exit 1; }
 
 # --- the collector
 "$bin" --config "$config" serve >"$tmp/collector.log" 2>&1 &

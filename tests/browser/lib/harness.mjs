@@ -128,7 +128,8 @@ export async function startCollector(dir, { chHttp, sites, port }) {
   env.RUST_LOG = process.env.RUST_LOG || 'info';
 
   try {
-    await run(BIN, ['migrate', '--config', config], { timeout: 60000, env });
+    // No collector runs yet: nothing can be stamped before 0006's cutover, so no insert wait.
+    await run(BIN, ['migrate', '--config', config, '--no-insert-wait'], { timeout: 60000, env });
   } catch (e) {
     throw new Error(`clicktrail migrate failed: ${e.message}\n${e.stdout || ''}${e.stderr || ''}`);
   }
