@@ -272,37 +272,10 @@ pub async fn run_to(
                 wait,
             )
             .await?;
-            client
-                .query(&record_sql(db, *version, name, sql))
-                .execute()
-                .await
-                .map_err(MigrateError::Record)?;
-            tracing::info!(migration = name, "applied");
-            done.push(name.to_string());
-            continue;
+        } else {
+            apply_statements(&client, dialect, layout, db, name, sql).await?;
         }
-        for s in render(dialect, layout, db, name, sql)? {
-            match client.query(&s).execute().await {
-                Ok(()) => {}
-                // Only where the dialect has no `ADD COLUMN IF NOT EXISTS`: the columns of
-                // this statement were added by an earlier run that crashed before its record
-                // (one ALTER with several ADD COLUMN is all or nothing).
-                Err(e)
-                    if !dialect.add_column_if_not_exists()
-                        && s.trim_start().starts_with("ALTER TABLE")
-                        && crate::clickhouse::codes::is_column_exists(&e) =>
-                {
-                    tracing::info!(migration = name, "columns already there, continuing");
-                }
-                Err(source) => {
-                    return Err(MigrateError::Statement {
-                        file: name.to_string(),
-                        statement: s.clone(),
-                        source,
-                    })
-                }
-            }
-        }
+        // Recorded only once every statement (or phase) ran: a crash before this reruns it.
         client
             .query(&record_sql(db, *version, name, sql))
             .execute()
@@ -312,6 +285,40 @@ pub async fn run_to(
         done.push(name.to_string());
     }
     Ok(done)
+}
+
+/// The statements of a migration without phases, in order.
+async fn apply_statements(
+    client: &clickhouse::Client,
+    dialect: Dialect,
+    layout: Layout<'_>,
+    db: &str,
+    name: &str,
+    sql: &str,
+) -> Result<(), MigrateError> {
+    for s in render(dialect, layout, db, name, sql)? {
+        match client.query(&s).execute().await {
+            Ok(()) => {}
+            // Only where the dialect has no `ADD COLUMN IF NOT EXISTS`: the columns of
+            // this statement were added by an earlier run that crashed before its record
+            // (one ALTER with several ADD COLUMN is all or nothing).
+            Err(e)
+                if !dialect.add_column_if_not_exists()
+                    && s.trim_start().starts_with("ALTER TABLE")
+                    && crate::clickhouse::codes::is_column_exists(&e) =>
+            {
+                tracing::info!(migration = name, "columns already there, continuing");
+            }
+            Err(source) => {
+                return Err(MigrateError::Statement {
+                    file: name.to_string(),
+                    statement: s.clone(),
+                    source,
+                })
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
