@@ -12,6 +12,10 @@
 //! of 0002-0004 are filled from the same rows by their own backfill statements, and every report
 //! is timed in SQL over both, the statements before 0006 being `benches/queries_0005.md`.
 //!
+//! `--keep DIR` keeps the server's data in DIR (instead of a temporary directory) and reuses it
+//! on the next run with the same `--rows`: the seed and the set fill are skipped, so a report
+//! change can be timed again at 100M events without 40 minutes of seeding.
+//!
 //! Targets on ClickHouse 18.16: every page-day report under 200 ms p99, 30 days under 1 s p99.
 
 use std::process::{Command, Stdio};
@@ -124,10 +128,21 @@ fn main() {
         .map(|v| v.parse().expect("--iters K"))
         .unwrap_or(50);
     let raw_iters = (iters / 5).max(3);
-    let dir = tempfile::tempdir().unwrap();
+    let temp = tempfile::tempdir().unwrap();
+    let dir = match arg("--keep") {
+        Some(d) => {
+            std::fs::create_dir_all(&d).unwrap();
+            std::path::PathBuf::from(d)
+        }
+        None => temp.path().to_path_buf(),
+    };
+    // Written once the seed (and the set fill) of `rows` events finished, so a reused dir
+    // never times a half-seeded table.
+    let seeded_mark = dir.join(format!("seeded-{rows}"));
+    let filled_mark = dir.join(format!("sets-filled-{rows}"));
     let (port, tcp) = (free_port(), free_port());
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/clickhouse.sh");
-    let chdir = dir.path().join("ch");
+    let chdir = dir.join("ch");
     assert!(Command::new(script)
         .args([
             "start",
@@ -159,10 +174,26 @@ fn main() {
                 t
             }
         };
+        // One GROUP BY over every row (the set fill, the 30-day raw references): at 100M events
+        // it outgrows the server's per-query memory (code 241 at 3.73 GiB), so spill to disk past
+        // 2 GB. The API's own statements run without these settings.
+        let big = |sql: String| {
+            let http = http.clone();
+            let url = format!(
+                "{url}/?max_bytes_before_external_group_by=2000000000&max_memory_usage=16000000000"
+            );
+            async move {
+                let r = http.post(&url).body(sql).send().await.unwrap();
+                let ok = r.status().is_success();
+                let t = r.text().await.unwrap();
+                assert!(ok, "{t}");
+                t
+            }
+        };
 
         let mut config = Config {
             listen: "127.0.0.1:0".parse().unwrap(),
-            data_dir: dir.path().join("data"),
+            data_dir: temp.path().join("data"),
             sites: vec![
                 SiteConfig {
                     key: "bench".into(),
@@ -195,9 +226,14 @@ fn main() {
         .unwrap()
         .replace("{{db}}", "clicktrail")
         .replace("{{rows}}", &rows.to_string());
-        eprintln!("seeding {rows} events (the seven sum views of 0006 fill as they go)...");
         let started = Instant::now();
-        q(seed).await;
+        if seeded_mark.exists() {
+            eprintln!("reusing the {rows} events seeded in {}", dir.display());
+        } else {
+            eprintln!("seeding {rows} events (the seven sum views of 0006 fill as they go)...");
+            q(seed).await;
+            std::fs::write(&seeded_mark, "").unwrap();
+        }
         let seed_time = started.elapsed();
         let rate = rows as f64 / seed_time.as_secs_f64();
         // The set rollups of 0002-0004 from the same rows, by their backfill statements.
@@ -210,7 +246,12 @@ fn main() {
                 .unwrap();
         let dialect = clicktrail::migrate::Dialect { version };
         let started = Instant::now();
-        for (_, name, sql) in &clicktrail::migrate::MIGRATIONS[1..4] {
+        let migrations = if filled_mark.exists() {
+            &clicktrail::migrate::MIGRATIONS[..0]
+        } else {
+            &clicktrail::migrate::MIGRATIONS[1..4]
+        };
+        for (_, name, sql) in migrations {
             let statements = clicktrail::migrate::render(
                 dialect,
                 clicktrail::migrate::Layout::Single,
@@ -219,23 +260,12 @@ fn main() {
                 sql,
             )
             .unwrap();
-            // One GROUP BY over every row: at 100M events the sets' states outgrow the
-            // server's per-query memory (code 241 at 3.73 GiB), so spill to disk past 2 GB.
             // (The sum views filled as the seed went, a block at a time.)
             for s in statements.into_iter().filter(|s| s.starts_with("INSERT INTO")) {
-                let r = http
-                    .post(format!(
-                        "{url}/?max_bytes_before_external_group_by=2000000000&max_memory_usage=16000000000"
-                    ))
-                    .body(s)
-                    .send()
-                    .await
-                    .unwrap();
-                let ok = r.status().is_success();
-                let t = r.text().await.unwrap();
-                assert!(ok, "{t}");
+                big(s).await;
             }
         }
+        std::fs::write(&filled_mark, "").unwrap();
         let set_fill = started.elapsed();
         let mut rollups = Vec::new();
         for t in [
@@ -301,7 +331,11 @@ fn main() {
             (percentile(samples, 0.5), percentile(samples, 0.99))
         };
 
-        println!("\n{rows} events seeded in {:.1} s ({rate:.0} events/s, with the seven sum views); the set rollups filled from them in {:.1} s", seed_time.as_secs_f64(), set_fill.as_secs_f64());
+        if migrations.is_empty() {
+            println!("\n{rows} events and the set rollups reused from {}", dir.display());
+        } else {
+            println!("\n{rows} events seeded in {:.1} s ({rate:.0} events/s, with the seven sum views); the set rollups filled from them in {:.1} s", seed_time.as_secs_f64(), set_fill.as_secs_f64());
+        }
         println!("\n| rollup | sets (0002-0004) | sums (0006, `_sum`) |\n| --- | --- | --- |");
         for r in &rollups {
             println!("{r}");
@@ -330,11 +364,11 @@ fn main() {
                 }
                 let (p50, p99) = time(&mut samples);
                 let sql = raw_sql(report, from, to);
-                q(sql.clone()).await; // warm-up
+                big(sql.clone()).await; // warm-up
                 let mut raw = Vec::with_capacity(raw_iters);
                 for _ in 0..raw_iters {
                     let started = Instant::now();
-                    q(sql.clone()).await;
+                    big(sql.clone()).await;
                     raw.push(started.elapsed());
                 }
                 let (r50, r99) = time(&mut raw);
