@@ -237,7 +237,6 @@ fn main() {
         let seed_time = started.elapsed();
         let rate = rows as f64 / seed_time.as_secs_f64();
         // The set rollups of 0002-0004 from the same rows, by their backfill statements.
-        eprintln!("filling the set rollups of 0002-0004 from the same rows...");
         let version = q("SELECT version()".into()).await;
         let mut v = version.trim().split('.');
         let version: clicktrail::migrate::ServerVersion =
@@ -249,6 +248,7 @@ fn main() {
         let migrations = if filled_mark.exists() {
             &clicktrail::migrate::MIGRATIONS[..0]
         } else {
+            eprintln!("filling the set rollups of 0002-0004 from the same rows...");
             &clicktrail::migrate::MIGRATIONS[1..4]
         };
         for (_, name, sql) in migrations {
