@@ -140,6 +140,15 @@ fn main() {
     // never times a half-seeded table.
     let seeded_mark = dir.join(format!("seeded-{rows}"));
     let filled_mark = dir.join(format!("sets-filled-{rows}"));
+    // Seeding another N on top of kept events would time a mix of both.
+    for e in std::fs::read_dir(&dir).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        assert!(
+            !name.starts_with("seeded-") || name == format!("seeded-{rows}"),
+            "{} holds the events of another run ({name}); pass its --rows or another --keep dir",
+            dir.display()
+        );
+    }
     let (port, tcp) = (free_port(), free_port());
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/clickhouse.sh");
     let chdir = dir.join("ch");
@@ -227,7 +236,8 @@ fn main() {
         .replace("{{db}}", "clicktrail")
         .replace("{{rows}}", &rows.to_string());
         let started = Instant::now();
-        if seeded_mark.exists() {
+        let reused = seeded_mark.exists();
+        if reused {
             eprintln!("reusing the {rows} events seeded in {}", dir.display());
         } else {
             eprintln!("seeding {rows} events (the seven sum views of 0006 fill as they go)...");
@@ -269,7 +279,7 @@ fn main() {
         let set_fill = started.elapsed();
         // The seed and the fill leave hundreds of parts that the server merges for minutes
         // after; timings taken meanwhile measure the merges (the 30M run of 2026-12-02: site-wide
-        // pages 176 ms p50 through the API while merging, 75 ms for the same statement after).
+        // pages 176 ms p50 through the API while merging, 126 ms once merged).
         let settle = Instant::now();
         while q("SELECT count() FROM system.merges".into()).await.trim() != "0"
             && settle.elapsed() < Duration::from_secs(1800)
@@ -341,8 +351,8 @@ fn main() {
             (percentile(samples, 0.5), percentile(samples, 0.99))
         };
 
-        if migrations.is_empty() {
-            println!("\n{rows} events and the set rollups reused from {}", dir.display());
+        if reused {
+            println!("\n{rows} events reused from {} (set rollups filled in {:.1} s)", dir.display(), set_fill.as_secs_f64());
         } else {
             println!("\n{rows} events seeded in {:.1} s ({rate:.0} events/s, with the seven sum views); the set rollups filled from them in {:.1} s", seed_time.as_secs_f64(), set_fill.as_secs_f64());
         }
