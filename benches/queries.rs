@@ -56,6 +56,15 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// One statement to ClickHouse's HTTP interface; its answer, or a panic with the server's reason.
+async fn post(http: &reqwest::Client, url: &str, sql: String) -> String {
+    let r = http.post(url).body(sql).send().await.unwrap();
+    let ok = r.status().is_success();
+    let t = r.text().await.unwrap();
+    assert!(ok, "{t}");
+    t
+}
+
 struct Stop(String, String);
 impl Drop for Stop {
     fn drop(&mut self) {
@@ -172,33 +181,14 @@ fn main() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let http = reqwest::Client::new();
-        let q = |sql: String| {
-            let http = http.clone();
-            let url = url.clone();
-            async move {
-                let r = http.post(&url).body(sql).send().await.unwrap();
-                let ok = r.status().is_success();
-                let t = r.text().await.unwrap();
-                assert!(ok, "{t}");
-                t
-            }
-        };
+        let q = |sql: String| post(&http, &url, sql);
         // One GROUP BY over every row (the set fill, the 30-day raw references): at 100M events
         // it outgrows the server's per-query memory (code 241 at 3.73 GiB), so spill to disk past
         // 2 GB. The API's own statements run without these settings.
-        let big = |sql: String| {
-            let http = http.clone();
-            let url = format!(
-                "{url}/?max_bytes_before_external_group_by=2000000000&max_memory_usage=16000000000"
-            );
-            async move {
-                let r = http.post(&url).body(sql).send().await.unwrap();
-                let ok = r.status().is_success();
-                let t = r.text().await.unwrap();
-                assert!(ok, "{t}");
-                t
-            }
-        };
+        let spill_url = format!(
+            "{url}/?max_bytes_before_external_group_by=2000000000&max_memory_usage=16000000000"
+        );
+        let big = |sql: String| post(&http, &spill_url, sql);
 
         let mut config = Config {
             listen: "127.0.0.1:0".parse().unwrap(),
