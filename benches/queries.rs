@@ -16,6 +16,11 @@
 //! on the next run with the same `--rows`: the seed and the set fill are skipped, so a report
 //! change can be timed again at 100M events without 40 minutes of seeding.
 //!
+//! `--no-sets` skips the set rollups and the before / after table (at 100M events the fill
+//! alone takes a quarter of an hour, and 0006's gain is measured at smaller sizes);
+//! `--raw-iters K` sets the runs per raw-rows reference (default K / 5, at least 3: a 30-day
+//! raw report over 100M rows takes a minute or more).
+//!
 //! Targets on ClickHouse 18.16: every page-day report under 200 ms p99, 30 days under 1 s p99.
 
 use std::process::{Command, Stdio};
@@ -136,7 +141,10 @@ fn main() {
     let iters: usize = arg("--iters")
         .map(|v| v.parse().expect("--iters K"))
         .unwrap_or(50);
-    let raw_iters = (iters / 5).max(3);
+    let raw_iters: usize = arg("--raw-iters")
+        .map(|v| v.parse().expect("--raw-iters K"))
+        .unwrap_or((iters / 5).max(3));
+    let sets = !std::env::args().any(|a| a == "--no-sets");
     let temp = tempfile::tempdir().unwrap();
     let dir = match arg("--keep") {
         Some(d) => {
@@ -245,7 +253,7 @@ fn main() {
                 .unwrap();
         let dialect = clicktrail::migrate::Dialect { version };
         let started = Instant::now();
-        let migrations = if filled_mark.exists() {
+        let migrations = if filled_mark.exists() || !sets {
             &clicktrail::migrate::MIGRATIONS[..0]
         } else {
             eprintln!("filling the set rollups of 0002-0004 from the same rows...");
@@ -265,7 +273,9 @@ fn main() {
                 big(s).await;
             }
         }
-        std::fs::write(&filled_mark, "").unwrap();
+        if sets {
+            std::fs::write(&filled_mark, "").unwrap();
+        }
         let set_fill = started.elapsed();
         // The seed and the fill leave hundreds of parts that the server merges for minutes
         // after; timings taken meanwhile measure the merges (the 30M run of 2026-12-02: site-wide
@@ -350,8 +360,15 @@ fn main() {
             (percentile(samples, 0.5), percentile(samples, 0.99))
         };
 
+        let fill_note = if sets {
+            format!("the set rollups filled in {:.1} s", set_fill.as_secs_f64())
+        } else {
+            "no set rollups (--no-sets)".to_string()
+        };
         if reused {
-            println!("\n{rows} events reused from {} (set rollups filled in {:.1} s)", dir.display(), set_fill.as_secs_f64());
+            println!("\n{rows} events reused from {} ({fill_note})", dir.display());
+        } else if !sets {
+            println!("\n{rows} events seeded in {:.1} s ({rate:.0} events/s, with the seven sum views); {fill_note}", seed_time.as_secs_f64());
         } else {
             println!("\n{rows} events seeded in {:.1} s ({rate:.0} events/s, with the seven sum views); the set rollups filled from them in {:.1} s", seed_time.as_secs_f64(), set_fill.as_secs_f64());
         }
@@ -405,6 +422,27 @@ fn main() {
         // Before / after 0006: each report's statement over the set rollups and over the sums,
         // straight to ClickHouse, in this run.
         let before = clicktrail::query::sql::blocks(BEFORE_0006);
+        if !sets {
+            // The statements the API runs, alone (the API runs `pages` and `site_totals` at once).
+            println!("\n| report, SQL direct | range | p50 ms | p99 ms |\n| --- | --- | ---: | ---: |");
+            for (range, from, to) in [("1 day", DAY, DAY), ("30 days", FIRST, LAST)] {
+                for (name, limit) in [("pages", 100), ("site_totals", 0), ("page_trend", 0)] {
+                    let sql = bind(clicktrail::query::sql::statement(name), from, to, limit);
+                    q(sql.clone()).await; // warm-up
+                    let mut samples = Vec::with_capacity(iters);
+                    for _ in 0..iters {
+                        let started = Instant::now();
+                        q(sql.clone()).await;
+                        samples.push(started.elapsed());
+                    }
+                    let (p50, p99) = time(&mut samples);
+                    println!("| {name} | {range} | {} | {} |", ms(p50), ms(p99));
+                }
+            }
+            let _ = stop_tx.send(());
+            server.await.unwrap().unwrap();
+            return;
+        }
         println!("\n| report, SQL direct | range | sets p50 ms | sets p99 ms | sums p50 ms | sums p99 ms | sets / sums (p50) |");
         println!("| --- | --- | ---: | ---: | ---: | ---: | ---: |");
         for (range, from, to) in [("1 day", DAY, DAY), ("7 days", "2024-06-09", DAY), ("30 days", FIRST, LAST)] {
