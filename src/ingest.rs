@@ -443,6 +443,9 @@ impl Ingest {
         if n > 0 && self.inner.validator.agent(&ctx.user_agent).bot {
             self.inner.metrics.bot_events_flagged.inc_by(n as u64);
         }
+        // Crash tests: stored, not yet answered (a kill -9 here leaves the client to retry
+        // elsewhere; the sink's check at restart keeps the second copy out).
+        fail::fail_point!("ingest::before_answer");
         // Durable now: a copy for live viewers, never waited for.
         self.inner.live.publish(&ctx.site, &accepted);
         Ok(Answer {

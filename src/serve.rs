@@ -90,6 +90,13 @@ pub async fn run_with_reload(
     let slow = crate::slow::SlowCalls::new(&config.observability, metrics.clone());
     let sink = sink.with_slow_calls(slow.clone());
     let sink = sink.with_restamp_after(config.compactor.insert_settle / 2);
+    // A request is answered within http.request_timeout of its records being stored (the 5 s
+    // are for the response's way out): older pending records were answered before the stop.
+    let unanswered = crate::sink::UnansweredTail::after_recovery(
+        &spool.report,
+        config.http.request_timeout + std::time::Duration::from_secs(5),
+    );
+    let sink = sink.with_unanswered_tail(unanswered);
     let (fatal_tx, fatal_rx) = oneshot::channel::<std::io::Error>();
     let mut sink_task = tokio::spawn(sink.run());
 

@@ -19,6 +19,10 @@
 //!   the batch's (site, event_id) `events` has (rows stamped since `inflight_since`, the batch's
 //!   sites and `ts` range), and only the missing rows are sent, still with the batch's stamp
 //!   (`clicktrail_duplicates_dropped_total{stage="sink"}` counts the rest).
+//! - **Records stored just before a crash** may never have been answered, so the client (or
+//!   haproxy) may have sent them again to another collector ([`UnansweredTail`]): the
+//!   batches holding them are checked the same way, on a cluster too, before their first
+//!   attempt.
 //! - What remains possible (docs/delivery.md): on 18.16 a materialized view that fails after
 //!   the `events` part was written answers the insert with an error although `events` has the
 //!   rows; the check finds them and does not resend, so the views that missed the block
@@ -109,7 +113,48 @@ struct Batch {
     inserted_at: Option<u32>,
     /// In flight at the last stop: ClickHouse may have some or all of its rows.
     resumed: bool,
+    /// The oldest append time of the batch's records in [`UnansweredTail`]: their copies may
+    /// be in ClickHouse through another collector.
+    unanswered_ms: Option<u64>,
 }
+
+/// The records stored just before the last stop, whose answer may never have reached the
+/// client: `[.., end)` appended at or after `from_ms`. A collector killed between storing a
+/// request and answering it leaves the client (or haproxy's `retry-on empty-response`) to send
+/// it again, maybe to another collector, whose intake filter does not know the ids; both
+/// copies would reach ClickHouse, and the sum rollups would count them twice. So the sink
+/// checks these records like an attempt of unknown outcome, on a cluster too, and sends only
+/// the rows `events` does not have. It works when the other copy landed first, which is the
+/// usual order (a retry is delivered within `sink.batch_age`; a restart takes longer); the
+/// other order remains a duplicate in the sums (docs/delivery.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnansweredTail {
+    pub end: Lsn,
+    pub from_ms: u64,
+}
+
+impl UnansweredTail {
+    /// From the spool's recovery: the records pending at the start, appended within `window`
+    /// (the longest a request may wait for its answer, and a margin) of the newest one. `None`
+    /// when nothing is pending. When the newest record's time is unknown (the tail segment was
+    /// empty), every pending record counts.
+    pub fn after_recovery(report: &crate::spool::RecoveryReport, window: Duration) -> Option<Self> {
+        (report.next_lsn > report.checkpoint.delivered).then(|| UnansweredTail {
+            end: report.next_lsn,
+            from_ms: report
+                .last_appended_ms
+                .map_or(0, |t| t.saturating_sub(window.as_millis() as u64)),
+        })
+    }
+
+    fn holds(&self, lsn: Lsn, appended_ms: u64) -> bool {
+        lsn < self.end && appended_ms >= self.from_ms
+    }
+}
+
+/// How far two collectors' clocks may disagree when the check bounds the rows it looks at by
+/// `inserted_at` (another collector stamped its copy by its own clock).
+const CLOCK_SKEW_S: u32 = 300;
 
 pub struct Sink {
     client: clickhouse::Client,
@@ -164,6 +209,7 @@ impl Sink {
             status: status.clone(),
             building_oldest_ms: building_oldest_ms.clone(),
             recycled,
+            unanswered: None,
         };
         (
             Self {
@@ -198,6 +244,15 @@ impl Sink {
     /// compactor's `insert_settle` (serve sets it).
     pub fn with_restamp_after(mut self, after: Duration) -> Self {
         self.restamp_after = after;
+        self
+    }
+
+    /// Check the records of `tail` against ClickHouse before sending them (serve sets it from
+    /// the spool's recovery).
+    pub fn with_unanswered_tail(mut self, tail: Option<UnansweredTail>) -> Self {
+        if let Some(p) = self.prep.as_mut() {
+            p.unanswered = tail;
+        }
         self
     }
 
@@ -389,7 +444,7 @@ impl Sink {
         if ends.is_empty() {
             return Ok(());
         }
-        let mut ambiguous = batch.resumed && !self.cluster;
+        let mut ambiguous = (batch.resumed && !self.cluster) || batch.unanswered_ms.is_some();
         // Parts still to insert, last = next; halves are pushed right first to keep row order.
         let mut todo: Vec<(Rows, u32)> = vec![(
             Rows::all(ends.len()),
@@ -561,9 +616,12 @@ impl Sink {
         tokio::time::timeout(timeout, self.no_attempt_running(batch))
             .await
             .map_err(|_| clickhouse::error::Error::TimedOut)??;
-        let (queries, keys) =
-            check_queries(part, batch, self.checkpoint.inflight_since.unwrap_or(0))
-                .map_err(|e| clickhouse::error::Error::Custom(e.to_string()))?;
+        let mut since = self.checkpoint.inflight_since.unwrap_or(0);
+        if let Some(ms) = batch.unanswered_ms {
+            since = since.min(((ms / 1000) as u32).saturating_sub(CLOCK_SKEW_S));
+        }
+        let (queries, keys) = check_queries(part, batch, since)
+            .map_err(|e| clickhouse::error::Error::Custom(e.to_string()))?;
         let mut present = std::collections::HashSet::new();
         for sql in queries {
             let len = sql.len();
@@ -755,6 +813,7 @@ struct Preparer {
     /// oldest-pending time between two deliveries.
     building_oldest_ms: Arc<AtomicU64>,
     recycled: mpsc::UnboundedReceiver<(Vec<u8>, Vec<usize>)>,
+    unanswered: Option<UnansweredTail>,
 }
 
 impl Preparer {
@@ -791,7 +850,22 @@ impl Preparer {
             undecodable: Vec::new(),
             inserted_at: None,
             resumed: false,
+            unanswered_ms: None,
         }
+    }
+
+    /// Appends a record to the batch, noting when it is in the unanswered tail.
+    fn add(&self, batch: &mut Batch, rec: crate::spool::Record) {
+        if self
+            .unanswered
+            .is_some_and(|t| t.holds(rec.lsn, rec.appended_ms))
+        {
+            let ms = batch
+                .unanswered_ms
+                .map_or(rec.appended_ms, |m| m.min(rec.appended_ms));
+            batch.unanswered_ms = Some(ms);
+        }
+        add(batch, rec);
     }
 
     /// Cuts the next batch: up to `target_rows` rows or `batch_bytes` bytes, or whatever has
@@ -812,7 +886,7 @@ impl Preparer {
             }
             idle
         });
-        add(&mut batch, first);
+        self.add(&mut batch, first);
         let deadline = tokio::time::Instant::now() + self.cfg.batch_age;
         let mut full = false;
         loop {
@@ -822,12 +896,12 @@ impl Preparer {
             }
             // Drain what is already committed without waiting (backlog after a restart).
             if let Some(r) = self.reader.try_next()? {
-                add(&mut batch, r);
+                self.add(&mut batch, r);
                 continue;
             }
             tokio::select! {
                 r = self.reader.next() => match r? {
-                    Some(r) => add(&mut batch, r),
+                    Some(r) => self.add(&mut batch, r),
                     None => break,
                 },
                 _ = tokio::time::sleep_until(deadline) => break,
@@ -854,7 +928,7 @@ impl Preparer {
                     if batch.oldest_ms == 0 {
                         batch.oldest_ms = r.appended_ms;
                     }
-                    add(&mut batch, r)
+                    self.add(&mut batch, r)
                 }
                 None => break,
             }
@@ -1081,7 +1155,43 @@ impl Rows {
 #[allow(clippy::single_range_in_vec_init)]
 #[cfg(test)]
 mod tests {
-    use super::Rows;
+    use super::{Rows, UnansweredTail};
+    use std::time::Duration;
+
+    #[test]
+    fn the_unanswered_tail_is_the_pending_records_of_the_last_window() {
+        let report = |next_lsn, delivered, last_appended_ms| crate::spool::RecoveryReport {
+            next_lsn,
+            checkpoint: crate::spool::Checkpoint {
+                delivered,
+                ..Default::default()
+            },
+            last_appended_ms,
+            ..Default::default()
+        };
+        let w = Duration::from_secs(15);
+        // Everything delivered (a clean stop, or a fresh spool): nothing to check.
+        assert_eq!(
+            UnansweredTail::after_recovery(&report(9, 9, Some(100_000)), w),
+            None
+        );
+        let t = UnansweredTail::after_recovery(&report(9, 4, Some(100_000)), w).unwrap();
+        assert_eq!(
+            t,
+            UnansweredTail {
+                end: 9,
+                from_ms: 85_000
+            }
+        );
+        // Pending and stored within the window: checked. Older (answered before the stop), or
+        // stored after the restart: sent as usual.
+        assert!(t.holds(8, 100_000) && t.holds(4, 85_000));
+        assert!(!t.holds(5, 84_999), "answered before the stop");
+        assert!(!t.holds(9, 200_000), "stored by this process");
+        // The newest record's time unknown (an empty tail segment): every pending record.
+        let all = UnansweredTail::after_recovery(&report(9, 4, None), w).unwrap();
+        assert!(all.holds(4, 0));
+    }
 
     #[test]
     fn the_check_of_a_full_batch_stays_within_clickhouse_limits() {
@@ -1105,6 +1215,7 @@ mod tests {
             undecodable: Vec::new(),
             inserted_at: None,
             resumed: false,
+            unanswered_ms: None,
         };
         let (queries, keys) = super::check_queries(&Rows::all(n), &batch, 0).unwrap();
         assert_eq!(keys.len(), n);

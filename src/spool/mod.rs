@@ -140,6 +140,10 @@ pub struct RecoveryReport {
     pub next_lsn: Lsn,
     pub checkpoint: Checkpoint,
     pub truncated_bytes: u64,
+    /// Appended time of the newest record found, when the tail segment holds one: records
+    /// stored just before a crash may never have been answered (see
+    /// [`crate::sink::UnansweredTail`]).
+    pub last_appended_ms: Option<u64>,
 }
 
 /// The opened spool, ready to be split between producers and the sink.
@@ -203,6 +207,7 @@ impl Spool {
                 );
             }
             report.truncated_bytes = scan.dropped_bytes;
+            report.last_appended_ms = scan.last_appended_ms;
             next_lsn = tail + scan.records;
             if let Some(last) = segments.last_mut() {
                 last.1 = scan.valid_len;

@@ -67,6 +67,8 @@ pub(super) struct TailScan {
     pub(super) dropped_bytes: u64,
     /// Appended time of the first valid record, if any.
     pub(super) first_appended_ms: Option<u64>,
+    /// Appended time of the last valid record, if any.
+    pub(super) last_appended_ms: Option<u64>,
 }
 
 /// Scans a segment, stops at the first torn or corrupt record and truncates the file there.
@@ -88,6 +90,7 @@ pub(super) fn recover_tail(dir: &Path, base: u64) -> io::Result<TailScan> {
             valid_len: MAGIC.len() as u64,
             dropped_bytes: buf.len() as u64,
             first_appended_ms: None,
+            last_appended_ms: None,
         });
     }
     let mut off = MAGIC.len();
@@ -95,6 +98,7 @@ pub(super) fn recover_tail(dir: &Path, base: u64) -> io::Result<TailScan> {
     // Stops at a clean end, a torn write or a corrupt record alike.
     while let Ok((h, payload)) = record::decode(&buf[off..]) {
         scan.first_appended_ms.get_or_insert(h.appended_ms);
+        scan.last_appended_ms = Some(h.appended_ms);
         scan.records += 1;
         off += HEADER_LEN + payload.len();
     }

@@ -259,3 +259,108 @@ async fn an_insert_slower_than_the_timeout_is_not_sent_again() {
     assert_eq!(raw_counts(&ch, "fast-"), (4, 4));
     assert_eq!(raw_counts(&ch, "slow-"), (6, 6));
 }
+
+/// Bytes in the spool's segment files (the checkpoint aside).
+fn spool_bytes(data: &std::path::Path) -> u64 {
+    std::fs::read_dir(data.join("spool"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name() != "checkpoint.json")
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// A collector killed -9 after storing a request and before answering it. The request is sent
+/// again to another collector (haproxy's `retry-on empty-response` does that), whose intake
+/// filter does not know the ids: it stores and delivers them. The first collector, restarted,
+/// finds those rows in ClickHouse before it sends its own copy, so each page view is once in
+/// `events` and once in the summed rollups (which a duplicate would count twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_stored_but_unanswered_at_kill_9_and_sent_to_another_collector_lands_once() {
+    let ch = ClickHouse::start();
+    let (data_a, data_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let cfg_a = test_config(&ch, data_a.path());
+    let cfg_b = test_config(&ch, data_b.path());
+    migrate(&cfg_a).await;
+    ch.query("SYSTEM STOP MERGES clicktrail.events");
+    // A's sink waits a minute before it cuts a batch: the record is still pending when A dies.
+    let mut slow_a = cfg_a.clone();
+    slow_a.sink.batch_age = Duration::from_secs(60);
+    let mut a = Binary::start_with(
+        &slow_a,
+        &["env", "FAILPOINTS=ingest::before_answer=sleep(30000)"],
+    );
+    let empty = spool_bytes(data_a.path());
+    let body = batch(events("unanswered", 20));
+    let client = reqwest::Client::new();
+    let first = tokio::spawn({
+        let (client, url, body) = (
+            client.clone(),
+            format!("{}/v1/events", a.base),
+            body.to_string(),
+        );
+        async move {
+            client
+                .post(url)
+                .header("content-type", "text/plain")
+                .header("origin", ORIGIN)
+                .body(body)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        }
+    });
+    eventually("A stored the request", Duration::from_secs(20), || {
+        spool_bytes(data_a.path()) > empty
+    })
+    .await;
+    a.kill9();
+    assert!(
+        first.await.unwrap().is_err(),
+        "the first attempt got no answer"
+    );
+
+    let b = Binary::start(&cfg_b);
+    let (status, answer) = post_json(&client, &b.base, &body).await;
+    assert_eq!(status, 200, "{answer}");
+    eventually("B delivered its copy", Duration::from_secs(20), || {
+        raw_counts(&ch, "unanswered-").0 == 20
+    })
+    .await;
+
+    let a = Binary::start(&cfg_a);
+    wait_metric(
+        &a,
+        "clicktrail_duplicates_dropped_total{stage=\"sink\"}",
+        20.0,
+    )
+    .await;
+    let checkpoint = data_a.path().join("spool").join("checkpoint.json");
+    eventually(
+        "A's checkpoint passed the record",
+        Duration::from_secs(20),
+        || {
+            std::fs::read(&checkpoint)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+                .is_some_and(|c| c["delivered"] == 1 && c["inflight"].is_null())
+        },
+    )
+    .await;
+    assert_eq!(raw_counts(&ch, "unanswered-"), (20, 20));
+    assert_eq!(
+        ch.count(
+            "SELECT sumMerge(views) FROM clicktrail.page_stats_hourly_sum WHERE site = 'test'"
+        ),
+        20,
+        "each page view once in the summed rollup"
+    );
+    assert_eq!(
+        metric(&a.metrics(), "clicktrail_sink_rows_inserted_total").unwrap_or(0.0),
+        0.0,
+        "A sent none of its copy"
+    );
+}
