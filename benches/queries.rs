@@ -314,7 +314,11 @@ fn main() {
             };
             let old = size(t.to_string()).await;
             let new = size(format!("{t}_sum")).await;
-            rollups.push(format!("| {t} | {} | {} |", old.trim(), new.trim()));
+            rollups.push(if sets {
+                format!("| {t} | {} | {} |", old.trim(), new.trim())
+            } else {
+                format!("| {t}_sum | {} |", new.trim())
+            });
         }
         let page_events = q(format!(
             "SELECT count() FROM clicktrail.events WHERE site = 'bench' AND path = '{PAGE}'"
@@ -372,7 +376,11 @@ fn main() {
         } else {
             println!("\n{rows} events seeded in {:.1} s ({rate:.0} events/s, with the seven sum views); the set rollups filled from them in {:.1} s", seed_time.as_secs_f64(), set_fill.as_secs_f64());
         }
-        println!("\n| rollup | sets (0002-0004) | sums (0006, `_sum`) |\n| --- | --- | --- |");
+        if sets {
+            println!("\n| rollup | sets (0002-0004) | sums (0006, `_sum`) |\n| --- | --- | --- |");
+        } else {
+            println!("\n| rollup | rows, on disk |\n| --- | --- |");
+        }
         for r in &rollups {
             println!("{r}");
         }
@@ -423,11 +431,29 @@ fn main() {
         // straight to ClickHouse, in this run.
         let before = clicktrail::query::sql::blocks(BEFORE_0006);
         if !sets {
-            // The statements the API runs, alone (the API runs `pages` and `site_totals` at once).
+            // The statements the API runs, alone (the API runs `pages` and `site_totals` at once),
+            // and what `pages` costs without each of its two sets: the ceiling analysis of
+            // docs/benchmarks.md (what is left when a set is gone is the floor of the other).
+            let pages = clicktrail::query::sql::statement("pages");
+            let one_pass = {
+                let cut = pages.find("      AND path GLOBAL IN").expect("the ranking subquery");
+                let close = cut + pages[cut..].find("\n      )\n").expect("its end") + "\n      )\n".len();
+                format!("{}{}", &pages[..cut], &pages[close..])
+            };
+            let no_engaged = pages.replace("uniqIfMerge(engaged)", "toUInt64(0)");
+            let sums_only = no_engaged.replace("uniqIfMerge(visitors)", "toUInt64(0)");
+            let statements: [(&str, String, u32); 6] = [
+                ("pages", pages.to_string(), 100),
+                ("pages in one pass (every path's sets merged)", one_pass, 100),
+                ("pages without `engaged`", no_engaged, 100),
+                ("pages, sums only (no `visitors`, no `engaged`)", sums_only, 100),
+                ("site_totals", clicktrail::query::sql::statement("site_totals").to_string(), 0),
+                ("page_trend", clicktrail::query::sql::statement("page_trend").to_string(), 0),
+            ];
             println!("\n| report, SQL direct | range | p50 ms | p99 ms |\n| --- | --- | ---: | ---: |");
             for (range, from, to) in [("1 day", DAY, DAY), ("30 days", FIRST, LAST)] {
-                for (name, limit) in [("pages", 100), ("site_totals", 0), ("page_trend", 0)] {
-                    let sql = bind(clicktrail::query::sql::statement(name), from, to, limit);
+                for (label, statement, limit) in &statements {
+                    let sql = bind(statement, from, to, *limit);
                     q(sql.clone()).await; // warm-up
                     let mut samples = Vec::with_capacity(iters);
                     for _ in 0..iters {
@@ -436,8 +462,32 @@ fn main() {
                         samples.push(started.elapsed());
                     }
                     let (p50, p99) = time(&mut samples);
-                    println!("| {name} | {range} | {} | {} |", ms(p50), ms(p99));
+                    println!("| {label} | {range} | {} | {} |", ms(p50), ms(p99));
                 }
+            }
+            // How many set members the 30-day `pages` merges: each rollup row's own count,
+            // summed, for the top 100 paths and for all (the cost of a set merge grows with
+            // its members, not with the rows).
+            let members = |filter: &str| {
+                q(format!(
+                    "SELECT count(), sum(v), sum(e) FROM (SELECT uniqIfMerge(visitors) AS v, uniqIfMerge(engaged) AS e \
+                     FROM clicktrail.pages_daily_sum WHERE site = 'bench' AND day >= toDate('{FIRST}') AND day <= toDate('{LAST}') {filter} \
+                     GROUP BY path, day, device_class, backfill)"
+                ))
+            };
+            let top = format!(
+                "AND path IN (SELECT path FROM clicktrail.pages_daily_sum WHERE site = 'bench' AND day >= toDate('{FIRST}') \
+                 AND day <= toDate('{LAST}') GROUP BY path ORDER BY sumMerge(views) DESC, path LIMIT 100)"
+            );
+            for (label, filter) in [("top 100 paths", top.as_str()), ("every path", "")] {
+                let out = members(filter).await;
+                let f: Vec<&str> = out.split_whitespace().collect();
+                println!(
+                    "\n30 days, {label}: {} rollup rows; set members: visitors {}, engaged {}",
+                    f.first().unwrap_or(&"?"),
+                    f.get(1).unwrap_or(&"?"),
+                    f.get(2).unwrap_or(&"?")
+                );
             }
             let _ = stop_tx.send(());
             server.await.unwrap().unwrap();

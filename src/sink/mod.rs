@@ -10,6 +10,8 @@
 //!   after a crash, resends exactly those records' RowBinary bytes in the same order (the
 //!   records hold the insert body as it is sent) with the same stamp: the block is
 //!   byte-identical and replicated tables' block dedup drops the repeat (issue 17's design).
+//!   (Unless the batch holds records of the unanswered tail, below: then it is checked first
+//!   and only its missing rows are sent.)
 //!   On one server (18.16's plain MergeTree has no block dedup) an attempt whose outcome is
 //!   unknown — any failed attempt (a timeout or a reset after the body was sent may have
 //!   landed), and the batch in flight at the last stop — is settled before the next one:
