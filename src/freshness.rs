@@ -257,23 +257,35 @@ async fn fetch_topology(
     }
 }
 
+/// Why a replica did not answer the probe.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum ReplicaDown {
+    /// The entry server's error for the `remote()` call, on one line, the password redacted.
+    #[error("{0}")]
+    Refused(String),
+    #[error("system.one has {0} rows there")]
+    WrongAnswer(u64),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+}
+
 /// `SELECT count() FROM remote(addr, system.one, user, password)`: `Err` says why not.
 async fn ask_replica(
     client: &clickhouse::Client,
     addr: &str,
     auth: &RemoteAuth,
     timeout: Duration,
-) -> Result<(), String> {
+) -> Result<(), ReplicaDown> {
     let q = client
         .query(&format!("SELECT count() FROM {}", remote("system.one")))
         .bind(addr);
     let q = remote_limits(auth.bind(q), timeout);
     match tokio::time::timeout(timeout, q.fetch_one::<u64>()).await {
         Ok(Ok(1)) => Ok(()),
-        Ok(Ok(n)) => Err(format!("system.one has {n} rows there")),
+        Ok(Ok(n)) => Err(ReplicaDown::WrongAnswer(n)),
         // ClickHouse's texts span lines ("All connection tries failed. Log: \n\nCode: 210 ...").
-        Ok(Err(e)) => Err(one_line(&auth.redact(&e.to_string()))),
-        Err(_) => Err(format!("no answer within {timeout:?}")),
+        Ok(Err(e)) => Err(ReplicaDown::Refused(one_line(&auth.redact(&e.to_string())))),
+        Err(_) => Err(ReplicaDown::Timeout(timeout)),
     }
 }
 
@@ -291,13 +303,16 @@ enum Answer {
 }
 
 impl Answer {
-    fn of(r: &Result<(), String>) -> Self {
+    fn of(r: &Result<(), ReplicaDown>) -> Self {
         match r {
             Ok(()) => Self::Up,
-            Err(e) => Self::Down(match crate::clickhouse::exception_code(e) {
-                Some(code) => code.to_string(),
-                None => e.clone(),
-            }),
+            Err(ReplicaDown::Refused(e)) => {
+                Self::Down(match crate::clickhouse::exception_code(e) {
+                    Some(code) => code.to_string(),
+                    None => e.clone(),
+                })
+            }
+            Err(e) => Self::Down(e.to_string()),
         }
     }
 }
@@ -661,7 +676,8 @@ async fn build(
     client: &clickhouse::Client,
     topology: &Topology,
     old: &[ShardCanary],
-) -> Result<Vec<ShardCanary>, String> {
+) -> Result<Vec<ShardCanary>, crate::clickhouse::PingError> {
+    use crate::clickhouse::PingError;
     let keys = client
         .query(&format!(
             "SELECT cityHash64(?, concat('canary-', toString(number))) FROM system.numbers LIMIT {SESSION_CANDIDATES}"
@@ -670,8 +686,8 @@ async fn build(
         .fetch_all::<u64>();
     let keys = match tokio::time::timeout(LOOKUP_TIMEOUT, keys).await {
         Ok(Ok(k)) => k,
-        Ok(Err(e)) => return Err(e.to_string()),
-        Err(_) => return Err(format!("no answer within {LOOKUP_TIMEOUT:?}")),
+        Ok(Err(e)) => return Err(PingError::Failed(e.to_string())),
+        Err(_) => return Err(PingError::Timeout(LOOKUP_TIMEOUT)),
     };
     let sessions = canary_sessions(topology, &keys);
     let mut next = Vec::new();
@@ -843,15 +859,20 @@ mod tests {
 
     #[test]
     fn a_replica_answer_changes_with_its_reason() {
-        let refused = Err("bad response: Code: 279, e.displayText() = DB::NetException: All connection tries failed. Log: \n\nCode: 210, Connection refused".to_string());
-        let refused_again = Err("bad response: Code: 279, e.displayText() = DB::NetException: All connection tries failed. Log: \n\nCode: 210, Connection refused (other text)".to_string());
-        let wrong_pw = Err("bad response: Code: 193, e.displayText() = DB::Exception: Received from 127.0.0.1:9000. DB::Exception: Wrong password for user default.".to_string());
+        let refused = |text: &str| Err(ReplicaDown::Refused(text.to_string()));
+        let refused_once = refused("bad response: Code: 279, e.displayText() = DB::NetException: All connection tries failed. Log: Code: 210, Connection refused");
+        let refused_again = refused("bad response: Code: 279, e.displayText() = DB::NetException: All connection tries failed. Log: Code: 210, Connection refused (other text)");
+        let wrong_pw = refused("bad response: Code: 193, e.displayText() = DB::Exception: Received from 127.0.0.1:9000. DB::Exception: Wrong password for user default.");
         assert_eq!(Answer::of(&Ok(())), Answer::Up);
-        assert_eq!(Answer::of(&refused), Answer::of(&refused_again));
-        assert_ne!(Answer::of(&refused), Answer::of(&wrong_pw));
+        assert_eq!(Answer::of(&refused_once), Answer::of(&refused_again));
+        assert_ne!(Answer::of(&refused_once), Answer::of(&wrong_pw));
         assert_eq!(
-            Answer::of(&Err("no answer within 2s".into())),
+            Answer::of(&Err(ReplicaDown::Timeout(Duration::from_secs(2)))),
             Answer::Down("no answer within 2s".into())
+        );
+        assert_eq!(
+            Answer::of(&Err(ReplicaDown::WrongAnswer(0))),
+            Answer::Down("system.one has 0 rows there".into())
         );
         assert_eq!(
             one_line("a. Log: \n\nCode: 210, x\n"),
