@@ -8,7 +8,8 @@
 //! (ClickHouse's own `Native` read of the day into a client that only counts bytes); and the
 //! whole run (export, publish, download + verify, delete).
 
-use std::process::{Command, Stdio};
+mod support;
+
 use std::time::{Duration, Instant};
 
 use clicktrail::compactor::{Compactor, NoProgress};
@@ -21,37 +22,8 @@ fn main() {
         .map(|v| v.parse().expect("--rows N"))
         .unwrap_or(1_000_000);
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let tcp = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/clickhouse.sh");
-    let chdir = dir.path().join("ch");
-    assert!(Command::new(script)
-        .args([
-            "start",
-            chdir.to_str().unwrap(),
-            &port.to_string(),
-            &tcp.to_string()
-        ])
-        .stdout(Stdio::null())
-        .status()
-        .unwrap()
-        .success());
-    struct Stop(String, String);
-    impl Drop for Stop {
-        fn drop(&mut self) {
-            let _ = Command::new(&self.0).args(["stop", &self.1]).status();
-        }
-    }
-    let _stop = Stop(script.into(), chdir.display().to_string());
-    let url = format!("http://127.0.0.1:{port}");
+    let ch = support::PrivateClickHouse::start(&dir.path().join("ch"));
+    let url = ch.url.clone();
     let _ = tracing_subscriber::fmt()
         .with_env_filter("clicktrail=info")
         .with_writer(std::io::stderr)

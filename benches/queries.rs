@@ -23,7 +23,8 @@
 //!
 //! Targets on ClickHouse 18.16: every page-day report under 200 ms p99, 30 days under 1 s p99.
 
-use std::process::{Command, Stdio};
+mod support;
+
 use std::time::{Duration, Instant};
 
 use clicktrail::config::{Config, SiteConfig};
@@ -53,14 +54,6 @@ fn arg(name: &str) -> Option<String> {
     std::env::args().skip_while(|a| a != name).nth(1)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// One statement to ClickHouse's HTTP interface; its answer, or a panic with the server's reason.
 async fn post(http: &reqwest::Client, url: &str, sql: String) -> String {
     let r = http.post(url).body(sql).send().await.unwrap();
@@ -68,13 +61,6 @@ async fn post(http: &reqwest::Client, url: &str, sql: String) -> String {
     let t = r.text().await.unwrap();
     assert!(ok, "{t}");
     t
-}
-
-struct Stop(String, String);
-impl Drop for Stop {
-    fn drop(&mut self) {
-        let _ = Command::new(&self.0).args(["stop", &self.1]).status();
-    }
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -166,22 +152,8 @@ fn main() {
             dir.display()
         );
     }
-    let (port, tcp) = (free_port(), free_port());
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/clickhouse.sh");
-    let chdir = dir.join("ch");
-    assert!(Command::new(script)
-        .args([
-            "start",
-            chdir.to_str().unwrap(),
-            &port.to_string(),
-            &tcp.to_string()
-        ])
-        .stdout(Stdio::null())
-        .status()
-        .unwrap()
-        .success());
-    let _stop = Stop(script.into(), chdir.display().to_string());
-    let url = format!("http://127.0.0.1:{port}");
+    let ch = support::PrivateClickHouse::start(&dir.join("ch"));
+    let url = ch.url.clone();
     let _ = tracing_subscriber::fmt()
         .with_env_filter("clicktrail=warn")
         .with_writer(std::io::stderr)
