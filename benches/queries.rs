@@ -68,6 +68,23 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i]
 }
 
+/// p50 and p99 of `runs` calls of `call`, after one untimed warm-up call.
+async fn timed<F, Fut, T>(runs: usize, mut call: F) -> (Duration, Duration)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    call().await;
+    let mut samples = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let started = Instant::now();
+        call().await;
+        samples.push(started.elapsed());
+    }
+    samples.sort();
+    (percentile(&samples, 0.5), percentile(&samples, 0.99))
+}
+
 fn ms(d: Duration) -> String {
     let v = d.as_secs_f64() * 1000.0;
     if v < 10.0 {
@@ -380,14 +397,7 @@ fn main() {
                 }
                 let (p50, p99) = time(&mut samples);
                 let sql = raw_sql(report, from, to);
-                big(sql.clone()).await; // warm-up
-                let mut raw = Vec::with_capacity(raw_iters);
-                for _ in 0..raw_iters {
-                    let started = Instant::now();
-                    big(sql.clone()).await;
-                    raw.push(started.elapsed());
-                }
-                let (r50, r99) = time(&mut raw);
+                let (r50, r99) = timed(raw_iters, || big(sql.clone())).await;
                 println!(
                     "| {label} | {range} | {} | {} | {bytes} | {} | {} | {:.1}x |",
                     ms(p50),
@@ -426,14 +436,7 @@ fn main() {
             for (range, from, to) in [("1 day", DAY, DAY), ("30 days", FIRST, LAST)] {
                 for (label, statement, limit) in &statements {
                     let sql = bind(statement, from, to, *limit);
-                    q(sql.clone()).await; // warm-up
-                    let mut samples = Vec::with_capacity(iters);
-                    for _ in 0..iters {
-                        let started = Instant::now();
-                        q(sql.clone()).await;
-                        samples.push(started.elapsed());
-                    }
-                    let (p50, p99) = time(&mut samples);
+                    let (p50, p99) = timed(iters, || q(sql.clone())).await;
                     println!("| {label} | {range} | {} | {} |", ms(p50), ms(p99));
                 }
             }
@@ -483,14 +486,7 @@ fn main() {
                 let now = if name == "pages_long" { "pages" } else { name };
                 for sql in [before[name], clicktrail::query::sql::statement(now)] {
                     let sql = bind(sql, from, to, limit);
-                    q(sql.clone()).await; // warm-up
-                    let mut samples = Vec::with_capacity(iters);
-                    for _ in 0..iters {
-                        let started = Instant::now();
-                        q(sql.clone()).await;
-                        samples.push(started.elapsed());
-                    }
-                    p.push(time(&mut samples));
+                    p.push(timed(iters, || q(sql.clone())).await);
                 }
                 println!(
                     "| {label} | {range} | {} | {} | {} | {} | {:.1}x |",
