@@ -321,24 +321,16 @@ impl Compactor {
                 }
             }
         }
-        for day in self.cold_days(hot_days).await? {
-            if unfinished.contains(&day) {
-                tracing::warn!(day = %day_string(day), "not archived again: an earlier part of the day is unfinished");
-                continue;
-            }
-            let result = if dry_run {
-                self.dry_run(day).await.map(|o| vec![o])
-            } else {
-                self.archive_day_cluster(day, &shards, progress).await
-            };
-            match result {
-                Ok(mut o) => outcomes.append(&mut o),
-                Err(e) => {
-                    tracing::error!(error = %e, day = %day_string(day), "archiving failed");
-                    first_error.get_or_insert(e);
-                }
-            }
-        }
+        let shards = &shards;
+        self.each_cold_day(
+            hot_days,
+            dry_run,
+            &unfinished,
+            &mut outcomes,
+            &mut first_error,
+            |day| self.archive_day_cluster(day, shards, progress),
+        )
+        .await?;
         Ok((outcomes, first_error))
     }
 

@@ -436,25 +436,54 @@ impl Compactor {
                 }
             }
         }
+        self.each_cold_day(
+            hot_days,
+            dry_run,
+            &unfinished,
+            &mut outcomes,
+            &mut first_error,
+            |day| async move { self.archive_day(day, progress).await.map(|o| vec![o]) },
+        )
+        .await?;
+        Ok((outcomes, first_error))
+    }
+
+    /// Archives every cold day with `archive` (a dry run only says what it would do), except
+    /// the days in `unfinished`: an earlier part of theirs is still in ClickHouse, and
+    /// exporting the day again would archive its rows twice. A day's failure is logged and the
+    /// first one kept; the other days still run.
+    async fn each_cold_day<F, Fut>(
+        &self,
+        hot_days: u32,
+        dry_run: bool,
+        unfinished: &HashSet<i64>,
+        outcomes: &mut Vec<Outcome>,
+        first_error: &mut Option<CompactError>,
+        mut archive: F,
+    ) -> Result<(), CompactError>
+    where
+        F: FnMut(i64) -> Fut,
+        Fut: std::future::Future<Output = Result<Vec<Outcome>, CompactError>>,
+    {
         for day in self.cold_days(hot_days).await? {
             if unfinished.contains(&day) {
                 tracing::warn!(day = %day_string(day), "not archived again: an earlier part of the day is unfinished");
                 continue;
             }
             let result = if dry_run {
-                self.dry_run(day).await
+                self.dry_run(day).await.map(|o| vec![o])
             } else {
-                self.archive_day(day, progress).await
+                archive(day).await
             };
             match result {
-                Ok(o) => outcomes.push(o),
+                Ok(mut o) => outcomes.append(&mut o),
                 Err(e) => {
                     tracing::error!(error = %e, day = %day_string(day), "archiving failed");
                     first_error.get_or_insert(e);
                 }
             }
         }
-        Ok((outcomes, first_error))
+        Ok(())
     }
 
     fn refuse_foreign(&self, entry: &ManifestEntry, me: &TableIdentity) -> CompactError {
