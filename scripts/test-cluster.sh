@@ -235,18 +235,32 @@ check "no (site, session) on both shards" "0" \
 
 # The rollups, fed by the views on each shard's events_local, read through their Distributed
 # tables. Since migration 0006 `views` is a sum (the collector keeps copies out, and a replica
-# drops a block it already has), so it must equal the exact count of distinct page-view ids,
-# grouped as the query API groups them (per path over the range). Comparing it with `uniq`
-# over the raw rows, as this did before 0006, fails whenever uniq's estimate is off by one.
+# drops a block it already has), so it is compared with the exact count of distinct page-view
+# ids, grouped as the query API groups them (per path over the range). One shortfall is known
+# and bounded (docs/delivery.md, "A replica killed during an insert"): s1r2 killed -9 in the
+# middle of an insert leaves a view that had not written its part without the block, and the
+# sink's retry is dropped as a duplicate by events_local, whose views 18.16 then skips. At most
+# the rows of the inserts that failed meanwhile: each failed batch's first failure, from the
+# collectors' logs.
 per_path="SELECT sum(v) FROM (SELECT path, uniqExactIf(event_id, type = 'pageview') AS v FROM clicktrail.events WHERE site = 'demo' GROUP BY path)"
 views="$(q "$S1R1_HTTP" "$per_path")"
-echo "     page views per path, summed: exact $views (of $distinct landed ids)"
-check "page views in the Distributed rollup page_stats_hourly_sum (per path, summed)" "$views" \
-  "$(q "$S1R1_HTTP" "SELECT sum(v) FROM (SELECT path, sumMerge(views) AS v FROM clicktrail.page_stats_hourly_sum WHERE site = 'demo' GROUP BY path)")"
+failed_rows="$(cat "$dir/c1/out.log" "$dir/c2/out.log" | sed 's/\x1b\[[0-9;]*m//g' | grep -o 'rows=[0-9]* attempt=1$' | awk -F'[= ]' '{ s += $2 } END { print s + 0 }')"
+echo "     page views per path, summed: exact $views (of $distinct landed ids); rows of inserts that failed while a replica was down: $failed_rows"
+within() {
+  if ! [[ "$3" =~ ^[0-9]+$ ]]; then echo "FAIL $1: want [$2] got [$3]"; failed=$((failed + 1)); return; fi
+  local short=$(( $2 - $3 ))
+  if [ "$short" -ge 0 ] && [ "$short" -le "$4" ]; then
+    echo "ok   $1: $3 (exact $2, short by $short, at most $4)"; passed=$((passed + 1))
+  else
+    echo "FAIL $1: want [$2, or short by at most $4] got [$3]"; failed=$((failed + 1))
+  fi
+}
+within "page views in the Distributed rollup page_stats_hourly_sum (per path, summed)" "$views" \
+  "$(q "$S1R1_HTTP" "SELECT sum(v) FROM (SELECT path, sumMerge(views) AS v FROM clicktrail.page_stats_hourly_sum WHERE site = 'demo' GROUP BY path)")" "$failed_rows"
 today="$(date -u +%F)"
 api="$(curl -s -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$((base + 501))/v1/query/pages?site=demo&from=$(date -u -d yesterday +%F)&to=$today")"
-check "the query API's page views (summed over pages) through collector 1" "$views" \
-  "$(python3 -c 'import json,sys; print(sum(p["views"] for p in json.load(sys.stdin)["pages"]))' <<<"$api" 2>/dev/null || echo "$api")"
+within "the query API's page views (pages_daily_sum, summed over pages) through collector 1" "$views" \
+  "$(python3 -c 'import json,sys; print(sum(p["views"] for p in json.load(sys.stdin)["pages"]))' <<<"$api" 2>/dev/null || echo "$api")" "$failed_rows"
 check "the canary of each collector reached ClickHouse" "yes" \
   "$( [ "$(q "$S1R1_HTTP" "SELECT count() FROM clicktrail.events WHERE site = '__canary'")" -gt 2 ] && echo yes)"
 shard_canaries_recovered
@@ -316,7 +330,14 @@ EOT
 
   "$cluster" start-node "$dir" s2r2 >/dev/null 2>&1
   for _ in $(seq 1 100); do [ "$(day_rows "$S2R2_HTTP" 2>/dev/null)" = "$s2" ] && break; sleep 0.1; done
-  say "s2r2 back; compactor again"
+  say "s2r2 back; compactor killed -9 once a shard's file is verified, before any delete"
+  FAILPOINTS=compactor::after_verify=pause "$bin" --config "$dir/c0/clicktrail.toml" compact --once > "$dir/c0/killed-run.log" 2>&1 &
+  local cpid=$! verified=no
+  for _ in $(seq 1 600); do grep -qs '"state": *"verified"' "$dir/archive/manifest/events/date=$cold_s/"*.json && verified=yes && break; sleep 0.1; done
+  kill -9 "$cpid" 2>/dev/null; wait "$cpid" 2>/dev/null
+  check "the killed run had verified a file (and paused there)" "yes" "$verified"
+  check "... and deleted nothing from any replica" "$s1 $s1 $s2 $s2" "$(day_rows "$S1R1_HTTP") $(day_rows "$S1R2_HTTP") $(day_rows "$S2R1_HTTP") $(day_rows "$S2R2_HTTP")"
+  say "compactor again: resumes the killed run's entries, archives the rest"
   local t_c=$SECONDS
   out="$("$bin" --config "$dir/c0/clicktrail.toml" compact --once 2>&1)"; rc=$?
   say "compact --once took $((SECONDS - t_c))s"
@@ -335,6 +356,7 @@ EOT
   done
   check "the files' ids are each shard's ids (shard 1, shard 2)" "$(LC_ALL=C sort "$dir/cold-s1.ids" | md5sum) $(LC_ALL=C sort "$dir/cold-s2.ids" | md5sum)" \
     "$(md5sum < "$dir/file-s1.ids") $(md5sum < "$dir/file-s2.ids")"
+  check "one Parquet file per shard, none archived twice" "2" "$(find "$dir/archive/events" -name '*.parquet' | wc -l | tr -d ' ')"
   check "the cold day's rows are gone from every replica" "0 0 0 0" \
     "$(for p in "${HTTPS[@]}"; do q "$p" "SELECT count() FROM clicktrail.events_local WHERE toDate(ts) = toDate('$cold_s')"; done | tr '\n' ' ' | sed 's/ $//')"
   check "every other day's rows (the load's) stay on every replica" "$today_before" "$(today_rows)"

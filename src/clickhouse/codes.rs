@@ -160,6 +160,13 @@ pub fn exception_code(msg: &str) -> Option<u32> {
 /// The class of a client error.
 pub fn classify(err: &Error) -> ErrorClass {
     match err {
+        // The server's own connection to another server broke (a Distributed insert to a
+        // replica that died: "Code: 32 ... Attempt to read after eof: while receiving packet
+        // from HOST"): the codes that mean a malformed body when they come from our insert
+        // mean a lost peer here, and the retry goes to a live one.
+        Error::BadResponse(msg) if msg.contains("while receiving packet from") => {
+            ErrorClass::Retryable
+        }
         Error::BadResponse(msg) => match exception_code(msg) {
             Some(code) => classify_code(code),
             None => {
@@ -184,6 +191,16 @@ pub fn classify(err: &Error) -> ErrorClass {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_peer_lost_mid_insert_is_retryable_not_a_schema_refusal() {
+        let lost = Error::BadResponse("bad response: Code: 32, e.displayText() = DB::Exception: Attempt to read after eof: while receiving packet from 127.0.0.1:23200: Insertion status: Wrote 1 blocks and 0 rows on shard 0 replica 0, 127.0.0.1:23200".into());
+        assert_eq!(classify(&lost), ErrorClass::Retryable);
+        let short_body = Error::BadResponse(
+            "Code: 32, e.displayText() = DB::Exception: Attempt to read after eof".into(),
+        );
+        assert_eq!(classify(&short_body), ErrorClass::SchemaWide);
+    }
 
     #[test]
     fn codes_from_messages() {
