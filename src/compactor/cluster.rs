@@ -38,7 +38,7 @@
 //! - entries of a shard the cluster no longer lists are not acted on (the layout changed: an
 //!   operator decides).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use object_store::ObjectStoreExt;
@@ -281,9 +281,7 @@ impl Compactor {
         progress: &dyn Progress,
     ) -> Result<(Vec<Outcome>, Option<CompactError>), CompactError> {
         let shards = self.shards(cluster).await?;
-        let mut outcomes = Vec::new();
-        let mut first_error = None;
-        let mut unfinished: HashSet<i64> = HashSet::new();
+        let mut run = RunState::default();
         if !dry_run {
             let me = self.identity().await?;
             // Every entry of a (day, cutoff) that is not finished, with its finished siblings:
@@ -299,7 +297,7 @@ impl Compactor {
                     _ => {
                         let e = self.refuse_foreign(&entry, &me);
                         tracing::error!(error = %e, "resuming an archive part failed");
-                        first_error.get_or_insert(e);
+                        run.first_error.get_or_insert(e);
                     }
                 }
             }
@@ -312,26 +310,20 @@ impl Compactor {
                     .finish_day(day, cutoff, group, &shards, progress, "resumed")
                     .await
                 {
-                    Ok(mut o) => outcomes.append(&mut o),
+                    Ok(mut o) => run.outcomes.append(&mut o),
                     Err(e) => {
-                        unfinished.insert(day);
+                        run.unfinished.insert(day);
                         tracing::error!(error = %e, "resuming an archive part failed");
-                        first_error.get_or_insert(e);
+                        run.first_error.get_or_insert(e);
                     }
                 }
             }
         }
         let shards = &shards;
-        self.each_cold_day(
-            hot_days,
-            dry_run,
-            &unfinished,
-            &mut outcomes,
-            &mut first_error,
-            |day| self.archive_day_cluster(day, shards, progress),
-        )
-        .await?;
-        Ok((outcomes, first_error))
+        self.each_cold_day(hot_days, dry_run, run, |day| {
+            self.archive_day_cluster(day, shards, progress)
+        })
+        .await
     }
 
     async fn archive_day_cluster(

@@ -179,6 +179,17 @@ pub struct Outcome {
     pub export: Option<(&'static str, Duration)>,
 }
 
+/// What a run collects while it resumes pending entries and then archives the cold days
+/// (one server and a cluster alike): outcomes, the first error (the run goes on past it), and
+/// the days whose earlier part could not be finished, which must not be exported again (their
+/// rows are still in ClickHouse).
+#[derive(Default)]
+struct RunState {
+    outcomes: Vec<Outcome>,
+    first_error: Option<CompactError>,
+    unfinished: HashSet<i64>,
+}
+
 pub struct Compactor {
     ch: clickhouse::Client,
     ch_cfg: ClickHouseConfig,
@@ -409,11 +420,7 @@ impl Compactor {
         dry_run: bool,
         progress: &dyn Progress,
     ) -> Result<(Vec<Outcome>, Option<CompactError>), CompactError> {
-        let mut outcomes = Vec::new();
-        let mut first_error = None;
-        // Days whose earlier part could not be finished: exporting them again would archive
-        // that part's rows a second time (they are still in ClickHouse).
-        let mut unfinished: HashSet<i64> = HashSet::new();
+        let mut run = RunState::default();
         if !dry_run {
             let me = self.identity().await?;
             for entry in manifest::pending(self.store.as_ref()).await? {
@@ -424,49 +431,41 @@ impl Compactor {
                         .resume(entry.adopted_by(&me), progress)
                         .await
                         .inspect_err(|_| {
-                            unfinished.insert(day);
+                            run.unfinished.insert(day);
                         }),
                 };
                 match result {
-                    Ok(o) => outcomes.push(o),
+                    Ok(o) => run.outcomes.push(o),
                     Err(e) => {
                         tracing::error!(error = %e, "resuming an archive part failed");
-                        first_error.get_or_insert(e);
+                        run.first_error.get_or_insert(e);
                     }
                 }
             }
         }
-        self.each_cold_day(
-            hot_days,
-            dry_run,
-            &unfinished,
-            &mut outcomes,
-            &mut first_error,
-            |day| async move { self.archive_day(day, progress).await.map(|o| vec![o]) },
-        )
-        .await?;
-        Ok((outcomes, first_error))
+        self.each_cold_day(hot_days, dry_run, run, |day| async move {
+            self.archive_day(day, progress).await.map(|o| vec![o])
+        })
+        .await
     }
 
-    /// Archives every cold day with `archive` (a dry run only says what it would do), except
-    /// the days in `unfinished`: an earlier part of theirs is still in ClickHouse, and
-    /// exporting the day again would archive its rows twice. A day's failure is logged and the
-    /// first one kept; the other days still run.
+    /// Ends a run: archives every cold day with `archive` (a dry run only says what it would
+    /// do), except the days in `run.unfinished`: an earlier part of theirs is still in
+    /// ClickHouse, and exporting the day again would archive its rows twice. A day's failure is
+    /// logged and the first one kept; the other days still run.
     async fn each_cold_day<F, Fut>(
         &self,
         hot_days: u32,
         dry_run: bool,
-        unfinished: &HashSet<i64>,
-        outcomes: &mut Vec<Outcome>,
-        first_error: &mut Option<CompactError>,
+        mut run: RunState,
         mut archive: F,
-    ) -> Result<(), CompactError>
+    ) -> Result<(Vec<Outcome>, Option<CompactError>), CompactError>
     where
         F: FnMut(i64) -> Fut,
         Fut: std::future::Future<Output = Result<Vec<Outcome>, CompactError>>,
     {
         for day in self.cold_days(hot_days).await? {
-            if unfinished.contains(&day) {
+            if run.unfinished.contains(&day) {
                 tracing::warn!(day = %day_string(day), "not archived again: an earlier part of the day is unfinished");
                 continue;
             }
@@ -476,14 +475,14 @@ impl Compactor {
                 archive(day).await
             };
             match result {
-                Ok(mut o) => outcomes.append(&mut o),
+                Ok(mut o) => run.outcomes.append(&mut o),
                 Err(e) => {
                     tracing::error!(error = %e, day = %day_string(day), "archiving failed");
-                    first_error.get_or_insert(e);
+                    run.first_error.get_or_insert(e);
                 }
             }
         }
-        Ok(())
+        Ok((run.outcomes, run.first_error))
     }
 
     fn refuse_foreign(&self, entry: &ManifestEntry, me: &TableIdentity) -> CompactError {
