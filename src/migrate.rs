@@ -53,6 +53,11 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         "0006_sum_rollups.sql",
         include_str!("../migrations/0006_sum_rollups.sql"),
     ),
+    (
+        7,
+        "0007_site_daily.sql",
+        include_str!("../migrations/0007_site_daily.sql"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -402,6 +407,10 @@ mod tests {
             assert!(sql.contains(
                 "CREATE TABLE IF NOT EXISTS ct.events ON CLUSTER c1 AS ct.events_local\nENGINE = Distributed(c1, ct, events_local, cityHash64(site, session_id))"
             ));
+            // A rollup without a path is sharded by a key of its own columns.
+            assert!(sql.contains(
+                "CREATE TABLE IF NOT EXISTS ct.site_daily ON CLUSTER c1 AS ct.site_daily_local\nENGINE = Distributed(c1, ct, site_daily_local, cityHash64(site, day))"
+            ));
             for rollup in [
                 "click_grid_daily",
                 "element_clicks_daily",
@@ -417,6 +426,7 @@ mod tests {
                 "fold_daily_sum",
                 "page_stats_hourly_sum",
                 "pages_daily_sum",
+                "site_daily",
             ] {
                 let engine = if rollup.ends_with("_sum") && !rollup.starts_with("page") {
                     "Summing"

@@ -36,6 +36,9 @@ pub const EVENTS_SHARDING_KEY: &str = "cityHash64(site, session_id)";
 /// states may land on any shard (the queries merge states across shards either way).
 pub const ROLLUP_SHARDING_KEY: &str = "cityHash64(site, path)";
 
+/// The key of the site-level rollups (`site_*`, 0007), which have no path.
+pub const SITE_ROLLUP_SHARDING_KEY: &str = "cityHash64(site, day)";
+
 /// Block deduplication window of the replicated tables: every collector's batch adds one
 /// block per shard, so the default (100) covers a resend only within ~100/N inserts; 1000 keeps
 /// a resend after a collector restart covered for minutes with ten collectors. Past it a
@@ -50,6 +53,8 @@ pub fn local(table: &str) -> String {
 fn sharding_key(table: &str) -> &'static str {
     if table == crate::sink::client::EVENTS_TABLE {
         EVENTS_SHARDING_KEY
+    } else if table.starts_with("site_") {
+        SITE_ROLLUP_SHARDING_KEY
     } else {
         ROLLUP_SHARDING_KEY
     }
