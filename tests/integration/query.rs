@@ -706,7 +706,11 @@ async fn the_sum_migration_converts_present_rows_and_a_rerun_doubles_nothing() {
     .await;
     migrate(&cfg).await;
     for (u, want) in uris.iter().zip(&first) {
-        assert_eq!(&ok(&app, u).await, want, "{u} changed after a rerun of 0007");
+        assert_eq!(
+            &ok(&app, u).await,
+            want,
+            "{u} changed after a rerun of 0007"
+        );
     }
     // And once more, recorded: a no-op.
     migrate(&cfg).await;
