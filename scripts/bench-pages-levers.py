@@ -8,9 +8,9 @@ kept (docs/benchmarks.md, "100M events on a quiet machine"):
 
 Times the API's two statements (`pages` and `site_totals` of docs/queries.md, 30 days of the
 bench site) sent in pairs as the API sends them, as shipped and with each set merge taken out:
-`engaged` as a sum would remove the `engaged` set from both; a site-level visitors rollup
-(built here as `clicktrail.site_visitors_exp` from the raw events, a set, so idempotent)
-replaces the site-wide visitor merge of `site_totals`. Leaves that table in DIR.
+`engaged` as a sum would remove the `engaged` set from both. `site_totals` as it was before
+migration 0007 (every path's states of `pages_daily_sum` merged) is timed beside the shipped
+one (`site_daily`'s states), as the reference of the same run.
 """
 import concurrent.futures as cf
 import sys
@@ -64,27 +64,25 @@ def pair(label, a, b):
 
 
 pages, totals = bind(block("pages")), bind(block("site_totals"))
+# site_totals before 0007: the distinct counts merged from every path's states.
+totals_0006 = bind("""SELECT sumMerge(views) AS views, uniqIfMerge(visitors) AS visitors, uniqIfMerge(engaged) AS engaged,
+    views - least(engaged, views) AS bounces, if(views = 0, 0, bounces / views) AS bounce_rate,
+    sumMerge(clicks) AS clicks, sumMerge(rage_clicks) AS rage_clicks, sumMerge(dead_clicks) AS dead_clicks,
+    sumMerge(error_clicks) AS error_clicks
+FROM {{db}}.pages_daily_sum
+WHERE site = {site:String} AND day >= {from:Date} AND day <= {to:Date}
+  AND ({device:String} = '' OR device_class = {device:String})""")
 no_engaged = lambda s: s.replace("uniqIfMerge(engaged)", "toUInt64(0)")
 sums_only = lambda s: no_engaged(s).replace("uniqIfMerge(visitors)", "toUInt64(0)")
-q("CREATE TABLE IF NOT EXISTS clicktrail.site_visitors_exp (site String, day Date, device_class String, "
-  "visitors AggregateFunction(uniqIf, String, UInt8)) ENGINE = AggregatingMergeTree "
-  "PARTITION BY toYYYYMM(day) ORDER BY (site, day, device_class)")
-if q("SELECT count() FROM clicktrail.site_visitors_exp")[1].strip() == "0":
-    q("INSERT INTO clicktrail.site_visitors_exp SELECT site, toDate(ts) AS day, device_class, "
-      "uniqIfState(visitor_id, type = 'pageview') FROM clicktrail.events GROUP BY site, day, device_class",
-      "max_bytes_before_external_group_by=2000000000&max_memory_usage=16000000000")
-site_visitors = ("SELECT uniqIfMerge(visitors) AS visitors FROM clicktrail.site_visitors_exp "
-                 "WHERE site = 'bench' AND day >= toDate('2024-06-01') AND day <= toDate('2024-06-30')")
 alone("pages", pages)
-alone("site_totals", totals)
-alone("site_totals without engaged", no_engaged(totals))
-alone("site visitors from the site-level rollup", site_visitors)
+alone("site_totals (site_daily, 0007)", totals)
+alone("site_totals before 0007 (every path's states)", totals_0006)
 pair("pages || site_totals (as shipped)", pages, totals)
+pair("pages || site_totals before 0007", pages, totals_0006)
 pair("without engaged", no_engaged(pages), no_engaged(totals))
-pair("without engaged, site visitors from the site-level rollup", no_engaged(pages), site_visitors)
 pair("both sets gone", no_engaged(pages), sums_only(totals))
-print("site visitors: site-level rollup", q(site_visitors)[1].strip(), "| site_totals",
-      q(f"SELECT visitors FROM ({totals})")[1].strip(), "| exact",
+print("site_totals: shipped", q(f"SELECT visitors, engaged FROM ({totals})")[1].strip(),
+      "| before 0007", q(f"SELECT visitors, engaged FROM ({totals_0006})")[1].strip(), "| exact visitors",
       q("SELECT uniqExactIf(visitor_id, type = 'pageview') FROM clicktrail.events WHERE site = 'bench' "
         "AND toDate(ts) >= toDate('2024-06-01') AND toDate(ts) <= toDate('2024-06-30')",
         "max_memory_usage=16000000000")[1].strip())

@@ -19,9 +19,9 @@
 //!   session's events meet on one shard, and a resent row lands where its first copy did, so
 //!   ReplacingMergeTree's collapse (per shard) stays exact. The materialized views sit on
 //!   `events_local`, so each shard's rollup rows come from that shard's events: the rollups
-//!   are sharded the same way without a key of their own. Every rollup count is a distinct-id
-//!   state that the report queries merge again (`uniqMerge`), so partial rows of one
-//!   (site, path, day) on several shards add up without double counting.
+//!   are sharded the same way without a key of their own. Partial rows of one (site, path, day)
+//!   on several shards add up: sums are summed and distinct-id states merged again by the
+//!   report queries (`uniqIfMerge`), so nothing is counted twice.
 //! - ZooKeeper paths: `/clickhouse/tables/{shard}/<db>/<table>`, replica `{replica}`, after
 //!   PostHog's and Plausible's convention; the database is written in because 18.16 does not
 //!   expand `{database}`. Tables the same on every server (`schema_migrations`) use `all`
