@@ -1,7 +1,9 @@
--- The site's distinct visitors and engaged page views per day (issue 13: `site_totals` is half
--- of the site-wide `pages` API call, and at 100M events over 30 days it merged every path's
--- `visitors` and `engaged` states, ~15 M set members, to count what a site-level set gives
--- from at most 30 days x 4 device classes rows; docs/benchmarks.md).
+-- The site's distinct visitors and engaged page views per day, for `site_totals` (issue 13).
+-- Before, it merged every path's `visitors` and `engaged` states of pages_daily_sum, members
+-- that grow with traffic (at 100M events over 30 days, 705 ms of the site-wide `pages` call).
+-- A uniq state keeps at most 65,536 members, so the site-level merge here is bounded by
+-- 30 days x 4 device classes x 2 states at any traffic. At 10M events it is no faster yet
+-- (docs/benchmarks.md, "site_daily (migration 0007) at 10M events").
 --
 -- site_daily holds only uniq states, so a page view or visitor counted twice counts once: the
 -- table can be fed by its view and converted from pages_daily_sum with the two overlapping
