@@ -678,39 +678,31 @@ async fn the_sum_migration_converts_present_rows_and_a_rerun_doubles_nothing() {
     );
     let (uris, first) = assert_reports(&app, ts).await;
 
-    // A crash after the conversion, before its record: the next migrate converts again.
-    ch.query("ALTER TABLE clicktrail.schema_migrations DELETE WHERE version = 6");
-    eventually(
-        "the record of 0006 deleted",
-        Duration::from_secs(20),
-        || ch.count("SELECT count() FROM clicktrail.schema_migrations WHERE version = 6") == 0,
-    )
-    .await;
-    migrate(&cfg).await;
-    assert_eq!(
-        ch.count("SELECT count() FROM clicktrail.schema_migrations WHERE version = 6"),
-        1
-    );
-    for (u, want) in uris.iter().zip(&first) {
-        assert_eq!(&ok(&app, u).await, want, "{u} changed after the rerun");
-    }
-    // The same for 0007 (site_daily, converted from pages_daily_sum): a rerun merges the same
+    // A crash after the conversion, before its record: the next migrate converts again. The
+    // same for 0007 (site_daily, converted from pages_daily_sum): a rerun merges the same
     // states again, so `site_totals` (in every `pages` answer) stays.
     assert!(ch.count("SELECT count() FROM clicktrail.site_daily WHERE backfill = 1") > 0);
-    ch.query("ALTER TABLE clicktrail.schema_migrations DELETE WHERE version = 7");
-    eventually(
-        "the record of 0007 deleted",
-        Duration::from_secs(20),
-        || ch.count("SELECT count() FROM clicktrail.schema_migrations WHERE version = 7") == 0,
-    )
-    .await;
-    migrate(&cfg).await;
-    for (u, want) in uris.iter().zip(&first) {
-        assert_eq!(
-            &ok(&app, u).await,
-            want,
-            "{u} changed after a rerun of 0007"
-        );
+    for version in [6, 7] {
+        let record =
+            format!("SELECT count() FROM clicktrail.schema_migrations WHERE version = {version}");
+        ch.query(&format!(
+            "ALTER TABLE clicktrail.schema_migrations DELETE WHERE version = {version}"
+        ));
+        eventually(
+            &format!("the record of {version:04} deleted"),
+            Duration::from_secs(20),
+            || ch.count(&record) == 0,
+        )
+        .await;
+        migrate(&cfg).await;
+        assert_eq!(ch.count(&record), 1);
+        for (u, want) in uris.iter().zip(&first) {
+            assert_eq!(
+                &ok(&app, u).await,
+                want,
+                "{u} changed after a rerun of {version:04}"
+            );
+        }
     }
     // And once more, recorded: a no-op.
     migrate(&cfg).await;
