@@ -58,6 +58,11 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         "0007_site_daily.sql",
         include_str!("../migrations/0007_site_daily.sql"),
     ),
+    (
+        8,
+        "0008_drop_site_daily.sql",
+        include_str!("../migrations/0008_drop_site_daily.sql"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -411,6 +416,14 @@ mod tests {
             assert!(sql.contains(
                 "CREATE TABLE IF NOT EXISTS ct.site_daily ON CLUSTER c1 AS ct.site_daily_local\nENGINE = Distributed(c1, ct, site_daily_local, cityHash64(site, day))"
             ));
+            // ... and dropped again by 0008, the view first, then both of its tables.
+            let at = |s: &str| sql.find(s).unwrap_or_else(|| panic!("{s} not in the plan"));
+            assert!(
+                at("DROP TABLE IF EXISTS ct.site_daily_mv ON CLUSTER c1")
+                    < at("DROP TABLE IF EXISTS ct.site_daily ON CLUSTER c1")
+                    && at("DROP TABLE IF EXISTS ct.site_daily ON CLUSTER c1")
+                        < at("DROP TABLE IF EXISTS ct.site_daily_local ON CLUSTER c1")
+            );
             for rollup in [
                 "click_grid_daily",
                 "element_clicks_daily",

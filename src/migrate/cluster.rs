@@ -10,6 +10,7 @@
 //! | `INSERT INTO db.r SELECT ... FROM db.events` (a backfill) | through the Distributed tables, each shard aggregating its own rows (`distributed_group_by_no_merge`) |
 //! | `INSERT INTO db.r SELECT ... FROM db.old_rollup` (0006's conversion) | through the Distributed tables, states merged across shards before they are counted |
 //! | `DROP TABLE IF EXISTS db.v_mv` (a view) | `... ON CLUSTER c` |
+//! | `DROP TABLE IF EXISTS db.r` (a rollup given up, 0008) | `db.r`, then `db.r_local`, `ON CLUSTER c`; never `events` or `schema_*` |
 //!
 //! Invariants:
 //! - The Distributed tables keep the single-server names, so the sink's `INSERT INTO events`,
@@ -194,15 +195,30 @@ pub fn statement(s: &str, db: &str, cluster: &str) -> Result<Vec<String>, Unsupp
         )]);
     }
     if let Some(rest) = s.strip_prefix("DROP TABLE IF EXISTS ") {
-        let (view, tail) =
+        let (table, tail) =
             qualified(rest).ok_or_else(|| unsupported("table outside the database"))?;
-        // Only views: a table would need its local table and its Distributed one dropped.
-        if !view.ends_with("_mv") || !tail.trim().is_empty() {
-            return Err(unsupported("only views (`*_mv`) are dropped"));
+        if !tail.trim().is_empty() {
+            return Err(unsupported("DROP TABLE with a tail"));
         }
-        return Ok(vec![format!(
-            "DROP TABLE IF EXISTS {db}.{view} ON CLUSTER {cluster}"
-        )]);
+        if table.ends_with("_mv") {
+            return Ok(vec![format!(
+                "DROP TABLE IF EXISTS {db}.{table} ON CLUSTER {cluster}"
+            )]);
+        }
+        // A rollup given up (0008): its Distributed table, then the local ones behind it.
+        // The events are never dropped by a migration, so a typo there cannot lose them.
+        if table == crate::sink::client::EVENTS_TABLE || table.starts_with("schema_") {
+            return Err(unsupported(
+                "the events and the migration records are never dropped",
+            ));
+        }
+        return Ok(vec![
+            format!("DROP TABLE IF EXISTS {db}.{table} ON CLUSTER {cluster}"),
+            format!(
+                "DROP TABLE IF EXISTS {db}.{} ON CLUSTER {cluster}",
+                local(&table)
+            ),
+        ]);
     }
     Err(unsupported(
         "not a statement shape the cluster renderer knows",
@@ -264,6 +280,15 @@ mod tests {
             statement("DROP TABLE IF EXISTS ct.fold_daily_mv", "ct", "c1").unwrap(),
             ["DROP TABLE IF EXISTS ct.fold_daily_mv ON CLUSTER c1"]
         );
+        assert_eq!(
+            statement("DROP TABLE IF EXISTS ct.site_daily", "ct", "c1").unwrap(),
+            [
+                "DROP TABLE IF EXISTS ct.site_daily ON CLUSTER c1",
+                "DROP TABLE IF EXISTS ct.site_daily_local ON CLUSTER c1"
+            ]
+        );
+        assert!(statement("DROP TABLE IF EXISTS ct.schema_migrations", "ct", "c1").is_err());
+        assert!(statement("DROP TABLE IF EXISTS ct.fold_daily x", "ct", "c1").is_err());
         assert!(statement(
             "CREATE TABLE IF NOT EXISTS other.t (a String) ENGINE = Log",
             "ct",
