@@ -8,9 +8,10 @@ kept (docs/benchmarks.md, "100M events on a quiet machine"):
 
 Times the API's two statements (`pages` and `site_totals` of docs/queries.md, 30 days of the
 bench site) sent in pairs as the API sends them, as shipped and with each set merge taken out:
-`engaged` as a sum would remove the `engaged` set from both. `site_totals` as it was before
-migration 0007 (every path's states of `pages_daily_sum` merged) is timed beside the shipped
-one (`site_daily`'s states), as the reference of the same run.
+`engaged` as a sum would remove the `engaged` set from both. Then the weekly-states lever:
+the same sets merged per ISO week in tables built here and dropped at the end. (Migration
+0007's `site_daily` was timed here too, against this `site_totals`; 0008 dropped it:
+docs/benchmarks.md, "site_daily (0007) at 100M events".)
 """
 import concurrent.futures as cf
 import sys
@@ -64,25 +65,80 @@ def pair(label, a, b):
 
 
 pages, totals = bind(block("pages")), bind(block("site_totals"))
-# site_totals before 0007: the distinct counts merged from every path's states.
-totals_0006 = bind("""SELECT sumMerge(views) AS views, uniqIfMerge(visitors) AS visitors, uniqIfMerge(engaged) AS engaged,
-    views - least(engaged, views) AS bounces, if(views = 0, 0, bounces / views) AS bounce_rate,
-    sumMerge(clicks) AS clicks, sumMerge(rage_clicks) AS rage_clicks, sumMerge(dead_clicks) AS dead_clicks,
-    sumMerge(error_clicks) AS error_clicks
-FROM {{db}}.pages_daily_sum
-WHERE site = {site:String} AND day >= {from:Date} AND day <= {to:Date}
-  AND ({device:String} = '' OR device_class = {device:String})""")
 no_engaged = lambda s: s.replace("uniqIfMerge(engaged)", "toUInt64(0)")
 sums_only = lambda s: no_engaged(s).replace("uniqIfMerge(visitors)", "toUInt64(0)")
 alone("pages", pages)
-alone("site_totals (site_daily, 0007)", totals)
-alone("site_totals before 0007 (every path's states)", totals_0006)
+alone("site_totals", totals)
 pair("pages || site_totals (as shipped)", pages, totals)
-pair("pages || site_totals before 0007", pages, totals_0006)
 pair("without engaged", no_engaged(pages), no_engaged(totals))
 pair("both sets gone", no_engaged(pages), sums_only(totals))
-print("site_totals: shipped", q(f"SELECT visitors, engaged FROM ({totals})")[1].strip(),
-      "| before 0007", q(f"SELECT visitors, engaged FROM ({totals_0006})")[1].strip(), "| exact visitors",
+
+# Weekly states: the same `visitors` and `engaged` states merged per ISO week (toMonday), so a
+# 30-day range merges 4 weekly states and 2 edge days' per path instead of 30 daily ones. A
+# visitor of several days of a week, and every state past uniq's 65,536-member cap, is one
+# member less to merge. Built here from the kept rollups (a set union, so exact), dropped at
+# the end; what a `pages_weekly` / `site_weekly` migration would give before it is written.
+big = "max_memory_usage=16000000000"
+for t, src, keys in [("lever_pages_weekly", "pages_daily_sum", "site, week, device_class, path"),
+                     ("lever_site_weekly", "pages_daily_sum", "site, week, device_class")]:
+    q(f"DROP TABLE IF EXISTS clicktrail.{t}")
+    q(f"CREATE TABLE clicktrail.{t} ENGINE = AggregatingMergeTree() ORDER BY ({keys}) AS "
+      f"SELECT {keys.replace('week', 'toMonday(day) AS week')}, uniqIfMergeState(visitors) AS visitors, "
+      f"uniqIfMergeState(engaged) AS engaged FROM clicktrail.{src} "
+      f"GROUP BY {keys.replace('week', 'toMonday(day)')}", big)
+    q(f"OPTIMIZE TABLE clicktrail.{t} FINAL", big)
+# 2024-06-01 .. 2024-06-30: weeks of 06-03 .. 06-24 whole, 06-01 and 06-02 as days.
+weeks = "week >= toDate('2024-06-03') AND week <= toDate('2024-06-24')"
+edge = "(day >= toDate('2024-06-01') AND day <= toDate('2024-06-02'))"
+top = """SELECT path FROM clicktrail.pages_daily_sum
+    WHERE site = 'bench' AND day >= toDate('2024-06-01') AND day <= toDate('2024-06-30')
+    GROUP BY path ORDER BY sumMerge(views) DESC, path LIMIT 100"""
+# The shipped statement with its two sets taken out, joined to the top paths' weekly sets.
+pages_sums = sums_only(pages)
+pages_weekly = f"""SELECT path, views, visitors, views - least(engaged, views) AS bounces, clicks, median_engaged_s
+FROM (SELECT path, views, clicks, median_engaged_s FROM ({pages_sums}))
+ANY LEFT JOIN
+(
+    SELECT path, uniqIfMerge(visitors) AS visitors, uniqIfMerge(engaged) AS engaged
+    FROM
+    (
+        SELECT path, visitors, engaged FROM clicktrail.lever_pages_weekly
+        WHERE site = 'bench' AND {weeks} AND path IN ({top})
+        UNION ALL
+        SELECT path, visitors, engaged FROM clicktrail.pages_daily_sum
+        WHERE site = 'bench' AND {edge} AND path IN ({top})
+    )
+    GROUP BY path
+) USING path
+ORDER BY views DESC, path"""
+# The shipped sums beside the site's weekly sets and the edge days' states of every path.
+sets = "uniqIfMerge(visitors) AS visitors, uniqIfMerge(engaged) AS engaged"
+totals_weekly = f"""SELECT views, visitors, engaged
+FROM (SELECT views FROM ({sums_only(totals)}))
+CROSS JOIN
+(
+    SELECT {sets}
+    FROM
+    (
+        SELECT visitors, engaged FROM clicktrail.lever_site_weekly WHERE site = 'bench' AND {weeks}
+        UNION ALL
+        SELECT visitors, engaged FROM clicktrail.pages_daily_sum WHERE site = 'bench' AND {edge}
+    )
+)"""
+alone("pages, weekly sets", pages_weekly)
+alone("site_totals, weekly sets", totals_weekly)
+pair("pages || site_totals, weekly sets", pages_weekly, totals_weekly)
+shipped_rows = q(f"SELECT path, visitors, bounces FROM ({pages}) ORDER BY views DESC, path FORMAT TSV")[1].split("\n")
+weekly_rows = q(f"SELECT path, visitors, bounces FROM ({pages_weekly}) FORMAT TSV")[1].split("\n")
+diff = max((abs(int(a.split("\t")[k]) - int(b.split("\t")[k])) / max(1, int(a.split("\t")[k])), a.split("\t")[0])
+           for a, b in zip(shipped_rows, weekly_rows) if a for k in (1, 2))
+print(f"weekly against shipped, top 100: same paths in the same order: "
+      f"{[r.split(chr(9))[0] for r in shipped_rows] == [r.split(chr(9))[0] for r in weekly_rows]}; "
+      f"largest relative difference in visitors or bounces {diff[0] * 100:.2f} % ({diff[1]})")
+print("site_totals weekly", q(f"SELECT visitors, engaged FROM ({totals_weekly})")[1].strip())
+for t in ("lever_pages_weekly", "lever_site_weekly"):
+    q(f"DROP TABLE clicktrail.{t}")
+print("site_totals: shipped", q(f"SELECT visitors, engaged FROM ({totals})")[1].strip(), "| exact visitors",
       q("SELECT uniqExactIf(visitor_id, type = 'pageview') FROM clicktrail.events WHERE site = 'bench' "
         "AND toDate(ts) >= toDate('2024-06-01') AND toDate(ts) <= toDate('2024-06-30')",
         "max_memory_usage=16000000000")[1].strip())
