@@ -261,10 +261,9 @@ today="$(date -u +%F)"
 api="$(curl -s -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$((base + 501))/v1/query/pages?site=demo&from=$(date -u -d yesterday +%F)&to=$today")"
 within "the query API's page views (pages_daily_sum, summed over pages) through collector 1" "$views" \
   "$(python3 -c 'import json,sys; print(sum(p["views"] for p in json.load(sys.stdin)["pages"]))' <<<"$api" 2>/dev/null || echo "$api")" "$failed_rows"
-# The site's distinct visitors (pages_daily_sum's states of every path, the API's `site_totals`;
-# 0008 dropped 0007's site_daily again, Distributed table and local ones): each shard's states
-# merged. A row missing from a view (above) can
-# take at most one visitor with it.
+# The site's distinct visitors (the API's `site_totals` over pages_daily_sum's states of every
+# path, since 0008 dropped 0007's site_daily): each shard's states merged. A row missing from a
+# view (above) can take at most one visitor with it.
 visitors="$(q "$S1R1_HTTP" "SELECT uniqExactIf(visitor_id, type = 'pageview') FROM clicktrail.events WHERE site = 'demo' AND toDate(ts) >= toDate('$(date -u -d yesterday +%F)') AND toDate(ts) <= toDate('$today')")"
 within "the query API's site visitors (every path's states) through collector 1" "$visitors" \
   "$(python3 -c 'import json,sys; print(json.load(sys.stdin)["totals"]["visitors"])' <<<"$api" 2>/dev/null || echo "$api")" "$failed_rows"
