@@ -79,17 +79,26 @@ pair("both sets gone", no_engaged(pages), sums_only(totals))
 # member less to merge. Built here from the kept rollups (a set union, so exact), dropped at
 # the end; what a `pages_weekly` / `site_weekly` migration would give before it is written.
 big = "max_memory_usage=16000000000"
-for t, src, keys in [("lever_pages_weekly", "pages_daily_sum", "site, week, device_class, path"),
-                     ("lever_site_weekly", "pages_daily_sum", "site, week, device_class")]:
+for t, keys in [("lever_pages_weekly", "site, week, device_class, path"),
+                ("lever_site_weekly", "site, week, device_class")]:
     q(f"DROP TABLE IF EXISTS clicktrail.{t}")
     q(f"CREATE TABLE clicktrail.{t} ENGINE = AggregatingMergeTree() ORDER BY ({keys}) AS "
       f"SELECT {keys.replace('week', 'toMonday(day) AS week')}, uniqIfMergeState(visitors) AS visitors, "
-      f"uniqIfMergeState(engaged) AS engaged FROM clicktrail.{src} "
+      f"uniqIfMergeState(engaged) AS engaged FROM clicktrail.pages_daily_sum "
       f"GROUP BY {keys.replace('week', 'toMonday(day)')}", big)
     q(f"OPTIMIZE TABLE clicktrail.{t} FINAL", big)
 # 2024-06-01 .. 2024-06-30: weeks of 06-03 .. 06-24 whole, 06-01 and 06-02 as days.
 weeks = "week >= toDate('2024-06-03') AND week <= toDate('2024-06-24')"
 edge = "(day >= toDate('2024-06-01') AND day <= toDate('2024-06-02'))"
+
+
+def weeks_and_edges(table, cols, where=""):
+    """`cols` of the bench site's whole weeks in `table` and of its edge days' daily states."""
+    return (f"SELECT {cols} FROM clicktrail.{table} WHERE site = 'bench' AND {weeks}{where}\n"
+            f"        UNION ALL\n"
+            f"        SELECT {cols} FROM clicktrail.pages_daily_sum WHERE site = 'bench' AND {edge}{where}")
+
+
 top = """SELECT path FROM clicktrail.pages_daily_sum
     WHERE site = 'bench' AND day >= toDate('2024-06-01') AND day <= toDate('2024-06-30')
     GROUP BY path ORDER BY sumMerge(views) DESC, path LIMIT 100"""
@@ -102,38 +111,38 @@ ANY LEFT JOIN
     SELECT path, uniqIfMerge(visitors) AS visitors, uniqIfMerge(engaged) AS engaged
     FROM
     (
-        SELECT path, visitors, engaged FROM clicktrail.lever_pages_weekly
-        WHERE site = 'bench' AND {weeks} AND path IN ({top})
-        UNION ALL
-        SELECT path, visitors, engaged FROM clicktrail.pages_daily_sum
-        WHERE site = 'bench' AND {edge} AND path IN ({top})
+        {weeks_and_edges("lever_pages_weekly", "path, visitors, engaged", f" AND path IN ({top})")}
     )
     GROUP BY path
 ) USING path
 ORDER BY views DESC, path"""
 # The shipped sums beside the site's weekly sets and the edge days' states of every path.
-sets = "uniqIfMerge(visitors) AS visitors, uniqIfMerge(engaged) AS engaged"
 totals_weekly = f"""SELECT views, visitors, engaged
 FROM (SELECT views FROM ({sums_only(totals)}))
 CROSS JOIN
 (
-    SELECT {sets}
+    SELECT uniqIfMerge(visitors) AS visitors, uniqIfMerge(engaged) AS engaged
     FROM
     (
-        SELECT visitors, engaged FROM clicktrail.lever_site_weekly WHERE site = 'bench' AND {weeks}
-        UNION ALL
-        SELECT visitors, engaged FROM clicktrail.pages_daily_sum WHERE site = 'bench' AND {edge}
+        {weeks_and_edges("lever_site_weekly", "visitors, engaged")}
     )
 )"""
 alone("pages, weekly sets", pages_weekly)
 alone("site_totals, weekly sets", totals_weekly)
 pair("pages || site_totals, weekly sets", pages_weekly, totals_weekly)
-shipped_rows = q(f"SELECT path, visitors, bounces FROM ({pages}) ORDER BY views DESC, path FORMAT TSV")[1].split("\n")
-weekly_rows = q(f"SELECT path, visitors, bounces FROM ({pages_weekly}) FORMAT TSV")[1].split("\n")
-diff = max((abs(int(a.split("\t")[k]) - int(b.split("\t")[k])) / max(1, int(a.split("\t")[k])), a.split("\t")[0])
-           for a, b in zip(shipped_rows, weekly_rows) if a for k in (1, 2))
+
+
+def tsv_rows(sql):
+    out = q(f"SELECT path, visitors, bounces FROM ({sql}) ORDER BY views DESC, path FORMAT TSV")[1]
+    return [r.split("\t") for r in out.split("\n") if r]
+
+
+shipped_rows = tsv_rows(pages)
+weekly_rows = tsv_rows(pages_weekly)
+diff = max((abs(int(a[k]) - int(b[k])) / max(1, int(a[k])), a[0])
+           for a, b in zip(shipped_rows, weekly_rows) for k in (1, 2))
 print(f"weekly against shipped, top 100: same paths in the same order: "
-      f"{[r.split(chr(9))[0] for r in shipped_rows] == [r.split(chr(9))[0] for r in weekly_rows]}; "
+      f"{[r[0] for r in shipped_rows] == [r[0] for r in weekly_rows]}; "
       f"largest relative difference in visitors or bounces {diff[0] * 100:.2f} % ({diff[1]})")
 print("site_totals weekly", q(f"SELECT visitors, engaged FROM ({totals_weekly})")[1].strip())
 for t in ("lever_pages_weekly", "lever_site_weekly"):
@@ -141,4 +150,4 @@ for t in ("lever_pages_weekly", "lever_site_weekly"):
 print("site_totals: shipped", q(f"SELECT visitors, engaged FROM ({totals})")[1].strip(), "| exact visitors",
       q("SELECT uniqExactIf(visitor_id, type = 'pageview') FROM clicktrail.events WHERE site = 'bench' "
         "AND toDate(ts) >= toDate('2024-06-01') AND toDate(ts) <= toDate('2024-06-30')",
-        "max_memory_usage=16000000000")[1].strip())
+        big)[1].strip())
